@@ -1,0 +1,249 @@
+"""Configurations of the synthesizer models: the stock BERT/T5 configs plus the `synthesizer_*` fields.
+
+What the user chose with `attn_implementation="synthesizer_<variant>"` is stored in `synthesizer_variant`,
+because transformers never writes `attn_implementation` to config.json: a saved checkpoint reloads as the
+same variant without the user repeating the choice.
+
+This file ships with saved checkpoints (trust_remote_code): it imports only transformers and siblings.
+"""
+
+import math
+from dataclasses import dataclass
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig, T5Config
+
+# Components a variant is built from, in the canonical order of names: synthesizers first, vanilla last, as
+# the paper names its mixtures ("random+vanilla"). Any order is accepted on input.
+COMPONENTS = ("dense", "factorized_dense", "random", "fixed_random", "factorized_random", "vanilla")
+# Variants with their own registered `attn_implementation` name: every single component and the
+# mixtures the paper names. Any other combination is set through `synthesizer_variant`.
+NAMED_VARIANTS = (
+    "dense",
+    "factorized_dense",
+    "random",
+    "fixed_random",
+    "factorized_random",
+    "random+vanilla",
+    "dense+vanilla",
+    "dense+random",
+)
+ATTN_PREFIX = "synthesizer_"
+MIXTURES = ("softmax", "gate")
+VANILLA_BACKENDS = ("sdpa", "eager")
+
+
+def parse_variant(variant: str) -> tuple[str, ...]:
+    """`"vanilla+random"` -> `("random", "vanilla")`: the components of a variant, in canonical order."""
+    if not isinstance(variant, str) or not variant:
+        raise ValueError(f"synthesizer_variant must be a non-empty string such as 'random', got {variant!r}.")
+    parts = variant.split("+")
+    unknown = [p for p in parts if p not in COMPONENTS]
+    if unknown:
+        raise ValueError(
+            f"Unknown synthesizer component(s) {unknown} in variant {variant!r}. Components: {', '.join(COMPONENTS)}; "
+            f"join several with '+' for a mixture (e.g. 'random+vanilla'). Registered attn_implementation names: "
+            f"{', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)}."
+        )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"Variant {variant!r} names a component twice.")
+    return tuple(c for c in COMPONENTS if c in parts)
+
+
+def canonical_variant(variant: str) -> str:
+    return "+".join(parse_variant(variant))
+
+
+def attn_implementation_name(variant: str) -> str:
+    """The `attn_implementation` that selects `variant` ("random+vanilla" -> "synthesizer_random+vanilla")."""
+    return ATTN_PREFIX + canonical_variant(variant)
+
+
+def default_factorized_dense_split(length: int) -> list[int]:
+    """The most balanced `[a, b]` with `a * b == length` and `a <= b`."""
+    a = max(d for d in range(1, math.isqrt(length) + 1) if length % d == 0)
+    return [a, length // a]
+
+
+@dataclass(repr=False)
+class SynthesizerFields:
+    r"""
+    synthesizer_variant (`str`, defaults to `"vanilla"`):
+        Components of the self-attention logits, joined by `+` (`dense`, `factorized_dense`, `random`,
+        `fixed_random`, `factorized_random`, `vanilla`). `"vanilla"` alone is stock dot-product attention;
+        several components form a mixture mixed before the softmax. Set by
+        `attn_implementation="synthesizer_<variant>"`.
+    synthesizer_length (`int`, *optional*):
+        Maximum sequence length `L` the synthesizer parameters are sized by (default: `max_position_embeddings`
+        for BERT, 512 for T5). Longer inputs raise a `ValueError`.
+    synthesizer_factorized_rank (`int`, defaults to 8):
+        Rank `k` of factorized random: `R = R1 R2^T` with `R1, R2` of shape `L x k`.
+    synthesizer_factorized_dense_split (`list[int]`, *optional*):
+        `[a, b]` with `a * b == synthesizer_length` for factorized dense (default: the most balanced split).
+    synthesizer_dense_shared_w2 (`bool`, defaults to `False`):
+        Share the dense synthesizer's output layer `W2` (d_h -> L) across heads, as the reference code does.
+        The paper's default is one `W2` per head.
+    synthesizer_layers (`list[int]`, *optional*):
+        Indices of the layers whose self-attention is synthesized; the others stay vanilla (default: all).
+    synthesizer_mixture (`str`, defaults to `"softmax"`):
+        How a mixture weighs its components: `"softmax"` (paper: learned per head and layer, softmax over
+        logits initialised equal) or `"gate"` (Mesh-TF: one sigmoid gate per layer over two components,
+        `sigmoid(a) * first + (1 - sigmoid(a)) * second`, `a = 0` at init; vanilla is always second, so
+        `"random+vanilla"` gives Mesh-TF's `(1 - sigmoid(a)) QK^T + sigmoid(a) R`).
+    synthesizer_vanilla_backend (`str`, defaults to `"sdpa"`):
+        Attention backend (`"sdpa"` or `"eager"`) of the vanilla term and of layers that stay vanilla.
+    """
+
+    synthesizer_variant: str = "vanilla"
+    synthesizer_length: int | None = None
+    synthesizer_factorized_rank: int = 8
+    synthesizer_factorized_dense_split: list[int] | None = None
+    synthesizer_dense_shared_w2: bool = False
+    synthesizer_layers: list[int] | None = None
+    synthesizer_mixture: str = "softmax"
+    synthesizer_vanilla_backend: str = "sdpa"
+
+
+class SynthesizerConfigMixin:
+    """Validation and attn_implementation handling shared by the BERT and T5 synthesizer configs."""
+
+    stock_model_type = None  # the transformers model_type whose checkpoints convert into this config
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """Loading a stock checkpoint is the intended conversion, not a model-type mismatch worth a warning."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == cls.stock_model_type:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+    def _synthesizer_num_layers(self) -> int:
+        raise NotImplementedError
+
+    def _default_synthesizer_length(self) -> int:
+        raise NotImplementedError
+
+    def _finish_synthesizer_fields(self):
+        if self.synthesizer_length is None:
+            self.synthesizer_length = self._default_synthesizer_length()
+        self.check_synthesizer_fields()
+        self.synthesizer_variant = canonical_variant(self.synthesizer_variant)
+
+    @property
+    def synthesizer_components(self) -> tuple[str, ...]:
+        return parse_variant(self.synthesizer_variant)
+
+    @property
+    def factorized_dense_split(self) -> list[int]:
+        """`[a, b]` of factorized dense: the configured split or the most balanced one."""
+        return self.synthesizer_factorized_dense_split or default_factorized_dense_split(self.synthesizer_length)
+
+    def components_for_layer(self, layer_idx: int) -> tuple[str, ...]:
+        if self.synthesizer_layers is not None and layer_idx not in self.synthesizer_layers:
+            return ("vanilla",)
+        return self.synthesizer_components
+
+    def check_synthesizer_fields(self):
+        """Raise a `ValueError` naming the field and the fix for any inconsistent synthesizer field."""
+        components = parse_variant(self.synthesizer_variant)
+        length = self.synthesizer_length
+        if not isinstance(length, int) or length <= 0:
+            raise ValueError(f"synthesizer_length must be a positive integer, got {length!r}.")
+        if not isinstance(self.synthesizer_factorized_rank, int) or self.synthesizer_factorized_rank <= 0:
+            raise ValueError(
+                f"synthesizer_factorized_rank must be a positive integer (the paper uses 8), "
+                f"got {self.synthesizer_factorized_rank!r}."
+            )
+        split = self.synthesizer_factorized_dense_split
+        if split is not None and (len(split) != 2 or min(split) <= 0 or split[0] * split[1] != length):
+            raise ValueError(
+                f"synthesizer_factorized_dense_split={split} must be two positive integers [a, b] with "
+                f"a * b == synthesizer_length ({length}); e.g. {default_factorized_dense_split(length)}, "
+                f"or None for the most balanced split."
+            )
+        if self.synthesizer_mixture not in MIXTURES:
+            raise ValueError(f"synthesizer_mixture must be one of {MIXTURES}, got {self.synthesizer_mixture!r}.")
+        if self.synthesizer_mixture == "gate" and len(components) != 2:
+            raise ValueError(
+                f"synthesizer_mixture='gate' mixes exactly two components with one sigmoid gate, but "
+                f"synthesizer_variant={self.synthesizer_variant!r} has {len(components)}. "
+                f"Use synthesizer_mixture='softmax' or a two-component variant such as 'random+vanilla'."
+            )
+        if self.synthesizer_vanilla_backend not in VANILLA_BACKENDS:
+            raise ValueError(
+                f"synthesizer_vanilla_backend must be one of {VANILLA_BACKENDS}, "
+                f"got {self.synthesizer_vanilla_backend!r}."
+            )
+        if self.synthesizer_layers is not None:
+            n = self._synthesizer_num_layers()
+            bad = [i for i in self.synthesizer_layers if not isinstance(i, int) or not 0 <= i < n]
+            if bad:
+                raise ValueError(
+                    f"synthesizer_layers has indices {bad} outside the model's {n} layers (valid: 0..{n - 1})."
+                )
+
+    def validate_synthesizer(self):
+        """Run by transformers' `config.validate()` (for example at save time)."""
+        self.check_synthesizer_fields()
+
+    @property
+    def synthesizer_attn_implementation(self) -> str:
+        """The `attn_implementation` the configured variant runs with."""
+        if self.synthesizer_variant == "vanilla":
+            return self.synthesizer_vanilla_backend
+        return attn_implementation_name(self.synthesizer_variant)
+
+    def resolve_attn_implementation(self, requested: str | None) -> str:
+        """Reconcile the `attn_implementation` a user asked for with the variant stored in this config.
+
+        - nothing asked: run the stored variant (a saved synthesizer reloads as itself);
+        - `"synthesizer_<variant>"` on a vanilla config (a stock checkpoint): convert to that variant;
+        - `"sdpa"`/`"eager"` on a vanilla config: plain dot-product attention with that backend.
+        Anything that would silently turn a saved synthesizer into another variant raises.
+        """
+        if requested is None or requested == self.synthesizer_attn_implementation:
+            return self.synthesizer_attn_implementation
+        if requested in VANILLA_BACKENDS:
+            if self.synthesizer_variant != "vanilla":
+                raise ValueError(
+                    f"This config holds a synthesizer_{self.synthesizer_variant} model; attn_implementation="
+                    f"{requested!r} would run it as plain dot-product attention and drop its synthesizer weights. "
+                    f"Omit attn_implementation to load it as saved, or set synthesizer_vanilla_backend={requested!r} "
+                    f"to choose the backend of its vanilla term."
+                )
+            self.synthesizer_vanilla_backend = requested
+            return requested
+        if requested.startswith(ATTN_PREFIX):
+            variant = canonical_variant(requested[len(ATTN_PREFIX) :])
+            if self.synthesizer_variant not in ("vanilla", variant):
+                raise ValueError(
+                    f"This config holds a synthesizer_{self.synthesizer_variant} model; attn_implementation="
+                    f"{requested!r} would silently replace its synthesizer weights. Load it without "
+                    f"attn_implementation, or convert explicitly by passing a config with "
+                    f"synthesizer_variant={variant!r}."
+                )
+            self.synthesizer_variant = variant
+            self.check_synthesizer_fields()
+            return attn_implementation_name(variant)
+        raise ValueError(
+            f"attn_implementation={requested!r} is not supported by synthesizer models. Use 'sdpa', 'eager' or "
+            f"one of {', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)} "
+            f"(any other combination: synthesizer_<component>+<component>)."
+        )
+
+
+@strict
+class BertSynthesizerConfig(SynthesizerConfigMixin, BertConfig, SynthesizerFields):
+    __doc__ = "BERT with synthesizer self-attention. Fields of `BertConfig`, plus:\n" + SynthesizerFields.__doc__
+    model_type = "bert_synthesizer"
+    stock_model_type = "bert"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._finish_synthesizer_fields()
+
+    def _synthesizer_num_layers(self) -> int:
+        return self.num_hidden_layers
+
+    def _default_synthesizer_length(self) -> int:
+        return self.max_position_embeddings

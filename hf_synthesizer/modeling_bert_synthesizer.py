@@ -1,0 +1,190 @@
+"""BERT with synthesizer self-attention: every stock BERT head, with the self-attention of the configured layers
+replaced by `BertSynthesizerSelfAttention`. Embeddings, value/output projections, FFN, LayerNorms and heads are
+the stock modules, so a stock BERT checkpoint loads into them; query/key load only where a vanilla term uses them.
+
+This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import (
+    BertCrossAttention,
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertLayer,
+    BertLMHeadModel,
+    BertModel,
+    BertPreTrainedModel,
+    eager_attention_forward,
+)
+
+from .configuration_synthesizer import BertSynthesizerConfig
+from .synthesizer_attention import SynthesizerLogits, init_synthesizer_weights, register_attn_implementation
+
+
+class BertSynthesizerSelfAttention(nn.Module):
+    """BERT self-attention whose logits come from `self.synthesizer`; `query`/`key` exist only when a vanilla
+    term uses them. Checkpoint names (`value`, `query`, `key`) are BERT's own."""
+
+    def __init__(self, config, is_causal=False, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = self.num_attention_heads * self.attention_head_size
+        self.scaling = self.attention_head_size**-0.5
+        self.synthesizer = SynthesizerLogits(
+            config,
+            config.components_for_layer(layer_idx),
+            config.hidden_size,
+            self.num_attention_heads,
+            self.attention_head_size,
+        )
+        if self.synthesizer.uses_dot_product:
+            self.query = nn.Linear(config.hidden_size, self.all_head_size)
+            self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.is_decoder = config.is_decoder
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
+        if self.synthesizer.uses_dot_product:
+            query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
+            key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
+        else:
+            # Nothing reads keys: the cache keeps an empty placeholder that still counts the positions.
+            query_layer, key_layer = None, value_layer[..., :0]
+
+        if past_key_values is not None:
+            cache = past_key_values
+            if isinstance(past_key_values, EncoderDecoderCache):
+                cache = past_key_values.self_attention_cache
+            key_layer, value_layer = cache.update(key_layer, value_layer, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_layer,
+            key_layer,
+            value_layer,
+            attention_mask,
+            dropout=0.0 if not self.training else self.dropout.p,
+            scaling=self.scaling,
+            synthesizer_inputs=hidden_states,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return attn_output, attn_weights
+
+
+class BertSynthesizerPreTrainedModel(BertPreTrainedModel):
+    config_class = BertSynthesizerConfig
+    config: BertSynthesizerConfig
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _can_record_outputs = {
+        "hidden_states": BertLayer,
+        "attentions": BertSynthesizerSelfAttention,
+        "cross_attentions": BertCrossAttention,
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_synthesizer_weights(module, self.config.initializer_range)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        name = self.config.resolve_attn_implementation(requested_attention)
+        if name.startswith("synthesizer_"):
+            register_attn_implementation(name)
+            return name
+        return super().get_correct_attn_implementation(name, is_init_check)
+
+    def post_init(self):
+        """The stock heads build a stock `BertModel`; swap in the synthesizer one before weights are initialised."""
+        if isinstance(self, BertModel):
+            self._install_synthesizer_attention()
+        elif not isinstance(self.bert, BertSynthesizerModel):
+            self.bert = BertSynthesizerModel(self.config, add_pooling_layer=self.bert.pooler is not None)
+        super().post_init()
+
+
+class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
+    def _install_synthesizer_attention(self):
+        ignored = []
+        for i, layer in enumerate(self.encoder.layer):
+            layer.attention.self = BertSynthesizerSelfAttention(self.config, is_causal=self.config.is_decoder, layer_idx=i)
+            if not layer.attention.self.synthesizer.uses_dot_product:
+                ignored.append(rf"encoder\.layer\.{i}\.attention\.self\.(query|key)\.(weight|bias)$")
+        # A stock checkpoint's query/key weights of layers that no longer use them are dropped without warnings.
+        self._keys_to_ignore_on_load_unexpected = ignored
+
+
+class BertSynthesizerForPreTraining(BertSynthesizerPreTrainedModel, BertForPreTraining):
+    pass
+
+
+class BertSynthesizerLMHeadModel(BertSynthesizerPreTrainedModel, BertLMHeadModel):
+    pass
+
+
+class BertSynthesizerForMaskedLM(BertSynthesizerPreTrainedModel, BertForMaskedLM):
+    pass
+
+
+class BertSynthesizerForNextSentencePrediction(BertSynthesizerPreTrainedModel, BertForNextSentencePrediction):
+    pass
+
+
+class BertSynthesizerForSequenceClassification(BertSynthesizerPreTrainedModel, BertForSequenceClassification):
+    pass
+
+
+class BertSynthesizerForMultipleChoice(BertSynthesizerPreTrainedModel, BertForMultipleChoice):
+    pass
+
+
+class BertSynthesizerForTokenClassification(BertSynthesizerPreTrainedModel, BertForTokenClassification):
+    pass
+
+
+class BertSynthesizerForQuestionAnswering(BertSynthesizerPreTrainedModel, BertForQuestionAnswering):
+    pass
+
+
+__all__ = [
+    "BertSynthesizerForMaskedLM",
+    "BertSynthesizerForMultipleChoice",
+    "BertSynthesizerForNextSentencePrediction",
+    "BertSynthesizerForPreTraining",
+    "BertSynthesizerForQuestionAnswering",
+    "BertSynthesizerForSequenceClassification",
+    "BertSynthesizerForTokenClassification",
+    "BertSynthesizerLMHeadModel",
+    "BertSynthesizerModel",
+    "BertSynthesizerPreTrainedModel",
+    "BertSynthesizerSelfAttention",
+]

@@ -1,0 +1,243 @@
+"""Synthesizer attention for transformers: the module owning a layer's synthesizer parameters, the attention
+function registered with `AttentionInterface`, and the mask function registered with `AttentionMaskInterface`
+(without it transformers would hand the attention function no padding or causal mask at all).
+
+Importing this file registers `synthesizer_<variant>` for every named variant.
+This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers import initialization as init
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+from .synthesizer_math import (
+    additive_mask,
+    attention_probabilities,
+    causal_mask,
+    check_length,
+    dense_logits,
+    factorized_dense_logits,
+    factorized_random_logits,
+    mix_logits,
+    mixture_weights,
+    random_logits,
+    vanilla_logits,
+)
+
+
+class SynthesizerLogits(nn.Module):
+    """The synthesizer parameters of one attention layer and its mixture weights.
+
+    `forward` returns the mixed logits `(B or 1, H, lq, lk)` of all components, the vanilla one computed from the
+    query and key it is given. Parameters are sized by the maximum length `L`; a batch uses rows
+    `q0:q0+lq` and columns `:lk`.
+    """
+
+    def __init__(self, config, components, hidden_size: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.components = tuple(components)
+        self.num_heads = num_heads
+        self.length = config.synthesizer_length
+        self.mixture = config.synthesizer_mixture
+        self.vanilla_backend = config.synthesizer_vanilla_backend
+        length, heads = self.length, num_heads
+        if "dense" in self.components:
+            w2_heads = 1 if config.synthesizer_dense_shared_w2 else heads
+            self.dense_w1 = nn.Linear(hidden_size, heads * head_dim)
+            self.dense_w2 = nn.Parameter(torch.empty(w2_heads, head_dim, length))
+            self.dense_b2 = nn.Parameter(torch.empty(w2_heads, length))
+        if "factorized_dense" in self.components:
+            a, b = config.factorized_dense_split
+            self.factorized_dense_a = nn.Linear(hidden_size, heads * a)
+            self.factorized_dense_b = nn.Linear(hidden_size, heads * b)
+        if "random" in self.components:
+            self.random_r = nn.Parameter(torch.empty(heads, length, length))
+        if "fixed_random" in self.components:
+            # Never trained but part of the checkpoint: a persistent buffer, saved and loaded with the weights.
+            self.register_buffer("fixed_random_r", torch.empty(heads, length, length), persistent=True)
+        if "factorized_random" in self.components:
+            rank = config.synthesizer_factorized_rank
+            self.factorized_random_r1 = nn.Parameter(torch.empty(heads, length, rank))
+            self.factorized_random_r2 = nn.Parameter(torch.empty(heads, length, rank))
+        if len(self.components) > 1:
+            if self.mixture == "gate":
+                self.mixture_gate = nn.Parameter(torch.empty(1))
+            else:
+                self.mixture_logits = nn.Parameter(torch.empty(len(self.components), heads))
+
+    @property
+    def uses_dot_product(self) -> bool:
+        return "vanilla" in self.components
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.components == ("vanilla",)
+
+    def mixture_weights(self) -> torch.Tensor:
+        """`(n, H or 1)` weights of the components, in the order of `self.components`."""
+        if len(self.components) == 1:
+            return torch.ones(1, 1, device=self._device())
+        raw = self.mixture_gate if self.mixture == "gate" else self.mixture_logits
+        return mixture_weights(self.mixture, raw)
+
+    def _device(self):
+        return next(iter(self.parameters()), torch.empty(0)).device
+
+    def component_logits(self, name, hidden_states, query, key, scaling, q0, lq, lk) -> torch.Tensor:
+        if name == "vanilla":
+            return vanilla_logits(query, key, scaling)
+        if name == "dense":
+            w1 = self.dense_w1
+            return dense_logits(hidden_states, w1.weight, w1.bias, self.dense_w2, self.dense_b2, self.num_heads, lk)
+        if name == "factorized_dense":
+            fa, fb = self.factorized_dense_a, self.factorized_dense_b
+            return factorized_dense_logits(hidden_states, fa.weight, fa.bias, fb.weight, fb.bias, self.num_heads, lk)
+        if name == "random":
+            return random_logits(self.random_r, q0, lq, lk)
+        if name == "fixed_random":
+            return random_logits(self.fixed_random_r, q0, lq, lk)
+        return factorized_random_logits(self.factorized_random_r1, self.factorized_random_r2, q0, lq, lk)
+
+    def check_length(self, q0: int, lq: int, lk: int) -> None:
+        if not self.is_vanilla:
+            check_length(max(q0 + lq, lk), self.length)
+
+    def forward(self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True):
+        logits = []
+        for name in self.components:
+            s = self.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
+            if position_bias is not None and (bias_synthesized or name == "vanilla"):
+                s = s + position_bias
+            logits.append(s)
+        if len(logits) == 1:
+            return logits[0]
+        return mix_logits(logits, self.mixture_weights())
+
+
+def init_synthesizer_weights(module: nn.Module, std: float) -> None:
+    """Initialise a `SynthesizerLogits` close to uniform attention, mixture weights equal. Called from the
+    `_init_weights` of every PreTrainedModel class (its linear layers get the standard init there)."""
+    if not isinstance(module, SynthesizerLogits):
+        return
+    if hasattr(module, "dense_w2"):
+        init.normal_(module.dense_w2, mean=0.0, std=std)
+        init.zeros_(module.dense_b2)
+    for name in ("random_r", "fixed_random_r"):
+        if hasattr(module, name):
+            init.normal_(getattr(module, name), mean=0.0, std=std)
+    if hasattr(module, "factorized_random_r1"):
+        # The product R1 R2^T then has entries of standard deviation ~std, like R.
+        factor_std = math.sqrt(std / math.sqrt(module.factorized_random_r1.shape[-1]))
+        init.normal_(module.factorized_random_r1, mean=0.0, std=factor_std)
+        init.normal_(module.factorized_random_r2, mean=0.0, std=factor_std)
+    for name in ("mixture_logits", "mixture_gate"):
+        if hasattr(module, name):
+            init.zeros_(getattr(module, name))
+
+
+def synthesizer_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor | None,
+    key: torch.Tensor | None,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    synthesizer_inputs: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+):
+    """The function behind every `synthesizer_*` attn_implementation.
+
+    `module` is the attention module; its `synthesizer` (a `SynthesizerLogits`) holds the parameters.
+    `synthesizer_inputs` are the hidden states the queries come from (dense variants synthesize from them),
+    `position_bias` T5's relative position bias. Returns `(output (B, lq, H, dh), probabilities or None)`.
+    """
+    synthesizer = getattr(module, "synthesizer", None)
+    if not isinstance(synthesizer, SynthesizerLogits):
+        raise ValueError(
+            f"{type(module).__name__} has no synthesizer parameters, so a synthesizer attn_implementation cannot run "
+            f"on it: it is a stock transformers model. Load the checkpoint with a synthesizer class, e.g. "
+            f"hf_synthesizer.BertSynthesizerModel.from_pretrained(path, attn_implementation=...), or through the Auto "
+            f"classes with config=hf_synthesizer.BertSynthesizerConfig.from_pretrained(path)."
+        )
+    lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
+    lk = value.shape[2]
+    q0 = lk - lq  # query i sits at position q0 + i: the cache length when decoding, 0 otherwise
+    synthesizer.check_length(q0, lq, lk)
+    is_causal = getattr(module, "is_causal", False)
+    if attention_mask is None and is_causal and lq > 1:
+        attention_mask = causal_mask(q0, lq, lk, value.device)
+    output_attentions = kwargs.get("output_attentions", False)
+    bias_synthesized = getattr(module, "bias_synthesized", True)
+
+    if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
+        if synthesizer.is_vanilla:
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                is_causal=False, position_bias=position_bias,
+            )
+        if synthesizer.uses_dot_product:
+            return _mixture_through_sdpa(
+                synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
+                module.training, q0, lq, lk, position_bias, bias_synthesized,
+            )
+    logits = synthesizer(synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized)
+    probs = attention_probabilities(logits, attention_mask)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs.to(value.dtype), value)
+    return output.transpose(1, 2).contiguous(), probs if output_attentions else None
+
+
+def _mixture_through_sdpa(
+    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
+    position_bias, bias_synthesized,
+):
+    """A mixture whose vanilla term runs inside `scaled_dot_product_attention`: the other components (already
+    weighted) and the mask become sdpa's additive bias, and the vanilla weight scales the queries."""
+    weights = synthesizer.mixture_weights()
+    bias = None
+    for n, name in enumerate(synthesizer.components):
+        if name == "vanilla":
+            vanilla_weight = weights[n].view(1, -1, 1, 1)
+            if position_bias is not None:
+                term = vanilla_weight * position_bias
+                bias = term if bias is None else bias + term
+            continue
+        s = synthesizer.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
+        if position_bias is not None and bias_synthesized:
+            s = s + position_bias
+        term = weights[n].view(1, -1, 1, 1) * s
+        bias = term if bias is None else bias + term
+    mask = additive_mask(attention_mask, bias.dtype)
+    if mask is not None:
+        bias = bias + mask
+    bias = bias.to(query.dtype).expand(query.shape[0], -1, -1, -1)
+    output = F.scaled_dot_product_attention(
+        query * (vanilla_weight * scaling).to(query.dtype), key, value, attn_mask=bias,
+        dropout_p=dropout if training else 0.0, scale=1.0,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def synthesizer_mask(*args, **kwargs):
+    """sdpa's boolean mask (None when nothing is masked), with causal masks always materialised."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def register_attn_implementation(name: str) -> None:
+    """Make `name` a valid `attn_implementation` whose masks reach the synthesizer attention function."""
+    AttentionInterface.register(name, synthesizer_attention_forward)
+    AttentionMaskInterface.register(name, synthesizer_mask)
+
+
+for _variant in NAMED_VARIANTS:
+    register_attn_implementation(attn_implementation_name(_variant))

@@ -1,0 +1,107 @@
+"""The math of every synthesizer variant, as small pure functions (Tay et al. 2021, arXiv 2005.00743).
+
+Shapes: `B` batch, `H` heads, `lq`/`lk` query/key lengths, `L` configured maximum length, `d` hidden size,
+`dh` head size. Logits are `(B or 1, H, lq, lk)`: input-independent variants return a batch dimension of 1
+that broadcasts over the batch. `q0` is the position of the first query (the cache length when decoding):
+query `i` uses row `q0 + i` of a length-sized parameter.
+
+This file ships with saved checkpoints (trust_remote_code): it imports only torch.
+"""
+
+import torch
+from torch.nn import functional as F
+
+
+def check_length(needed: int, limit: int, where: str = "") -> None:
+    """A clear error instead of an index error or silent truncation when the input outgrows `L`."""
+    if needed > limit:
+        raise ValueError(
+            f"Sequence length {needed} exceeds the synthesizer length {limit} (config.synthesizer_length){where}: "
+            f"the synthesizer parameters are sized by it. Truncate the inputs (e.g. tokenizer(..., truncation=True, "
+            f"max_length={limit})) or use a model converted with a larger synthesizer_length."
+        )
+
+
+def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Dot-product logits `Q K^T * scaling` (BERT: 1/sqrt(dh); T5: 1)."""
+    return torch.matmul(query, key.transpose(-1, -2)) * scaling
+
+
+def dense_logits(x, w1, b1, w2, b2, num_heads: int, key_length: int) -> torch.Tensor:
+    """Dense synthesizer: `S_i = W2 relu(W1 x_i + b1) + b2`, one row of length `L` per token, sliced to `lk`.
+
+    x: (B, lq, d); w1: (H*dh, d); b1: (H*dh,); w2: (H or 1, dh, L); b2: (H or 1, L). A leading 1 in `w2`/`b2`
+    shares the output layer across heads (as the reference code does).
+    """
+    batch, lq, _ = x.shape
+    hidden = F.relu(F.linear(x, w1, b1)).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, dh)
+    return torch.matmul(hidden, w2[..., :key_length]) + b2[:, None, :key_length]
+
+
+def random_logits(r: torch.Tensor, q0: int, query_length: int, key_length: int) -> torch.Tensor:
+    """Random synthesizer: `R_h[q0:q0+lq, :lk]`, the same for every example. r: (H, L, L) -> (1, H, lq, lk)."""
+    return r[None, :, q0 : q0 + query_length, :key_length]
+
+
+def factorized_random_logits(r1, r2, q0: int, query_length: int, key_length: int) -> torch.Tensor:
+    """Factorized random: the rank-k product `(R1_h R2_h^T)[q0:q0+lq, :lk]`. r1, r2: (H, L, k) -> (1, H, lq, lk)."""
+    return torch.matmul(r1[:, q0 : q0 + query_length], r2[:, :key_length].transpose(-1, -2))[None]
+
+
+def factorized_dense_logits(x, wa, ba, wb, bb, num_heads: int, key_length: int) -> torch.Tensor:
+    """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L`, and
+    `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a times: each (p, q) pair once), sliced to `lk`.
+
+    F_A, F_B are one linear map per head. x: (B, lq, d); wa: (H*a, d); wb: (H*b, d).
+    """
+    batch, lq, _ = x.shape
+    a = F.linear(x, wa, ba).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, a)
+    b = F.linear(x, wb, bb).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, b)
+    full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
+    return full[..., :key_length]
+
+
+def mixture_weights(mixture: str, logits: torch.Tensor) -> torch.Tensor:
+    """Weights `(n, H or 1)` of a mixture's components, summing to 1 over components.
+
+    "softmax": `logits` (n, H), softmax over components (paper). "gate": `logits` a scalar `a`,
+    weights `(sigmoid(a), 1 - sigmoid(a))` (Mesh-TF).
+    """
+    if mixture == "gate":
+        gate = torch.sigmoid(logits).reshape(1, 1)
+        return torch.cat([gate, 1 - gate])
+    return torch.softmax(logits, dim=0)
+
+
+def mix_logits(components: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """`S = sum_n alpha_{n,h} S_n`: mixing happens before the softmax."""
+    mixed = None
+    for n, logits in enumerate(components):
+        term = weights[n].view(1, -1, 1, 1).to(logits.dtype) * logits
+        mixed = term if mixed is None else mixed + term
+    return mixed
+
+
+def additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean keep-mask (True = attend) or an additive float mask, as an additive float mask."""
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    return torch.zeros((), dtype=dtype, device=attention_mask.device).masked_fill(
+        ~attention_mask, torch.finfo(dtype).min
+    )
+
+
+def causal_mask(q0: int, query_length: int, key_length: int, device) -> torch.Tensor:
+    """Boolean keep-mask (1, 1, lq, lk) where query `q0 + i` sees keys `0..q0 + i`."""
+    rows = torch.arange(q0, q0 + query_length, device=device)[:, None]
+    return (rows >= torch.arange(key_length, device=device)[None, :])[None, None]
+
+
+def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """`softmax(S + mask)` computed in fp32 whatever the autocast dtype; padding and causal masks apply
+    to synthesized logits exactly as to dot-product ones. Fully masked rows come out uniform, not NaN."""
+    logits = logits.float()
+    mask = additive_mask(attention_mask, torch.float32)
+    if mask is not None:
+        logits = logits + mask.float()
+    return torch.softmax(logits, dim=-1)
