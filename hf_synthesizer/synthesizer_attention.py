@@ -193,7 +193,9 @@ def synthesizer_attention_forward(
     probs = attention_probabilities(logits, attention_mask)
     probs = F.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs.to(value.dtype), value)
-    return output.transpose(1, 2).contiguous(), probs if output_attentions else None
+    if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
+        return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
+    return output.transpose(1, 2).contiguous(), None
 
 
 def _mixture_through_sdpa(
