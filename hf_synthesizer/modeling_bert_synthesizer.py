@@ -28,7 +28,8 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from .configuration_synthesizer import BertSynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits, init_synthesizer_weights, register_attn_implementation
+from .synthesizer_attention import SynthesizerLogits
+from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
 class BertSynthesizerSelfAttention(nn.Module):
@@ -66,7 +67,7 @@ class BertSynthesizerSelfAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        hidden_shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
         value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
         if self.synthesizer.uses_dot_product:
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
@@ -95,11 +96,11 @@ class BertSynthesizerSelfAttention(nn.Module):
             synthesizer_inputs=hidden_states,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = attn_output.reshape(*input_shape, self.all_head_size).contiguous()
         return attn_output, attn_weights
 
 
-class BertSynthesizerPreTrainedModel(BertPreTrainedModel):
+class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedModel):
     config_class = BertSynthesizerConfig
     config: BertSynthesizerConfig
     _supports_flash_attn = False
@@ -110,18 +111,6 @@ class BertSynthesizerPreTrainedModel(BertPreTrainedModel):
         "attentions": BertSynthesizerSelfAttention,
         "cross_attentions": BertCrossAttention,
     }
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        init_synthesizer_weights(module, self.config.initializer_range)
-
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        name = self.config.resolve_attn_implementation(requested_attention)
-        if name.startswith("synthesizer_"):
-            register_attn_implementation(name)
-            return name
-        return super().get_correct_attn_implementation(name, is_init_check)
 
     def post_init(self):
         """The stock heads build a stock `BertModel`; swap in the synthesizer one before weights are initialised."""

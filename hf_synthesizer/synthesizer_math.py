@@ -34,7 +34,7 @@ def dense_logits(x, w1, b1, w2, b2, num_heads: int, key_length: int) -> torch.Te
     shares the output layer across heads (as the reference code does).
     """
     batch, lq, _ = x.shape
-    hidden = F.relu(F.linear(x, w1, b1)).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, dh)
+    hidden = F.relu(F.linear(x, w1, b1)).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, dh)
     return torch.matmul(hidden, w2[..., :key_length]) + b2[:, None, :key_length]
 
 
@@ -55,8 +55,8 @@ def factorized_dense_logits(x, wa, ba, wb, bb, num_heads: int, key_length: int) 
     F_A, F_B are one linear map per head. x: (B, lq, d); wa: (H*a, d); wb: (H*b, d).
     """
     batch, lq, _ = x.shape
-    a = F.linear(x, wa, ba).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, a)
-    b = F.linear(x, wb, bb).view(batch, lq, num_heads, -1).transpose(1, 2)  # (B, H, lq, b)
+    a = F.linear(x, wa, ba).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
+    b = F.linear(x, wb, bb).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
     full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
     return full[..., :key_length]
 

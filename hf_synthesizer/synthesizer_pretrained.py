@@ -1,0 +1,54 @@
+"""What every synthesizer PreTrainedModel (BERT and T5) adds to its stock class: the attn_implementation
+contract, initialisation of the synthesizer parameters, and a loading guard so that a saved synthesizer is never
+loaded into a model that would drop part of it.
+
+This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
+"""
+
+import torch
+
+from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
+
+SYNTHESIZER_KEY = ".synthesizer."
+
+
+class SynthesizerPreTrainedMixin:
+    """Put first in the bases of a synthesizer PreTrainedModel: `class X(SynthesizerPreTrainedMixin, StockModel)`."""
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_synthesizer_weights(module, self.config.initializer_range)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """attn_implementation is resolved against the variant stored in the config (see
+        `SynthesizerConfigMixin.resolve_attn_implementation`); any synthesizer combination gets registered."""
+        name = self.config.resolve_attn_implementation(requested_attention)
+        if name.startswith("synthesizer_"):
+            register_attn_implementation(name)
+            return name
+        return super().get_correct_attn_implementation(name, is_init_check)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                "The checkpoint's synthesizer parameters have other shapes than this config makes: it was saved with "
+                "a different synthesizer_length, synthesizer_factorized_rank, synthesizer_factorized_dense_split or "
+                "synthesizer_dense_shared_w2. Load it without overriding those fields (its config.json holds them); "
+                "to change the length, resize the loaded model instead."
+            ) from error
+        dropped = sorted(k for k in info["unexpected_keys"] if SYNTHESIZER_KEY in k)
+        if dropped:
+            raise ValueError(
+                f"The checkpoint holds synthesizer weights this model would not use, so loading would lose them: "
+                f"{dropped[:4]}{' ...' if len(dropped) > 4 else ''}. The config asks for other synthesizer_variant, "
+                f"synthesizer_layers or synthesizer_mixture values than it was saved with; load it without "
+                f"overriding them."
+            )
+        return (model, info) if output_loading_info else model
