@@ -7,6 +7,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 
 import torch
 
+from .configuration_synthesizer import ATTN_PREFIX, canonical_variant
 from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
 
 SYNTHESIZER_KEY = ".synthesizer."
@@ -23,8 +24,16 @@ class SynthesizerPreTrainedMixin:
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """attn_implementation is resolved against the variant stored in the config (see
         `SynthesizerConfigMixin.resolve_attn_implementation`); any synthesizer combination gets registered."""
+        if not is_init_check and requested_attention and requested_attention.startswith(ATTN_PREFIX):
+            variant = canonical_variant(requested_attention.removeprefix(ATTN_PREFIX))
+            if variant != self.config.synthesizer_variant:
+                raise ValueError(
+                    f"This model was built as synthesizer_variant={self.config.synthesizer_variant!r}; the variant "
+                    f"decides which parameters exist, so it cannot change on a live model. Load the checkpoint "
+                    f"again with from_pretrained(path, attn_implementation={requested_attention!r})."
+                )
         name = self.config.resolve_attn_implementation(requested_attention)
-        if name.startswith("synthesizer_"):
+        if name.startswith(ATTN_PREFIX):
             register_attn_implementation(name)
             return name
         return super().get_correct_attn_implementation(name, is_init_check)

@@ -206,6 +206,19 @@ def test_vanilla_backend_can_switch_at_run_time(stock_bert_dir):
     torch.testing.assert_close(model(*ids()).last_hidden_state, before, atol=1e-5, rtol=1e-5)
 
 
+def test_variant_cannot_change_on_a_live_model(stock_bert_dir):
+    vanilla = BertSynthesizerModel.from_pretrained(stock_bert_dir, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="cannot change on a live model"):
+        vanilla.set_attn_implementation("synthesizer_random")
+    assert vanilla.config.synthesizer_variant == "vanilla" and vanilla.config._attn_implementation == "sdpa"
+    random = load(BertSynthesizerModel, stock_bert_dir, "random")
+    with pytest.raises(ValueError, match="cannot change on a live model"):
+        random.set_attn_implementation("synthesizer_dense")
+    with pytest.raises(ValueError, match="synthesizer_random model"):
+        random.set_attn_implementation("eager")
+    random.set_attn_implementation("synthesizer_random")  # what it already is: fine
+
+
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_padding_never_changes_real_tokens(stock_bert_dir, variant):
     model = perturb(load(BertSynthesizerModel, stock_bert_dir, variant))
