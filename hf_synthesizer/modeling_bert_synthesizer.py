@@ -124,8 +124,14 @@ class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedM
 class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
     def _install_synthesizer_attention(self):
         ignored = []
+        config = self.config
         for i, layer in enumerate(self.encoder.layer):
-            layer.attention.self = BertSynthesizerSelfAttention(self.config, is_causal=self.config.is_decoder, layer_idx=i)
+            layer.attention.self = BertSynthesizerSelfAttention(config, is_causal=config.is_decoder, layer_idx=i)
+            if hasattr(layer, "crossattention"):  # cross-attention stays dot-product (paper and reference code)
+                cross = layer.crossattention.self
+                cross.synthesizer = SynthesizerLogits(
+                    config, ("vanilla",), config.hidden_size, cross.num_attention_heads, cross.attention_head_size
+                )
             if not layer.attention.self.synthesizer.uses_dot_product:
                 ignored.append(rf"encoder\.layer\.{i}\.attention\.self\.(query|key)\.(weight|bias)$")
         # A stock checkpoint's query/key weights of layers that no longer use them are dropped without warnings.

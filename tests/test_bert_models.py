@@ -356,3 +356,24 @@ def test_minilm_converts_to_every_variant(minilm_dir):
         assert info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
         assert info["missing_keys"] and all(".synthesizer." in k for k in info["missing_keys"])
         assert model.config.synthesizer_length == 512
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_decoder_cross_attention_stays_dot_product(variant):
+    config = BertSynthesizerConfig(
+        **tiny_bert_config(is_decoder=True, add_cross_attention=True).to_dict(), synthesizer_variant=variant
+    )
+    torch.manual_seed(0)
+    model = BertSynthesizerLMHeadModel(config).eval()
+    cross = model.bert.encoder.layer[0].crossattention.self
+    assert cross.synthesizer.components == ("vanilla",) and hasattr(cross, "query")
+    encoder_states = torch.randn(2, 7, 32)
+    encoder_mask = torch.ones(2, 7, dtype=torch.long)
+    encoder_mask[1, 4:] = 0
+    input_ids = torch.randint(1, 100, (2, 5))
+    out = model(input_ids, encoder_hidden_states=encoder_states, encoder_attention_mask=encoder_mask).logits
+    # Padded encoder positions do not matter.
+    changed = encoder_states.clone()
+    changed[1, 4:] = 100.0
+    again = model(input_ids, encoder_hidden_states=changed, encoder_attention_mask=encoder_mask).logits
+    torch.testing.assert_close(out, again, atol=1e-5, rtol=1e-5)
