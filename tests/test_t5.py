@@ -31,6 +31,15 @@ VARIANTS = NAMED_VARIANTS  # every single component and the paper's mixtures
 PURE = ("dense", "factorized_dense", "random", "fixed_random", "factorized_random")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_t5_kwargs(**kwargs) -> dict:
     values = dict(
         vocab_size=40,

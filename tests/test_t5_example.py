@@ -17,6 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = 4  # digits per example: chance exact match of a reversal is 10**-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_example():
     spec = importlib.util.spec_from_file_location("run_seq2seq", ROOT / "examples" / "run_seq2seq.py")
     module = importlib.util.module_from_spec(spec)
