@@ -52,7 +52,9 @@ class T5SynthesizerAttention(T5Attention):
         if not self.synthesizer.uses_dot_product:
             del self.q, self.k
 
-    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, past_key_values=None, **kwargs):
+    def forward(
+        self, hidden_states, mask=None, key_value_states=None, position_bias=None, past_key_values=None, **kwargs
+    ):
         # Same flow as `T5Attention.forward` (transformers 5.23), with optional q/k and the synthesizer inputs.
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)

@@ -11,7 +11,7 @@ from transformers import (
     T5EncoderModel,
     T5ForConditionalGeneration,
 )
-from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
+from transformers.models.t5.modeling_t5 import T5Attention, T5PreTrainedModel, T5Stack
 
 import hf_synthesizer
 from hf_synthesizer import (
@@ -154,10 +154,6 @@ def test_config_validation(kwargs, message):
 
 def test_synthesizer_layers_valid_for_the_stacks_they_address():
     config = T5SynthesizerConfig(
-        **tiny_t5_kwargs(num_decoder_layers=3, synthesizer_layers=[2], synthesizer_stacks=["decoder"])
-    )
-    assert config.components_for_stack_layer("decoder", 2) == ("random",) or config.synthesizer_variant == "vanilla"
-    config = T5SynthesizerConfig(
         **tiny_t5_kwargs(
             num_decoder_layers=3, synthesizer_variant="random", synthesizer_layers=[2], synthesizer_stacks=["decoder"]
         )
@@ -196,9 +192,9 @@ def test_every_pretrained_model_in_the_tree_is_a_synthesizer_class():
     for model_class in set(T5_AUTO_CLASSES.values()):
         model = model_class(tiny_synth_config("random"))
         for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Module) and isinstance(module, T5Stack):
+            if isinstance(module, T5Stack):
                 assert isinstance(module, T5SynthesizerStack), (model_class.__name__, name)
-            if isinstance(module, hf_synthesizer.T5SynthesizerPreTrainedModel.__mro__[1]):  # T5PreTrainedModel
+            if isinstance(module, T5PreTrainedModel):
                 assert isinstance(module, T5SynthesizerPreTrainedModel), (model_class.__name__, name)
             if isinstance(module, T5Attention):
                 assert isinstance(module, T5SynthesizerAttention), (model_class.__name__, name)
@@ -264,7 +260,9 @@ def test_stock_checkpoint_converts_with_clean_loading_report(stock_t5_dir):
     assert model.config.synthesizer_variant == "random"
     assert info["unexpected_keys"] == set() or not info["unexpected_keys"]  # dropped q/k are expected
     assert sorted(info["missing_keys"]) == sorted(
-        f"{stack}.block.{i}.layer.0.SelfAttention.synthesizer.random_r" for stack in ("encoder", "decoder") for i in (0, 1)
+        f"{stack}.block.{i}.layer.0.SelfAttention.synthesizer.random_r"
+        for stack in ("encoder", "decoder")
+        for i in (0, 1)
     )
     assert not info["mismatched_keys"]
     stock_sd, sd = stock.state_dict(), model.state_dict()
@@ -384,7 +382,7 @@ def test_too_long_inputs_raise_a_clear_error(variant):
     with torch.no_grad():
         model(input_ids=ok_src, decoder_input_ids=torch.zeros(1, LENGTH, dtype=torch.long))
         with pytest.raises(ValueError, match="synthesizer_length"):  # encoder
-            model(input_ids=torch.randint(2, 40, (1, LENGTH + 1)), decoder_input_ids=torch.zeros(1, 2, dtype=torch.long))
+            model(input_ids=torch.randint(2, 40, (1, LENGTH + 1)), decoder_input_ids=torch.zeros(1, 2).long())
         with pytest.raises(ValueError, match="synthesizer_length"):  # decoder
             model(input_ids=ok_src, decoder_input_ids=torch.zeros(1, LENGTH + 1, dtype=torch.long))
         # cached decoding runs up to the limit and stops with the same error one step past it
