@@ -27,7 +27,7 @@ from hf_synthesizer import (
 )
 
 LENGTH = 10  # synthesizer_length of the tiny models
-VARIANTS = NAMED_VARIANTS  # every single component and the paper's mixtures
+VARIANTS = NAMED_VARIANTS + ("factorized_dense+factorized_random+vanilla",)  # named ones plus an unnamed mixture
 PURE = ("dense", "factorized_dense", "random", "fixed_random", "factorized_random")
 
 
@@ -282,12 +282,13 @@ def test_stock_class_with_synthesizer_name_explains_how_to_convert(stock_t5_dir)
         model(input_ids=torch.tensor([[3, 4, 1]]), decoder_input_ids=torch.tensor([[0]]))
 
 
+@pytest.mark.parametrize("variant", ["dense+vanilla", "random"])  # q/k kept / q/k dropped without warnings
 @pytest.mark.parametrize("auto_class", list(T5_AUTO_CLASSES))
-def test_every_auto_class_converts_a_gated_stock_checkpoint(stock_gated_t5_dir, auto_class):
+def test_every_auto_class_converts_a_gated_stock_checkpoint(stock_gated_t5_dir, auto_class, variant):
     config = T5SynthesizerConfig.from_pretrained(stock_gated_t5_dir, synthesizer_length=LENGTH, num_labels=2)
     assert config.is_gated_act and config.num_decoder_layers == 3
     model, info = auto_class.from_pretrained(
-        stock_gated_t5_dir, config=config, attn_implementation="synthesizer_dense+vanilla", output_loading_info=True
+        stock_gated_t5_dir, config=config, attn_implementation=f"synthesizer_{variant}", output_loading_info=True
     )
     assert type(model) is T5_AUTO_CLASSES[auto_class]
     assert not info["unexpected_keys"], info["unexpected_keys"]
@@ -295,6 +296,8 @@ def test_every_auto_class_converts_a_gated_stock_checkpoint(stock_gated_t5_dir, 
     unexpected_missing = [k for k in info["missing_keys"] if ".synthesizer." not in k and not k.startswith(head_params)]
     assert not unexpected_missing
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    has_qk = any(n.endswith("SelfAttention.q.weight") for n, _ in model.named_parameters())
+    assert has_qk == (variant == "dense+vanilla")
     ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 11, 12, 1]])
     kwargs = dict(input_ids=ids)
     if auto_class in (AutoModel, AutoModelForSeq2SeqLM, hf_synthesizer.AutoModelForPreTraining):
