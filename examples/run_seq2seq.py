@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.generation_max_length is None:
         training_args.generation_max_length = max_target_length
 
-    raw = load_raw_datasets(data_args, training_args.cache_dir if hasattr(training_args, "cache_dir") else None)
+    raw = load_raw_datasets(data_args, cache_dir=None)
 
     def preprocess(batch):
         sources = [data_args.source_prefix + str(s) for s in batch[data_args.source_column]]

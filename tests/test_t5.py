@@ -434,8 +434,8 @@ def mixed_padding_batch():
 def test_cached_generation_equals_uncached(variant):
     """Greedy and beam search (beams reorder the cache) with left and right padding in the batch: identical tokens,
     logits within 1e-5. Run in float64 so that the comparison sees the cache logic, not float32 kernel noise (stock
-    T5 itself differs by ~5e-5 between cached and uncached beam search in float32 on these weights, see
-    test_cached_generation_float32_tokens)."""
+    T5 itself differs by up to ~5e-5 between cached and uncached beam search in float32 on tiny random weights, see
+    test_cached_generation_float32_tokens). Measured in float64: no difference at all."""
     kwargs = {}
     if variant.startswith("gate:"):
         variant, kwargs = variant[5:], dict(synthesizer_mixture="gate")
@@ -457,13 +457,15 @@ def test_cached_generation_equals_uncached(variant):
 
 @pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_dense"])
 def test_cached_generation_float32_tokens(variant):
-    """In float32 the tokens are identical too, and logits agree as closely as stock T5's own do."""
+    """In float32 the tokens are identical too. Logits differ by kernel rounding only (float64 agrees exactly), which
+    the deliberately large synthesizer parameters amplify: measured up to 1.4e-4 for dense+vanilla, 7e-6 for stock T5
+    on the same batch, so the float32 bound is loose and the float64 test above is the precise one."""
     model = make_model(variant)
     ids, mask = mixed_padding_batch()
     common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, num_beams=3)
     cached, uncached = _generate_both(model, do_sample=False, **common)
     assert torch.equal(cached.sequences, uncached.sequences)
-    assert (torch.stack(cached.logits) - torch.stack(uncached.logits)).abs().max() < 1e-4
+    assert (torch.stack(cached.logits) - torch.stack(uncached.logits)).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_random"])
