@@ -12,6 +12,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 """
 
 import torch
+from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import (
@@ -49,6 +50,10 @@ class T5SynthesizerAttention(T5Attention):
         self.synthesizer = SynthesizerLogits(config, components, config.d_model, config.num_heads, config.d_kv)
         # Read by `synthesizer_attention_forward`: add the relative position bias to synthesized logits too.
         self.bias_synthesized = config.synthesizer_position_bias
+        # The synthesizer's input layers get a T5-style init in `_init_weights`; the tag says which.
+        for name, linear in self.synthesizer.named_children():
+            if isinstance(linear, nn.Linear):
+                linear._t5_synthesizer_linear = "factorized" if name.startswith("factorized") else "dense"
         if not self.synthesizer.uses_dot_product:
             del self.q, self.k
 
@@ -136,9 +141,20 @@ class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        factor = self.config.initializer_factor
+        kind = getattr(module, "_t5_synthesizer_linear", None)
+        if kind is not None:
+            # T5 configs have no initializer_range, so the generic init would draw these with std = factor (1.0),
+            # giving near one-hot attention at init. Dense: like T5's own input projections (`wi`), its small W2
+            # keeps the logits small. Factorized dense: logits are products A_i * B_j, so each factor gets
+            # sqrt(0.02) of that, for products of std ~0.02 like R.
+            std = factor * self.config.d_model**-0.5 * (0.02**0.5 if kind == "factorized" else 1.0)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
         if isinstance(module, T5SynthesizerAttention) and not hasattr(module, "q"):
             # T5's own init reads `module.q`/`module.k`, which pure synthesizers do not have: same init without them.
-            factor = self.config.initializer_factor
             d_model, inner = self.config.d_model, self.config.num_heads * self.config.d_kv
             init.normal_(module.v.weight, mean=0.0, std=factor * (d_model**-0.5))
             init.normal_(module.o.weight, mean=0.0, std=factor * (inner**-0.5))
@@ -147,7 +163,15 @@ class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
         else:
             super()._init_weights(module)
         # T5 configs have no initializer_range: the BERT default 0.02 keeps R small (attention close to uniform).
-        init_synthesizer_weights(module, 0.02 * self.config.initializer_factor)
+        init_synthesizer_weights(module, 0.02 * factor)
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        """transformers treats classes defined outside it as custom code and then skips every module whose own
+        (non-recursive) parameters are all initialised: modules without own parameters, i.e. exactly where T5 puts
+        its init (`T5Attention`, `T5DenseActDense`, `T5ClassificationHead` initialise their children), would keep the
+        generic std = initializer_factor draw. `_init_weights` here only uses `transformers.initialization`, which
+        already skips loaded tensors, so the shortcut is not needed."""
+        super()._initialize_weights(module, is_custom_code=False)
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         name = self.config.resolve_attn_implementation(requested_attention)

@@ -201,6 +201,33 @@ def test_every_pretrained_model_in_the_tree_is_a_synthesizer_class():
         assert any(".synthesizer.random_r" in n for n, _ in model.named_parameters())
 
 
+@pytest.mark.parametrize("model_class", sorted(set(T5_AUTO_CLASSES.values()), key=lambda c: c.__name__))
+def test_random_init_matches_stock_t5_init(model_class):
+    """Every stock weight is drawn like stock T5 draws it (transformers would otherwise skip T5's parent-level
+    inits for classes defined outside it and leave std = initializer_factor = 1 in q/k/v/o, FFN and heads), and the
+    synthesizer's own tensors start small."""
+    import transformers
+
+    stock_class = getattr(transformers, model_class.__name__.replace("Synthesizer", ""))
+    kwargs = tiny_t5_kwargs(d_model=64, d_kv=16, d_ff=128, num_labels=2)
+    torch.manual_seed(0)
+    stock = dict(stock_class(T5Config(**kwargs)).named_parameters())
+    torch.manual_seed(0)
+    model = model_class(T5SynthesizerConfig(**kwargs, synthesizer_variant="dense+random+vanilla"))
+    checked = 0
+    for name, p in model.named_parameters():
+        if ".synthesizer." in name:
+            if name.endswith(("random_r", "dense_w1.weight")):
+                assert 0.005 < p.std() < 0.2, name
+            continue
+        if p.numel() < 64 or name.endswith("bias"):
+            continue
+        ratio = (p.pow(2).mean().sqrt() / stock[name].pow(2).mean().sqrt()).item()  # RMS: layer norms are all 1
+        assert 0.7 < ratio < 1.4, (name, ratio)
+        checked += 1
+    assert checked > 10
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Stock T5 equivalence and loading
 
@@ -445,8 +472,9 @@ def test_cached_generation_equals_uncached(variant):
     cached, uncached = _generate_both(model, do_sample=False, **common)
     assert torch.equal(cached.sequences, uncached.sequences)
     assert (torch.stack(cached.logits) - torch.stack(uncached.logits)).abs().max() < 1e-5
-    # generation must actually depend on the inputs (a degenerate model would pass trivially)
-    assert len({tuple(row.tolist()) for row in cached.sequences}) > 1
+    # the logits must actually depend on the inputs (an input-blind model would pass trivially)
+    logits = torch.stack(cached.logits)
+    assert (logits[:, 0] - logits[:, 1]).abs().max() > 1e-2
 
     cached, uncached = _generate_both(model, num_beams=3, num_return_sequences=2, do_sample=False, **common)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -573,6 +601,22 @@ def test_bf16_autocast_forward_backward_finite(variant):
     synth = [g for n, g in grads.items() if ".synthesizer." in n]
     if variant != "fixed_random":
         assert synth and all(g.abs().sum() > 0 for g in synth)
+
+
+@pytest.mark.parametrize("variant", ["random+vanilla", "dense+vanilla", "factorized_random+vanilla"])
+def test_mixture_gradients_equal_the_explicit_attention(variant):
+    """The vanilla term of a mixture may run inside sdpa; its gradients must equal those of the explicit
+    softmax(mixed logits) path (synthesizer_vanilla_backend="eager"), with padding and causal masks."""
+    ids, mask = padded_batch("right")
+    labels = torch.randint(2, 40, (3, 5), generator=torch.Generator().manual_seed(2))
+    grads = []
+    for backend in ("sdpa", "eager"):
+        model = make_model(variant, synthesizer_vanilla_backend=backend).train()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert (grads[0][name] - grads[1][name]).norm() <= 1e-4 * grads[1][name].norm(), name
 
 
 @pytest.mark.parametrize("variant", ["random+vanilla", "dense"])

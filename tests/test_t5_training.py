@@ -1,9 +1,9 @@
 """A tiny seq2seq task learnt with Seq2SeqTrainer: reversing 4-digit strings (chance exact match 10**-4).
 
 A stock tiny T5 checkpoint is converted to a vanilla+synthesizer mixture by examples/run_seq2seq.py, trained for
-300 steps and scored on held-out strings with predict_with_generate. The stock checkpoint uses
-initializer_factor=0.1: with T5's default 1.0 (embeddings of standard deviation 1) a model this small does not
-learn the task within a few hundred steps, whatever the attention (measured: vanilla 2% exact match after 1000).
+200 steps and scored on 200 held-out strings with predict_with_generate. The stock checkpoint uses
+initializer_factor=0.1, which this tiny model learns fastest with: measured held-out exact match after 200 steps
+1.0 (0.335 with T5's default initializer_factor=1.0).
 """
 
 import json
