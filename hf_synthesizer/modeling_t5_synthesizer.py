@@ -50,9 +50,6 @@ class T5SynthesizerAttention(T5Attention):
         self.synthesizer = SynthesizerLogits(config, components, config.d_model, config.num_heads, config.d_kv)
         # Read by `synthesizer_attention_forward`: add the relative position bias to synthesized logits too.
         self.bias_synthesized = config.synthesizer_position_bias
-        # Read by `synthesizer_attention_forward`: with gradients, mixtures take the explicit softmax path. The fused
-        # sdpa path gave gradients up to 14% off in T5 (test_mixture_gradients_equal_the_explicit_attention).
-        self.fused_mixture_with_grad = False
         # The synthesizer's input layers get a T5-style init in `_init_weights`; the tag says which.
         for name, linear in self.synthesizer.named_children():
             if isinstance(linear, nn.Linear):

@@ -185,11 +185,7 @@ def synthesizer_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                 is_causal=False, position_bias=position_bias,
             )
-        # A module may keep the fused path to inference (`fused_mixture_with_grad = False`): in T5 with both stacks
-        # synthesized it gave gradients up to 14% off the explicit path (forward identical; cause not found yet).
-        if synthesizer.uses_dot_product and (
-            getattr(module, "fused_mixture_with_grad", True) or not torch.is_grad_enabled()
-        ):
+        if synthesizer.uses_dot_product:
             return _mixture_through_sdpa(
                 synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
                 module.training, q0, lq, lk, position_bias, bias_synthesized,

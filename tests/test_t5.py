@@ -605,18 +605,20 @@ def test_bf16_autocast_forward_backward_finite(variant):
 
 @pytest.mark.parametrize("variant", ["random+vanilla", "dense+vanilla", "factorized_random+vanilla"])
 def test_mixture_gradients_equal_the_explicit_attention(variant):
-    """The vanilla term of a mixture may run inside sdpa; its gradients must equal those of the explicit
-    softmax(mixed logits) path (synthesizer_vanilla_backend="eager"), with padding and causal masks."""
+    """The vanilla term of a mixture runs inside sdpa; its gradients equal those of the explicit softmax(mixed
+    logits) path (synthesizer_vanilla_backend="eager"), with padding and causal masks. In float64: in float32 these
+    tiny models with deliberately large synthesizer parameters have ill-conditioned gradients, where the two
+    summation orders differ by up to 14% in some parameters (and so do checkpointed vs plain runs)."""
     ids, mask = padded_batch("right")
     labels = torch.randint(2, 40, (3, 5), generator=torch.Generator().manual_seed(2))
     grads = []
     for backend in ("sdpa", "eager"):
-        model = make_model(variant, synthesizer_vanilla_backend=backend).train()
+        model = make_model(variant, synthesizer_vanilla_backend=backend).double().train()
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
-        assert (grads[0][name] - grads[1][name]).norm() <= 1e-4 * grads[1][name].norm(), name
+        assert (grads[0][name] - grads[1][name]).norm() <= 1e-5 * grads[1][name].norm(), name
 
 
 @pytest.mark.parametrize("variant", ["random+vanilla", "dense"])
@@ -625,7 +627,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(variant):
     labels = torch.randint(2, 40, (3, 5), generator=torch.Generator().manual_seed(2))
     grads = []
     for checkpointing in (False, True):
-        model = make_model(variant).train()
+        model = make_model(variant).double().train()  # float64: see test_mixture_gradients_equal_the_explicit_...
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
@@ -635,4 +637,4 @@ def test_gradient_checkpointing_gives_the_same_gradients(variant):
     assert any(".synthesizer." in n for n in grads[0])
     for name in grads[0]:
         # not bitwise: with checkpointing T5 makes its zero position bias require grad, which changes sdpa's kernel
-        assert (grads[0][name] - grads[1][name]).norm() <= 1e-4 * grads[0][name].norm(), name
+        assert (grads[0][name] - grads[1][name]).norm() <= 1e-8 * grads[0][name].norm(), name
