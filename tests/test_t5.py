@@ -28,7 +28,6 @@ from hf_synthesizer import (
 
 LENGTH = 10  # synthesizer_length of the tiny models
 VARIANTS = NAMED_VARIANTS + ("factorized_dense+factorized_random+vanilla",)  # named ones plus an unnamed mixture
-PURE = ("dense", "factorized_dense", "random", "fixed_random", "factorized_random")
 
 
 @pytest.fixture(autouse=True, scope="module")
