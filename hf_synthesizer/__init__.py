@@ -83,3 +83,50 @@ __all__ = [
     "register_attn_implementation",
     "synthesizer_attention_forward",
 ]
+
+# --- T5 (issue 3) ---------------------------------------------------------------------------------------------
+from transformers import (  # noqa: E402
+    AutoModelForSeq2SeqLM,
+    AutoModelForTextEncoding,
+)
+
+from .configuration_synthesizer import T5SynthesizerConfig  # noqa: E402
+from .modeling_t5_synthesizer import (  # noqa: E402
+    T5SynthesizerAttention,
+    T5SynthesizerEncoderModel,
+    T5SynthesizerForConditionalGeneration,
+    T5SynthesizerForQuestionAnswering,
+    T5SynthesizerForSequenceClassification,
+    T5SynthesizerForTokenClassification,
+    T5SynthesizerModel,
+    T5SynthesizerPreTrainedModel,
+    T5SynthesizerStack,
+)
+
+T5_AUTO_CLASSES = {
+    AutoModel: T5SynthesizerModel,
+    AutoModelForPreTraining: T5SynthesizerForConditionalGeneration,
+    AutoModelForSeq2SeqLM: T5SynthesizerForConditionalGeneration,
+    AutoModelForSequenceClassification: T5SynthesizerForSequenceClassification,
+    AutoModelForTokenClassification: T5SynthesizerForTokenClassification,
+    AutoModelForQuestionAnswering: T5SynthesizerForQuestionAnswering,
+    AutoModelForTextEncoding: T5SynthesizerEncoderModel,
+}
+
+AutoConfig.register(T5SynthesizerConfig.model_type, T5SynthesizerConfig, exist_ok=True)
+for _auto_class, _model_class in T5_AUTO_CLASSES.items():
+    _auto_class.register(T5SynthesizerConfig, _model_class, exist_ok=True)
+
+__all__ += [
+    "T5_AUTO_CLASSES",
+    "T5SynthesizerAttention",
+    "T5SynthesizerConfig",
+    "T5SynthesizerEncoderModel",
+    "T5SynthesizerForConditionalGeneration",
+    "T5SynthesizerForQuestionAnswering",
+    "T5SynthesizerForSequenceClassification",
+    "T5SynthesizerForTokenClassification",
+    "T5SynthesizerModel",
+    "T5SynthesizerPreTrainedModel",
+    "T5SynthesizerStack",
+]

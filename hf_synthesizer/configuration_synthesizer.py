@@ -247,3 +247,92 @@ class BertSynthesizerConfig(SynthesizerConfigMixin, BertConfig, SynthesizerField
 
     def _default_synthesizer_length(self) -> int:
         return self.max_position_embeddings
+
+
+T5_STACKS = ("encoder", "decoder")
+T5_DEFAULT_SYNTHESIZER_LENGTH = 512
+
+
+@dataclass(repr=False)
+class T5SynthesizerFields:
+    r"""
+    synthesizer_stacks (`list[str]`, *optional*):
+        Whose self-attention is synthesized: any of `"encoder"` and `"decoder"` (causal); default both, as in the
+        paper. The other stack's self-attention and the decoder's cross-attention stay T5 dot-product attention.
+    synthesizer_position_bias (`bool`, defaults to `True`):
+        Add T5's relative position bias to the synthesized logits too, as the reference code does (the vanilla
+        term always gets it). With `False` only the dot-product term sees the bias.
+
+    For T5, `synthesizer_length` defaults to 512 (T5 has no absolute positions, so no other bound exists), and
+    `synthesizer_layers` indexes the blocks of every stack in `synthesizer_stacks` alike: `[0, 2]` synthesizes block
+    0 and 2 of the encoder and of the decoder, so each index must exist in each of those stacks (encoder:
+    `num_layers`, decoder: `num_decoder_layers`). Restrict `synthesizer_stacks` to address one stack only.
+    """
+
+    synthesizer_stacks: list[str] | None = None
+    synthesizer_position_bias: bool = True
+
+
+@strict
+class T5SynthesizerConfig(SynthesizerConfigMixin, T5Config, T5SynthesizerFields, SynthesizerFields):
+    __doc__ = (
+        "T5 with synthesizer self-attention. Fields of `T5Config`, plus:\n"
+        + SynthesizerFields.__doc__
+        + T5SynthesizerFields.__doc__
+    )
+    model_type = "t5_synthesizer"
+    stock_model_type = "t5"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.synthesizer_stacks is None:
+            self.synthesizer_stacks = list(T5_STACKS)
+        self._finish_synthesizer_fields()
+        self.synthesizer_stacks = [s for s in T5_STACKS if s in self.synthesizer_stacks]
+
+    def _default_synthesizer_length(self) -> int:
+        return T5_DEFAULT_SYNTHESIZER_LENGTH
+
+    def _stack_num_layers(self, stack: str) -> int:
+        if stack == "encoder":
+            return self.num_layers
+        return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    def _synthesizer_num_layers(self) -> int:
+        """`synthesizer_layers` indexes every synthesized stack alike: valid indices exist in all of them."""
+        return min(self._stack_num_layers(s) for s in self.synthesizer_stacks)
+
+    def check_synthesizer_fields(self):
+        stacks = self.synthesizer_stacks
+        if (
+            not isinstance(stacks, (list, tuple))
+            or not stacks
+            or any(s not in T5_STACKS for s in stacks)
+            or len(set(stacks)) != len(stacks)
+        ):
+            raise ValueError(
+                f"synthesizer_stacks must be a non-empty list of distinct names from {list(T5_STACKS)} (whose "
+                f"self-attention is synthesized), got {stacks!r}. For plain dot-product attention everywhere use "
+                f"synthesizer_variant='vanilla'."
+            )
+        if not isinstance(self.synthesizer_position_bias, bool):
+            raise ValueError(
+                f"synthesizer_position_bias must be True or False, got {self.synthesizer_position_bias!r}."
+            )
+        if self.synthesizer_layers is not None:
+            for stack in stacks:
+                n = self._stack_num_layers(stack)
+                bad = [i for i in self.synthesizer_layers if not isinstance(i, int) or not 0 <= i < n]
+                if bad:
+                    raise ValueError(
+                        f"synthesizer_layers has indices {bad} outside the {stack}'s {n} blocks (valid: 0..{n - 1}). "
+                        f"The indices apply to every stack in synthesizer_stacks={list(stacks)}; restrict "
+                        f"synthesizer_stacks to address a single stack."
+                    )
+        super().check_synthesizer_fields()
+
+    def components_for_stack_layer(self, stack: str, layer_idx: int) -> tuple[str, ...]:
+        """Components of the self-attention of block `layer_idx` of `stack` (`"encoder"` or `"decoder"`)."""
+        if stack not in self.synthesizer_stacks:
+            return ("vanilla",)
+        return self.components_for_layer(layer_idx)

@@ -165,8 +165,9 @@ def synthesizer_attention_forward(
         raise ValueError(
             f"{type(module).__name__} has no synthesizer parameters, so a synthesizer attn_implementation cannot run "
             f"on it: it is a stock transformers model. Load the checkpoint with a synthesizer class, e.g. "
-            f"hf_synthesizer.BertSynthesizerModel.from_pretrained(path, attn_implementation=...), or through the Auto "
-            f"classes with config=hf_synthesizer.BertSynthesizerConfig.from_pretrained(path)."
+            f"hf_synthesizer.BertSynthesizerModel / T5SynthesizerForConditionalGeneration.from_pretrained(path, "
+            f"attn_implementation=...), or through the Auto classes with config=hf_synthesizer.BertSynthesizerConfig / "
+            f"T5SynthesizerConfig.from_pretrained(path)."
         )
     lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
     lk = value.shape[2]

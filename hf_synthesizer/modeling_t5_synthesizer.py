@@ -1,0 +1,256 @@
+"""T5 with synthesizer self-attention: every stock T5 model class, with the self-attention of the configured stacks
+(encoder, decoder or both) and layers computed by `T5SynthesizerAttention`. Cross-attention and the self-attention
+of layers that stay vanilla are T5's dot-product attention. Embeddings, value/output projections, the relative
+position bias, FFN (plain or gated), layer norms and heads are the stock modules, so a stock T5 checkpoint loads
+into them; `q`/`k` of a self-attention load only where a vanilla term uses them.
+
+The decoder's self-attention is causal and works with `EncoderDecoderCache`: query position `p` uses row `p` of
+the synthesized logits, sliced to the cache length. Pure synthesizers need no keys: the cache holds a
+`(B, H, len, 1)` placeholder of zeros that counts the positions (an empty one would count as length 0).
+
+This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.t5.modeling_t5 import (
+    T5Attention,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
+    T5ForQuestionAnswering,
+    T5ForSequenceClassification,
+    T5ForTokenClassification,
+    T5Model,
+    T5PreTrainedModel,
+    T5Stack,
+    eager_attention_forward,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_synthesizer import T5SynthesizerConfig
+from .synthesizer_attention import SynthesizerLogits, init_synthesizer_weights, register_attn_implementation
+
+
+class T5SynthesizerAttention(T5Attention):
+    """T5 attention whose logits come from `self.synthesizer`. For cross-attention and layers that stay vanilla
+    the synthesizer is plain dot-product (`components == ("vanilla",)`, no parameters). `q`/`k` exist only when a
+    vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own."""
+
+    def __init__(
+        self,
+        config,
+        has_relative_attention_bias=False,
+        layer_idx: int | None = None,
+        is_causal: bool = False,
+        components: tuple[str, ...] = ("vanilla",),
+    ):
+        super().__init__(config, has_relative_attention_bias, layer_idx, is_causal)
+        self.synthesizer = SynthesizerLogits(config, components, config.d_model, config.num_heads, config.d_kv)
+        # Read by `synthesizer_attention_forward`: add the relative position bias to synthesized logits too.
+        self.bias_synthesized = config.synthesizer_position_bias
+        # The synthesizer's input layers get a T5-style init in `_init_weights`; the tag says which.
+        for name, linear in self.synthesizer.named_children():
+            if isinstance(linear, nn.Linear):
+                linear._t5_synthesizer_linear = "factorized" if name.startswith("factorized") else "dense"
+        if not self.synthesizer.uses_dot_product:
+            del self.q, self.k
+
+    def forward(
+        self, hidden_states, mask=None, key_value_states=None, position_bias=None, past_key_values=None, **kwargs
+    ):
+        # Same flow as `T5Attention.forward` (transformers 5.23), with optional q/k and the synthesizer inputs.
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
+        past_seen_tokens = past_key_values.get_seq_length(self.layer_idx) if past_key_values is not None else 0
+        past_seen_tokens = past_seen_tokens.clone() if isinstance(past_seen_tokens, torch.Tensor) else past_seen_tokens
+        is_cross_attention = key_value_states is not None
+        uses_qk = self.synthesizer.uses_dot_product
+
+        query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2) if uses_qk else None
+
+        is_updated = False
+        if isinstance(past_key_values, EncoderDecoderCache):
+            is_updated = past_key_values.is_updated.get(self.layer_idx)
+            if is_cross_attention:
+                curr_past_key_values = past_key_values.cross_attention_cache
+            else:
+                curr_past_key_values = past_key_values.self_attention_cache
+        else:
+            curr_past_key_values = past_key_values
+
+        current_states = key_value_states if is_cross_attention else hidden_states
+        if is_cross_attention and past_key_values is not None and is_updated:
+            key_states = curr_past_key_values.layers[self.layer_idx].keys
+            value_states = curr_past_key_values.layers[self.layer_idx].values
+        else:
+            kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
+            value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
+            if uses_qk:
+                key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
+            else:
+                # Nothing reads keys. The cache still needs them to count positions, and transformers 5.23's
+                # `DynamicLayer.get_seq_length` reports 0 for a tensor with no elements, so an empty (.., 0) placeholder
+                # would silently reset positions while decoding: keep a one-wide placeholder of zeros.
+                key_states = value_states.new_zeros(()).expand(*value_states.shape[:-1], 1)
+            if past_key_values is not None:
+                key_states, value_states = curr_past_key_values.update(key_states, value_states, self.layer_idx)
+                if is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        if position_bias is None:
+            key_length = value_states.shape[-2]
+            if not self.has_relative_attention_bias:
+                position_bias = torch.zeros(
+                    (1, self.n_heads, input_shape[1], key_length), device=value_states.device, dtype=value_states.dtype
+                )
+                if self.gradient_checkpointing and self.training:
+                    position_bias.requires_grad = True
+            else:
+                position_bias = self.compute_bias(
+                    input_shape[1], key_length, device=value_states.device, past_seen_tokens=past_seen_tokens
+                )
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            position_bias=position_bias,
+            synthesizer_inputs=hidden_states,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o(attn_output)
+        return attn_output, position_bias, attn_weights
+
+
+class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
+    config_class = T5SynthesizerConfig
+    config: T5SynthesizerConfig
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        factor = self.config.initializer_factor
+        kind = getattr(module, "_t5_synthesizer_linear", None)
+        if kind is not None:
+            # T5 configs have no initializer_range, so the generic init would draw these with std = factor (1.0),
+            # giving near one-hot attention at init. Dense: like T5's own input projections (`wi`), its small W2
+            # keeps the logits small. Factorized dense: logits are products A_i * B_j, so each factor gets
+            # sqrt(0.02) of that, for products of std ~0.02 like R.
+            std = factor * self.config.d_model**-0.5 * (0.02**0.5 if kind == "factorized" else 1.0)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
+        if isinstance(module, T5SynthesizerAttention) and not hasattr(module, "q"):
+            # T5's own init reads `module.q`/`module.k`, which pure synthesizers do not have: same init without them.
+            d_model, inner = self.config.d_model, self.config.num_heads * self.config.d_kv
+            init.normal_(module.v.weight, mean=0.0, std=factor * (d_model**-0.5))
+            init.normal_(module.o.weight, mean=0.0, std=factor * (inner**-0.5))
+            if module.has_relative_attention_bias:
+                init.normal_(module.relative_attention_bias.weight, mean=0.0, std=factor * (d_model**-0.5))
+        else:
+            super()._init_weights(module)
+        # T5 configs have no initializer_range: the BERT default 0.02 keeps R small (attention close to uniform).
+        init_synthesizer_weights(module, 0.02 * factor)
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        """transformers treats classes defined outside it as custom code and then skips every module whose own
+        (non-recursive) parameters are all initialised: modules without own parameters, i.e. exactly where T5 puts
+        its init (`T5Attention`, `T5DenseActDense`, `T5ClassificationHead` initialise their children), would keep the
+        generic std = initializer_factor draw. `_init_weights` here only uses `transformers.initialization`, which
+        already skips loaded tensors, so the shortcut is not needed."""
+        super()._initialize_weights(module, is_custom_code=False)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        name = self.config.resolve_attn_implementation(requested_attention)
+        if name.startswith("synthesizer_"):
+            register_attn_implementation(name)
+            return name
+        return super().get_correct_attn_implementation(name, is_init_check)
+
+    def post_init(self):
+        """The stock classes build stock `T5Stack`s / `T5Model`s; swap in synthesizer ones before weights are
+        initialised (a stack installs its attention modules itself)."""
+        if isinstance(self, T5Stack):
+            self._install_synthesizer_attention()
+        for name in ("encoder", "decoder"):
+            stack = getattr(self, name, None)
+            if isinstance(stack, T5Stack) and not isinstance(stack, T5SynthesizerStack):
+                setattr(self, name, T5SynthesizerStack(stack.config))
+        transformer = getattr(self, "transformer", None)
+        if isinstance(transformer, T5EncoderModel) and not isinstance(transformer, T5SynthesizerEncoderModel):
+            self.transformer = T5SynthesizerEncoderModel(self.config)
+        elif isinstance(transformer, T5Model) and not isinstance(transformer, T5SynthesizerModel):
+            self.transformer = T5SynthesizerModel(self.config)
+        super().post_init()
+
+
+class T5SynthesizerStack(T5SynthesizerPreTrainedModel, T5Stack):
+    """A `T5Stack` whose attention modules are `T5SynthesizerAttention`s (synthesized where configured)."""
+
+    def _install_synthesizer_attention(self):
+        config = self.config
+        stack = "decoder" if config.is_decoder else "encoder"
+        ignored = []
+        for i, block in enumerate(self.block):
+            components = config.components_for_stack_layer(stack, i)
+            old = block.layer[0].SelfAttention
+            block.layer[0].SelfAttention = T5SynthesizerAttention(
+                config, old.has_relative_attention_bias, layer_idx=i, is_causal=old.is_causal, components=components
+            )
+            if not block.layer[0].SelfAttention.synthesizer.uses_dot_product:
+                ignored.append(rf"{stack}\.block\.{i}\.layer\.0\.SelfAttention\.(q|k)\.weight$")
+            if config.is_decoder:
+                # Cross-attention stays dot-product; as a synthesizer module it runs under any attn_implementation.
+                block.layer[1].EncDecAttention = T5SynthesizerAttention(config, False, layer_idx=i, is_causal=False)
+        # A stock checkpoint's q/k weights of layers that no longer use them are dropped without warnings.
+        self._keys_to_ignore_on_load_unexpected = ignored
+
+
+class T5SynthesizerModel(T5SynthesizerPreTrainedModel, T5Model):
+    pass
+
+
+class T5SynthesizerForConditionalGeneration(T5SynthesizerPreTrainedModel, T5ForConditionalGeneration):
+    pass
+
+
+class T5SynthesizerEncoderModel(T5SynthesizerPreTrainedModel, T5EncoderModel):
+    pass
+
+
+class T5SynthesizerForSequenceClassification(T5SynthesizerPreTrainedModel, T5ForSequenceClassification):
+    pass
+
+
+class T5SynthesizerForTokenClassification(T5SynthesizerPreTrainedModel, T5ForTokenClassification):
+    pass
+
+
+class T5SynthesizerForQuestionAnswering(T5SynthesizerPreTrainedModel, T5ForQuestionAnswering):
+    pass
+
+
+__all__ = [
+    "T5SynthesizerAttention",
+    "T5SynthesizerEncoderModel",
+    "T5SynthesizerForConditionalGeneration",
+    "T5SynthesizerForQuestionAnswering",
+    "T5SynthesizerForSequenceClassification",
+    "T5SynthesizerForTokenClassification",
+    "T5SynthesizerModel",
+    "T5SynthesizerPreTrainedModel",
+    "T5SynthesizerStack",
+]
