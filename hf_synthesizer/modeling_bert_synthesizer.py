@@ -73,8 +73,9 @@ class BertSynthesizerSelfAttention(nn.Module):
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
         else:
-            # Nothing reads keys: the cache keeps an empty placeholder that still counts the positions.
-            query_layer, key_layer = None, value_layer[..., :0]
+            # Nothing reads keys: the cache keeps a placeholder that still counts the positions
+            # (one wide: transformers' DynamicLayer counts an empty tensor as length 0).
+            query_layer, key_layer = None, value_layer[..., :1]
 
         if past_key_values is not None:
             cache = past_key_values

@@ -30,7 +30,8 @@ from transformers.models.t5.modeling_t5 import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_synthesizer import T5SynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits, init_synthesizer_weights, register_attn_implementation
+from .synthesizer_attention import SynthesizerLogits
+from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
 class T5SynthesizerAttention(T5Attention):
@@ -132,7 +133,7 @@ class T5SynthesizerAttention(T5Attention):
         return attn_output, position_bias, attn_weights
 
 
-class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
+class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel):
     config_class = T5SynthesizerConfig
     config: T5SynthesizerConfig
     _supports_flash_attn = False
@@ -161,9 +162,11 @@ class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
             if module.has_relative_attention_bias:
                 init.normal_(module.relative_attention_bias.weight, mean=0.0, std=factor * (d_model**-0.5))
         else:
-            super()._init_weights(module)
+            super()._init_weights(module)  # stock T5 init, then the synthesizer's (SynthesizerPreTrainedMixin)
+
+    def _synthesizer_init_std(self) -> float:
         # T5 configs have no initializer_range: the BERT default 0.02 keeps R small (attention close to uniform).
-        init_synthesizer_weights(module, 0.02 * factor)
+        return 0.02 * self.config.initializer_factor
 
     def _initialize_weights(self, module, is_custom_code: bool = False):
         """transformers treats classes defined outside it as custom code and then skips every module whose own
@@ -172,13 +175,6 @@ class T5SynthesizerPreTrainedModel(T5PreTrainedModel):
         generic std = initializer_factor draw. `_init_weights` here only uses `transformers.initialization`, which
         already skips loaded tensors, so the shortcut is not needed."""
         super()._initialize_weights(module, is_custom_code=False)
-
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        name = self.config.resolve_attn_implementation(requested_attention)
-        if name.startswith("synthesizer_"):
-            register_attn_implementation(name)
-            return name
-        return super().get_correct_attn_implementation(name, is_init_check)
 
     def post_init(self):
         """The stock classes build stock `T5Stack`s / `T5Model`s; swap in synthesizer ones before weights are

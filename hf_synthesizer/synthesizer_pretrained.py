@@ -16,10 +16,14 @@ SYNTHESIZER_KEY = ".synthesizer."
 class SynthesizerPreTrainedMixin:
     """Put first in the bases of a synthesizer PreTrainedModel: `class X(SynthesizerPreTrainedMixin, StockModel)`."""
 
+    def _synthesizer_init_std(self) -> float:
+        """Standard deviation of R-like synthesizer parameters (small: attention close to uniform at init)."""
+        return self.config.initializer_range
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        init_synthesizer_weights(module, self.config.initializer_range)
+        init_synthesizer_weights(module, self._synthesizer_init_std())
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """attn_implementation is resolved against the variant stored in the config (see
