@@ -71,3 +71,15 @@ def test_compare_help_lists_flags(capsys):
     for flag in ("--model_name_or_path", "--variants", "--max_steps", "--max_length", "--seed", "--quick",
                  "--batch_size", "--max_depth", "--threads"):
         assert flag in text
+
+
+def test_compare_converts_the_packaged_minilm_checkpoint(minilm_dir, tmp_path, capsys):
+    """The real all-MiniLM-L6-v2 checkpoint goes through the same conversion (2 steps: the path, not the accuracy)."""
+    args = ["compare", "--quick", "--model_name_or_path", "minilm", "--variants", "vanilla,random", "--max_steps", "2",
+            "--output_dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert "all-MiniLM-L6-v2" in capsys.readouterr().out
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "compare_results.json").read_text())["results"]}
+    assert rows["vanilla"]["trainable_parameters"] == 22_717_066  # MiniLM + a 10-way classifier
+    query_key, r = 6 * 2 * (384 * 384 + 384), 6 * 12 * 32 * 32  # dropped Q/K; R per layer and head, L = 32
+    assert rows["random"]["trainable_parameters"] == 22_717_066 - query_key + r
