@@ -106,7 +106,8 @@ def main(argv=None) -> dict:
     # Trainer treats a model whose forward takes **kwargs as one that normalises its loss by `num_items_in_batch`
     # (transformers 5.23): it then skips the division by the gradient-accumulation steps and, under DDP with
     # average_tokens_across_devices, multiplies the loss by the number of processes. BERT's heads (stock and
-    # synthesizer) take **kwargs but average the loss per batch, so that would scale the loss and the gradients.
+    # synthesizer) take **kwargs but average the loss per batch, so that would scale the loss and the gradients
+    # (a known upstream problem: huggingface/transformers#47688; tests/test_examples.py measures the DDP case).
     model.accepts_loss_kwargs = False
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     logger.info("Model: %s, attention %s", type(model).__name__, describe_attention(model))
