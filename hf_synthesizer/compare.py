@@ -81,7 +81,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a seconds-long smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (flags given explicitly still win)",
+        help="a seconds-long smoke test: "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+        + " (flags given explicitly still win)",
     )
     parser.add_argument(
         "--threads",
@@ -271,7 +273,8 @@ def run(args) -> int:
         if args.model_name_or_path == "tiny":
             print(
                 "  (default because MiniLM is too slow for a few-minute run: measured ~1.4-1.8 s per batch-32 "
-                "training step here vs ~0.28 s for this model, so the default 5 variants x 300 steps would take ~40 minutes; "
+                "training step here vs ~0.28 s for this model, so the default 5 variants x 300 steps would take "
+                "~40 minutes; "
                 "use --model_name_or_path minilm to convert the real all-MiniLM-L6-v2 checkpoint)"
             )
         print(

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,30 @@ def common_args(output_dir, **extra):
         **extra,
     }
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def test_loading_helper_dispatches_on_model_type(tiny_bert_with_tokenizer, tmp_path):
+    """The one helper the examples and compare share: stock bert + synthesizer choice -> synthesizer classes;
+    stock with no choice -> stock transformers; saved synthesizer -> itself; nonsense -> clear errors."""
+    path = str(tiny_bert_with_tokenizer)
+    converted = load_synthesizer_model(AutoModelForSequenceClassification, path, "synthesizer_dense",
+                                       config_kwargs={"num_labels": 3}, synthesizer_length=12,
+                                       synthesizer_dense_shared_w2=True, synthesizer_factorized_rank=None)
+    assert type(converted).__name__ == "BertSynthesizerForSequenceClassification"
+    assert converted.config.synthesizer_dense_shared_w2 and converted.config.synthesizer_length == 12
+    assert converted.config.num_labels == 3
+    # an option alone (no attn_implementation) also goes through the synthesizer config, staying vanilla
+    option_only = load_synthesizer_model(AutoModelForMaskedLM, path, synthesizer_vanilla_backend="eager")
+    assert type(option_only).__name__ == "BertSynthesizerForMaskedLM"
+    assert option_only.config.synthesizer_variant == "vanilla" and option_only.config._attn_implementation == "eager"
+    assert type(load_synthesizer_model(AutoModelForMaskedLM, path)).__name__ == "BertForMaskedLM"
+    converted.save_pretrained(tmp_path)
+    reloaded = load_synthesizer_model(AutoModelForSequenceClassification, str(tmp_path))
+    assert reloaded.config.synthesizer_variant == "dense"
+    with pytest.raises(ValueError, match="attn_implementation='synthesizer_<variant>'"):
+        load_synthesizer_model(AutoModelForMaskedLM, path, synthesizer_variant="random")
+    with pytest.raises(ValueError, match="Unknown synthesizer option"):
+        load_synthesizer_model(AutoModelForMaskedLM, path, synthesizer_lenght=12)
 
 
 def test_examples_help():
@@ -250,7 +275,9 @@ def test_accelerate_two_processes_matches_single_process(tiny_bert_with_tokenize
             "--text_columns", "sentence1", "sentence2", "--do_train",
             "--log_level", "info", "--log_level_replica", "info",
         ] + common_args(out, max_steps=ACCELERATE_STEPS, per_device_train_batch_size=per_device)
-        port = str(29500 + os.getpid() % 1000)
+        with socket.socket() as sock:  # a port no other session on this machine holds right now
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
         result = subprocess.run(
             ["accelerate", "launch", *launcher_args, "--num_machines", "1", "--mixed_precision", "no",
              "--dynamo_backend", "no", "--main_process_port", port, script, *args],
