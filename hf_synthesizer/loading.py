@@ -1,0 +1,182 @@
+"""One helper to load any checkpoint as a synthesizer model: the path shared by `examples/` and `hf-synthesizer
+compare`.
+
+Why a helper: the synthesizer configs are registered with the Auto classes under their own model types
+(`bert_synthesizer`, ...), so `AutoModelForX.from_pretrained(stock_bert_path, attn_implementation=
+"synthesizer_random")` would build a *stock* BERT, which has no synthesizer parameters and fails. A stock
+checkpoint must be read through the synthesizer config class (`BertSynthesizerConfig.from_pretrained(path)`)
+and handed to the Auto class as `config=`; a saved synthesizer checkpoint already is one. This module does that
+dispatch on `model_type` in one place.
+
+    from transformers import AutoModelForSequenceClassification
+    from hf_synthesizer.loading import load_synthesizer_model
+
+    # convert a stock BERT checkpoint to the random synthesizer, sized for 128 tokens
+    model = load_synthesizer_model(
+        AutoModelForSequenceClassification, "path/to/bert", "synthesizer_random",
+        config_kwargs={"num_labels": 2}, synthesizer_length=128,
+    )
+    model.save_pretrained("out")  # reloads as synthesizer_random without repeating the choice
+    model = load_synthesizer_model(AutoModelForSequenceClassification, "out")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from transformers import AutoConfig, PretrainedConfig
+
+from . import configuration_synthesizer
+from .configuration_synthesizer import (
+    ATTN_PREFIX,
+    COMPONENTS,
+    MIXTURES,
+    VANILLA_BACKENDS,
+    SynthesizerConfigMixin,
+    SynthesizerFields,
+)
+
+
+def synthesizer_config_classes() -> dict[str, type]:
+    """Stock `model_type` -> synthesizer config class, for every synthesizer config the package defines
+    (BERT now; T5 as soon as its config class, with `stock_model_type = "t5"`, lives in configuration_synthesizer)."""
+    classes = {}
+    for value in vars(configuration_synthesizer).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, SynthesizerConfigMixin)
+            and issubclass(value, PretrainedConfig)
+            and value.stock_model_type
+        ):
+            classes[value.stock_model_type] = value
+    return classes
+
+
+SYNTHESIZER_OPTIONS = tuple(SynthesizerFields.__dataclass_fields__)  # the config fields users may set
+
+
+def load_synthesizer_config(
+    path: str,
+    attn_implementation: str | None = None,
+    config_kwargs: dict[str, Any] | None = None,
+    **synthesizer_options,
+) -> PretrainedConfig:
+    """The config to load `path` with (see `load_synthesizer_model`)."""
+    unknown = sorted(set(synthesizer_options) - set(SYNTHESIZER_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown synthesizer option(s) {unknown}; valid: {', '.join(SYNTHESIZER_OPTIONS)}.")
+    if "synthesizer_variant" in synthesizer_options and synthesizer_options["synthesizer_variant"] is not None:
+        raise ValueError(
+            "Choose the variant with attn_implementation='synthesizer_<variant>' (one name per idea), "
+            "not synthesizer_variant."
+        )
+    options = {k: v for k, v in synthesizer_options.items() if v is not None}
+    kwargs = {**(config_kwargs or {}), **options}
+    config_dict, _ = PretrainedConfig.get_config_dict(path)
+    model_type = config_dict.get("model_type")
+    stock = synthesizer_config_classes()
+    wants_synthesizer = bool(options) or (attn_implementation or "").startswith(ATTN_PREFIX)
+    if model_type in stock and wants_synthesizer:
+        return stock[model_type].from_pretrained(path, **kwargs)
+    synthesizer_types = {cls.model_type for cls in stock.values()}
+    if wants_synthesizer and model_type not in synthesizer_types:
+        raise ValueError(
+            f"{path} holds a {model_type!r} checkpoint; synthesizer attention converts only "
+            f"{', '.join(sorted(stock))} checkpoints."
+        )
+    # a saved synthesizer checkpoint (AutoConfig knows its model_type), or any checkpoint loaded as it is
+    return AutoConfig.from_pretrained(path, **kwargs)
+
+
+def load_synthesizer_model(
+    auto_class,
+    path: str,
+    attn_implementation: str | None = None,
+    *,
+    config_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    **synthesizer_options,
+):
+    """Load `path` with `auto_class` (e.g. `AutoModelForSequenceClassification`), as a synthesizer model when asked.
+
+    - stock checkpoint (`bert`) + `attn_implementation="synthesizer_<variant>"` or any synthesizer option:
+      converted; weights that still exist load, new synthesizer parameters are initialised near uniform attention;
+    - saved synthesizer checkpoint (`bert_synthesizer`): reloads as the variant it was saved with
+      (`attn_implementation` may be omitted or repeat it);
+    - stock checkpoint with no synthesizer choice (or `"sdpa"`/`"eager"`): the stock transformers model, the
+      vanilla reference.
+
+    `synthesizer_options` are config fields named `synthesizer_*` (see `BertSynthesizerConfig`; `None` means
+    "keep the checkpoint's / the default"); `config_kwargs` other config overrides (`num_labels`, dropout, ...);
+    `model_kwargs` extra `from_pretrained` arguments.
+    """
+    config = load_synthesizer_config(path, attn_implementation, config_kwargs, **synthesizer_options)
+    kwargs = dict(model_kwargs or {})
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return auto_class.from_pretrained(path, config=config, **kwargs)
+
+
+def describe_attention(model) -> str:
+    """`"synthesizer_random"`, `"vanilla (sdpa)"`, ...: what a loaded model runs, for logs and tables."""
+    variant = getattr(model.config, "synthesizer_variant", None)
+    if variant is None or variant == "vanilla":
+        return f"vanilla ({model.config._attn_implementation})"
+    return ATTN_PREFIX + variant
+
+
+def _field_help(name: str) -> str:
+    """The documentation of config field `name` from `SynthesizerFields`' docstring, on one line."""
+    lines = (SynthesizerFields.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name} ("):
+            body = []
+            for nxt in lines[i + 1 :]:
+                if nxt.startswith(" " * 8) and nxt.strip():
+                    body.append(nxt.strip())
+                else:
+                    break
+            return " ".join(body)
+    return name
+
+
+@dataclass
+class SynthesizerArguments:
+    """Command-line flags for `HfArgumentParser`: `--attn_implementation` and one flag per synthesizer config field,
+    named exactly like the field. Unset flags (None) keep the checkpoint's value or the config default.
+
+        model_args, synth_args, training_args = HfArgumentParser(
+            (ModelArguments, SynthesizerArguments, TrainingArguments)).parse_args_into_dataclasses()
+        model = load_synthesizer_model(AutoModelForX, path, synth_args.attn_implementation, **synth_args.options())
+    """
+
+    attn_implementation: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "synthesizer_<variant> to convert a stock checkpoint (e.g. synthesizer_random, "
+            "synthesizer_random+vanilla; components: " + ", ".join(COMPONENTS) + "), or sdpa/eager for "
+            "vanilla. A saved synthesizer checkpoint reloads as its own variant when this is omitted."
+        },
+    )
+    synthesizer_length: Optional[int] = field(default=None, metadata={"help": _field_help("synthesizer_length")})
+    synthesizer_factorized_rank: Optional[int] = field(
+        default=None, metadata={"help": _field_help("synthesizer_factorized_rank")}
+    )
+    synthesizer_factorized_dense_split: Optional[list[int]] = field(
+        default=None, metadata={"help": _field_help("synthesizer_factorized_dense_split")}
+    )
+    synthesizer_dense_shared_w2: Optional[bool] = field(
+        default=None, metadata={"help": _field_help("synthesizer_dense_shared_w2")}
+    )
+    synthesizer_layers: Optional[list[int]] = field(default=None, metadata={"help": _field_help("synthesizer_layers")})
+    synthesizer_mixture: Optional[str] = field(
+        default=None, metadata={"help": _field_help("synthesizer_mixture"), "choices": list(MIXTURES)}
+    )
+    synthesizer_vanilla_backend: Optional[str] = field(
+        default=None, metadata={"help": _field_help("synthesizer_vanilla_backend"), "choices": list(VANILLA_BACKENDS)}
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The synthesizer config fields the user set."""
+        return {k: v for k, v in asdict(self).items() if k.startswith("synthesizer_") and v is not None}

@@ -1,0 +1,85 @@
+"""`hf-synthesizer compare` (the README's main job) in its quick mode, and the ListOps data generator."""
+
+import json
+
+import pytest
+
+from hf_synthesizer import cli, listops
+
+
+def test_listops_values_and_determinism():
+    assert listops.evaluate(["MAX", [2, 9, ["MIN", [4, 7]], 0]]) == 9
+    assert listops.evaluate(["SM", [3, ["MED", [1, 8, 5]], 6]]) == 4
+    assert listops.evaluate(["MED", [1, 9, 3, 7]]) == 7  # sorted(args)[len // 2]
+    assert listops.to_text(["MAX", [2, 9, ["MIN", [4, 7]], 0]]) == "[MAX 2 9 [MIN 4 7 ] 0 ]"
+    spec = listops.ListOpsSpec(max_depth=3, max_args=4, max_words=30)
+    a, b = listops.generate(200, seed=3, spec=spec), listops.generate(200, seed=3, spec=spec)
+    assert a == b and a != listops.generate(200, seed=4, spec=spec)
+    assert all(spec.min_words <= listops.num_words(e["text"]) <= 30 and 0 <= e["label"] <= 9 for e in a)
+    assert len({e["label"] for e in a}) == 10
+
+
+def test_listops_word_count_matches_a_wordpiece_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    for e in listops.generate(50, seed=0):
+        assert len(tokenizer(e["text"])["input_ids"]) == listops.num_words(e["text"]) + 2
+
+
+def test_compare_quick_prints_table_for_requested_variants(tmp_path, capsys):
+    variants = ["vanilla", "random", "factorized_random", "dense"]
+    assert cli.main(["compare", "--quick", "--variants", ",".join(variants), "--output_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "model: a small BERT built from scratch" in printed and "MiniLM is too slow" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0].split("|")[1:6] == [" variant           ", " accuracy ", " train s ", " time vs vanilla ",
+                                        " params (trainable) "]
+    assert [row.split("|")[1].strip() for row in table[1:]] == variants
+    assert table[1].split("|")[4].strip() == "1.00x"
+
+    results = json.loads((tmp_path / "compare_results.json").read_text())
+    rows = {r["variant"]: r for r in results["results"]}
+    assert list(rows) == variants
+    for r in rows.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["train_seconds"] > 0 and r["train_loss"] > 0
+    assert rows["random"]["attn_implementation"] == "synthesizer_random"
+    assert rows["vanilla"]["attn_implementation"] == "sdpa"
+    # Parameter counts follow the variant: 4 layers of hidden 128, 4 heads, L = max_length (32 in quick mode).
+    length, layers, hidden, heads = 32, 4, 128, 4
+    query_key = layers * 2 * (hidden * hidden + hidden)
+    assert rows["random"]["trainable_parameters"] == (
+        rows["vanilla"]["trainable_parameters"] - query_key + layers * heads * length**2
+    )
+    assert rows["factorized_random"]["trainable_parameters"] == (
+        rows["vanilla"]["trainable_parameters"] - query_key + layers * heads * 2 * length * 8
+    )
+
+    # Deterministic: the same seed gives the same data, initialisation and batches whichever other variants run
+    # alongside. Not bit for bit in one process: the mean loss moved by ~1e-5 relative after other models had run
+    # (CPU kernels are not bitwise reproducible across allocations), hence approx.
+    assert cli.main(["compare", "--quick", "--variants", "random", "--output_dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "compare_results.json").read_text())["results"][0]
+    assert again["accuracy"] == rows["random"]["accuracy"]
+    assert again["train_loss"] == pytest.approx(rows["random"]["train_loss"], rel=1e-4)
+
+
+def test_compare_help_lists_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model_name_or_path", "--variants", "--max_steps", "--max_length", "--seed", "--quick",
+                 "--batch_size", "--max_depth", "--threads"):
+        assert flag in text
+
+
+def test_compare_converts_the_packaged_minilm_checkpoint(minilm_dir, tmp_path, capsys):
+    """The real all-MiniLM-L6-v2 checkpoint goes through the same conversion (2 steps: the path, not the accuracy)."""
+    args = ["compare", "--quick", "--model_name_or_path", "minilm", "--variants", "vanilla,random", "--max_steps", "2",
+            "--output_dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert "all-MiniLM-L6-v2" in capsys.readouterr().out
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "compare_results.json").read_text())["results"]}
+    assert rows["vanilla"]["trainable_parameters"] == 22_717_066  # MiniLM + a 10-way classifier
+    query_key, r = 6 * 2 * (384 * 384 + 384), 6 * 12 * 32 * 32  # dropped Q/K; R per layer and head, L = 32
+    assert rows["random"]["trainable_parameters"] == 22_717_066 - query_key + r
