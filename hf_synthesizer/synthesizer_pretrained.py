@@ -16,6 +16,11 @@ SYNTHESIZER_KEY = ".synthesizer."
 class SynthesizerPreTrainedMixin:
     """Put first in the bases of a synthesizer PreTrainedModel: `class X(SynthesizerPreTrainedMixin, StockModel)`."""
 
+    # The BERT/T5 heads take **kwargs but do not normalise their loss by `num_items_in_batch`; without this,
+    # Trainer multiplies the loss by the number of processes under DDP and skips gradient-accumulation scaling
+    # (huggingface/transformers#47688).
+    accepts_loss_kwargs = False
+
     def _synthesizer_init_std(self) -> float:
         """Standard deviation of R-like synthesizer parameters (small: attention close to uniform at init)."""
         return self.config.initializer_range
