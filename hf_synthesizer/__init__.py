@@ -37,6 +37,7 @@ from .modeling_bert_synthesizer import (
     BertSynthesizerPreTrainedModel,
     BertSynthesizerSelfAttention,
 )
+from .hub_mixin import register_for_hub
 from .synthesizer_attention import SynthesizerLogits, register_attn_implementation, synthesizer_attention_forward
 
 __version__ = "0.1.0"
@@ -83,3 +84,9 @@ __all__ = [
     "register_attn_implementation",
     "synthesizer_attention_forward",
 ]
+
+# Saved checkpoints ship their code with an auto_map naming every head (hub_mixin.py). Covers the T5 classes too
+# when this module defines T5_AUTO_CLASSES.
+for _table in ("BERT_AUTO_CLASSES", "T5_AUTO_CLASSES"):
+    if _table in globals():
+        register_for_hub({_auto.__name__: _model for _auto, _model in globals()[_table].items()})

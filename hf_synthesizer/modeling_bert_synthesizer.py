@@ -28,6 +28,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from .configuration_synthesizer import BertSynthesizerConfig
+from .hub_mixin import SynthesizerHubMixin
 from .synthesizer_attention import SynthesizerLogits, init_synthesizer_weights, register_attn_implementation
 
 
@@ -99,7 +100,7 @@ class BertSynthesizerSelfAttention(nn.Module):
         return attn_output, attn_weights
 
 
-class BertSynthesizerPreTrainedModel(BertPreTrainedModel):
+class BertSynthesizerPreTrainedModel(SynthesizerHubMixin, BertPreTrainedModel):
     config_class = BertSynthesizerConfig
     config: BertSynthesizerConfig
     _supports_flash_attn = False
