@@ -22,3 +22,20 @@ def lora_target_modules(model, include_synthesizer: bool = False) -> list[str]:
     wanted = ATTENTION_PROJECTIONS + (SYNTHESIZER_LINEARS if include_synthesizer else ())
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     return [name for name in wanted if name in present]
+
+
+def check_lora_targets(model, target_modules) -> None:
+    """Raise a `ValueError` naming the attention projections in `target_modules` that this synthesizer model does
+    not have (peft's own error only says that nothing matched), with the targets that do exist."""
+    if isinstance(target_modules, str):
+        return  # a regex: peft matches it against full module names; nothing to check by name
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    missing = [t for t in target_modules if t in ATTENTION_PROJECTIONS + SYNTHESIZER_LINEARS and t not in present]
+    if missing:
+        variant = getattr(model.config, "synthesizer_variant", "?")
+        raise ValueError(
+            f"LoRA target_modules {missing} do not exist in this synthesizer_{variant} model: a synthesizer without a "
+            f"vanilla term has no query/key projections. Targets that exist: {lora_target_modules(model, True)} "
+            f"(hf_synthesizer.lora.lora_target_modules(model)); train the random matrices with "
+            f"modules_to_save=['synthesizer'] if you want them updated."
+        )
