@@ -251,10 +251,18 @@ def test_save_pretrained_regenerates_its_card_but_keeps_a_users(stock_bert_dir, 
 
 
 def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path, stock_bert_dir):
+    import shutil
+
+    # Build from a clean copy of the sources: a stale build/ folder in the work tree could hide missing package data.
     repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    shutil.copytree(repo / "hf_synthesizer", source / "hf_synthesizer", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (repo / name).exists():
+            shutil.copy(repo / name, source / name)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(tmp_path / "dist"), str(repo)],
+         "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-3000:]
