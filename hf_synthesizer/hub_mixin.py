@@ -82,12 +82,32 @@ class SynthesizerHubMixin:
             did not generate (yours, or one from an earlier tool) is left alone.
         model_card_kwargs (`dict`, *optional*): passed to `hf_synthesizer.model_card.render_model_card`
             (`base_model`, `datasets`, `eval_results`, `license`, ...).
+        `push_to_hub=True` uploads the folder with that card (transformers would replace it by a generic one).
         """
         self._complete_auto_map()
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        push = kwargs.pop("push_to_hub", False)
         is_main_process = kwargs.get("is_main_process", True)
+        if push and is_main_process:
+            # What transformers' save_pretrained does for push_to_hub, with the card written before the upload.
+            commit_message = kwargs.pop("commit_message", None)
+            create_pr = kwargs.pop("create_pr", False)
+            repo_id = kwargs.pop("repo_id", os.fspath(save_directory).rstrip(os.sep).split(os.sep)[-1])
+            repo_kwargs = {k: kwargs.pop(k) for k in ("private", "repo_type") if k in kwargs}
+            token = kwargs.get("token")
+            os.makedirs(save_directory, exist_ok=True)
+            repo_id = transformers_hub.hf_api().create_repo(repo_id, exist_ok=True, token=token, **repo_kwargs).repo_id
+            files_timestamps = self._get_files_timestamps(save_directory)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
         if model_card and is_main_process and os.path.isdir(save_directory):
-            self._write_model_card(save_directory, **(model_card_kwargs or {}))
+            card_kwargs = dict(model_card_kwargs or {})
+            if push:
+                card_kwargs.setdefault("model_name", repo_id)
+            self._write_model_card(save_directory, **card_kwargs)
+        if push and is_main_process:
+            self._upload_modified_files(
+                save_directory, repo_id, files_timestamps, commit_message=commit_message, token=token,
+                create_pr=create_pr,
+            )
         return result
 
     def _write_model_card(self, save_directory, **card_kwargs) -> bool:
@@ -95,6 +115,9 @@ class SynthesizerHubMixin:
         render = _card_renderer()
         if render is None or (os.path.exists(readme) and not is_generated_card(readme)):
             return False
+        # Tags added with `model.add_model_tags(...)` belong in the card, as in transformers' own.
+        model_tags = [t for t in (getattr(self, "model_tags", None) or []) if t not in (card_kwargs.get("tags") or [])]
+        card_kwargs["tags"] = list(card_kwargs.get("tags") or []) + model_tags
         with open(readme, "w", encoding="utf-8") as f:
             f.write(render(self, **card_kwargs))
         return True
@@ -122,8 +145,10 @@ class SynthesizerHubMixin:
         api = transformers_hub.hf_api()
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         existing_card = self._remote_user_card(api, repo_id, token, revision)
+        # Tags added with `model.add_model_tags(...)` are pushed too, as transformers does.
+        tags = list(tags or []) + [t for t in (getattr(self, "model_tags", None) or []) if t not in (tags or [])]
         card_kwargs = dict(model_card_kwargs or {})
-        card_kwargs["tags"] = list(card_kwargs.get("tags") or []) + list(tags or [])
+        card_kwargs["tags"] = list(card_kwargs.get("tags") or []) + tags
         card_kwargs.setdefault("model_name", repo_id)
         with tempfile.TemporaryDirectory() as tmp_dir:
             self.save_pretrained(tmp_dir, max_shard_size=max_shard_size, model_card=False)

@@ -317,6 +317,17 @@ def test_model_push_to_hub_uploads_weights_config_code_and_card(stock_bert_dir, 
         torch.testing.assert_close(reloaded(INPUT_IDS, ATTENTION_MASK).logits, model(INPUT_IDS, ATTENTION_MASK).logits)
 
 
+def test_save_pretrained_with_push_to_hub_uploads_the_synthesizer_card(stock_bert_dir, fake_hub, tmp_path):
+    model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "factorized_random", tmp_path / "local")
+    model.add_model_tags(["added-tag"])
+    model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="via-save")
+    [commit] = fake_hub.commits
+    assert commit["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
+    data = card_of(fake_hub.repos["fake-user/via-save"]["README.md"].decode()).data
+    assert "synthesizer_factorized_random" in data.tags and "added-tag" in data.tags
+    assert fake_hub.repos["fake-user/via-save"]["README.md"] == (tmp_path / "pushed" / "README.md").read_bytes()
+
+
 def test_push_keeps_a_users_card_and_regenerates_a_generated_one(stock_bert_dir, fake_hub, tmp_path):
     model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "dense", tmp_path)
     fake_hub.create_repo("fake-user/with-card")
