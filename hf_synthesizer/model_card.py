@@ -101,14 +101,15 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def auto_class_name(model) -> str | None:
-    """The Auto class a checkpoint of this model is loaded with (`AutoModelForMaskedLM`, ...)."""
-    name = vars(type(model)).get("_auto_class") or type(model)._auto_class
-    if name and name != "AutoConfig":
-        return name
-    for auto, target in (getattr(model.config, "auto_map", None) or {}).items():
-        if target.split(".")[-1] == type(model).__name__:
-            return auto
-    return None
+    """The Auto class a checkpoint of this model is loaded with (`AutoModelForMaskedLM`, ...). A class mapped to
+    several (T5's conditional generation: pretraining and seq2seq) gets the one with a pipeline."""
+    auto_map = {**(getattr(model.config, "auto_map", None) or {}), **module_auto_map(type(model))}
+    candidates = [auto for auto, target in auto_map.items() if target.split(".")[-1] == type(model).__name__]
+    candidates.sort(key=lambda auto: list(PIPELINE_TAGS).index(auto) if auto in PIPELINE_TAGS else len(PIPELINE_TAGS))
+    if candidates:
+        return candidates[0]
+    name = type(model)._auto_class
+    return name if name and name != "AutoConfig" else None
 
 
 def code_files(model) -> list[str]:

@@ -421,12 +421,35 @@ def test_t5_checkpoint_loads_with_trust_remote_code_in_fresh_process(tmp_path):
 
 
 def test_model_auto_classes_are_all_registered_for_the_hub():
+    from hf_synthesizer.hub_mixin import SynthesizerHubMixin, module_auto_map
+
     tables = [BERT_AUTO_CLASSES] + ([hf_synthesizer.T5_AUTO_CLASSES] if hasattr(hf_synthesizer, "T5_AUTO_CLASSES") else [])
     for table in tables:
-        for auto_class, model_class in table.items():
-            assert vars(model_class).get("_auto_class") == auto_class.__name__
+        model_classes = set(table.values())
+        for model_class in model_classes:
+            assert issubclass(model_class, SynthesizerHubMixin), f"{model_class.__name__} lacks SynthesizerHubMixin"
+            # One class may serve several Auto classes; it holds one of them, the auto_map lists them all.
+            assert vars(model_class).get("_auto_class") in {a.__name__ for a, m in table.items() if m is model_class}
             assert model_class.config_class._auto_class == "AutoConfig"
-            assert issubclass(model_class, hf_synthesizer.hub_mixin.SynthesizerHubMixin)
+        some_class = next(iter(model_classes))
+        modeling_file = some_class.__module__.split(".")[-1]
+        assert module_auto_map(some_class) == {a.__name__: f"{modeling_file}.{m.__name__}" for a, m in table.items()}
+
+
+def test_a_class_serving_several_auto_classes_gets_all_of_them_in_auto_map(stock_bert_dir, tmp_path):
+    """T5's conditional generation class is both AutoModelForPreTraining and AutoModelForSeq2SeqLM; the same
+    situation, built with a BERT head, must list both."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    model_class = hf_synthesizer.BertSynthesizerForPreTraining
+    AutoModelForSeq2SeqLM.register(hf_synthesizer.BertSynthesizerConfig, model_class, exist_ok=True)
+    try:
+        convert(stock_bert_dir, hf_synthesizer.BertSynthesizerForMaskedLM, "random", tmp_path)
+        auto_map = read_json(tmp_path / "config.json")["auto_map"]
+    finally:
+        del AutoModelForSeq2SeqLM._model_mapping._extra_content[hf_synthesizer.BertSynthesizerConfig]
+    assert auto_map == {**BERT_AUTO_MAP, "AutoModelForSeq2SeqLM": "modeling_bert_synthesizer.BertSynthesizerForPreTraining"}
+    assert auto_map["AutoModelForPreTraining"] == auto_map["AutoModelForSeq2SeqLM"]
 
 
 def test_auto_model_loads_the_saved_class(saved_checkpoints):
