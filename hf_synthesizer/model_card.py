@@ -121,6 +121,14 @@ def code_files(model) -> list[str]:
     return sorted({os.path.basename(f) for f in files})
 
 
+def _supported_pipeline_tasks() -> set[str]:
+    """Tasks `transformers.pipeline` runs in the installed version (5.x removed text2text-generation and
+    question-answering, which remain Hub task tags)."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    return set(SUPPORTED_TASKS)
+
+
 def template_text() -> str:
     """The card template, read from the installed package (works from a wheel, any working directory)."""
     return resources.files("hf_synthesizer").joinpath("model_cards", TEMPLATE).read_text(encoding="utf-8")
@@ -176,7 +184,7 @@ def render_model_card(
     variant = config.synthesizer_variant
     attn_implementation = "synthesizer_" + variant
     auto_class = auto_class_name(model) or "AutoModel"
-    pipeline_tag = PIPELINE_TAGS.get(auto_class)
+    pipeline_tag = PIPELINE_TAGS.get(auto_class)  # Hub metadata (the Hub's task taxonomy)
     datasets = _as_list(datasets)
     repo_id = repo_id or model_name or "path/to/this/checkpoint"
     model_name = model_name or repo_id
@@ -221,6 +229,8 @@ def render_model_card(
         auto_class=auto_class,
         auto_classes_text=", ".join(f"`{h}`" for h in heads) if heads else f"`{auto_class}`",
         pipeline_tag=pipeline_tag,
+        pipeline_task=pipeline_tag if pipeline_tag in _supported_pipeline_tasks() else None,
+        generate_snippet=auto_class == "AutoModelForSeq2SeqLM",
         extra_sections=extra_sections,
         code_files_text=", ".join(f"`{f}`" for f in code_files(model)),
         pure="vanilla" not in components,

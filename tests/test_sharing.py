@@ -224,6 +224,7 @@ def test_generated_card_metadata_and_sections(stock_bert_dir):
     assert "`(R1_h R2_hᵀ)[:ℓq, :ℓk]`" in text and "k = 4" in text
     assert "**`synthesizer_length` = 24**" in text
     assert 'AutoModelForSequenceClassification.from_pretrained("me/tiny", trust_remote_code=True)' in text
+    assert 'pipeline("text-classification", model="me/tiny", trust_remote_code=True)' in text
     assert "## Limitations" in text and "54.3 random vs 71.7 vanilla" in text
     assert "@inproceedings{tay2021synthesizer" in text and "2005.00743" in text
     # Without eval results there is no model-index.
@@ -238,6 +239,12 @@ def test_card_mixture_formula_and_layers(stock_bert_dir):
     assert "`S = α_random S_random + α_vanilla S_vanilla`" in text
     assert "layers [1] of 2" in text
     assert card_of(text).data.pipeline_tag == "feature-extraction"
+    # transformers 5 removed the question-answering pipeline: the Hub tag stays, no snippet that cannot run.
+    qa = hf_synthesizer.BertSynthesizerForQuestionAnswering.from_pretrained(
+        stock_bert_dir, attn_implementation="synthesizer_random")
+    qa_text = render_model_card(qa)
+    assert card_of(qa_text).data.pipeline_tag == "question-answering"
+    assert "pipeline(" not in qa_text and "AutoModelForQuestionAnswering.from_pretrained(" in qa_text
 
 
 def test_save_pretrained_regenerates_its_card_but_keeps_a_users(stock_bert_dir, tmp_path):
