@@ -14,6 +14,17 @@ from types import SimpleNamespace
 
 from huggingface_hub.errors import EntryNotFoundError
 
+# The Python files a saved BERT synthesizer checkpoint ships (modeling_bert_synthesizer.py and every sibling it
+# imports, transitively), and nothing else: the one list to update when a new sibling module is imported.
+BERT_CODE_FILES = frozenset({
+    "configuration_synthesizer.py",
+    "hub_mixin.py",
+    "modeling_bert_synthesizer.py",
+    "synthesizer_attention.py",
+    "synthesizer_math.py",
+})
+T5_CODE_FILES = BERT_CODE_FILES - {"modeling_bert_synthesizer.py"} | {"modeling_t5_synthesizer.py"}
+
 # transformers.utils.hub.hf_api() returns this cached instance: replacing it reroutes every Hub call of
 # PreTrainedModel.push_to_hub, PushToHubMixin._upload_modified_files and Trainer.push_to_hub.
 HF_API_HOOK = ("transformers.utils.hub", "_hf_api")

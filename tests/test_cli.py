@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from hub_fakes import BERT_CODE_FILES
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
 
@@ -20,8 +21,7 @@ from hf_synthesizer.configuration_synthesizer import SynthesizerFields
 from hf_synthesizer.convert import SYNTHESIZER_OPTIONS
 from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
 
-CODE_FILES = {"configuration_synthesizer.py", "hub_mixin.py", "modeling_bert_synthesizer.py",
-              "synthesizer_attention.py", "synthesizer_math.py"}
+CODE_FILES = BERT_CODE_FILES
 MINILM_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
 
 

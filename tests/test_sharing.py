@@ -13,7 +13,7 @@ import torch
 import transformers
 from conftest import tiny_bert_config
 from huggingface_hub import ModelCard
-from hub_fakes import HF_API_HOOK, FakeHfApi, read_json, run_without_package
+from hub_fakes import BERT_CODE_FILES, T5_CODE_FILES, HF_API_HOOK, FakeHfApi, read_json, run_without_package
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Trainer, TrainingArguments
 from transformers.dynamic_module_utils import get_imports
@@ -23,14 +23,6 @@ from hf_synthesizer import BERT_AUTO_CLASSES, BertSynthesizerForMaskedLM, BertSy
 from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
 from hf_synthesizer.model_card import render_model_card, use_synthesizer_model_card
 
-# The Python files a saved BERT synthesizer checkpoint may contain, and nothing else.
-BERT_CODE_FILES = {
-    "configuration_synthesizer.py",
-    "hub_mixin.py",
-    "modeling_bert_synthesizer.py",
-    "synthesizer_attention.py",
-    "synthesizer_math.py",
-}
 # Third-party modules the shipped code may import (besides the standard library and flat siblings).
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
 VARIANTS = ["random", "fixed_random", "factorized_random", "dense+vanilla", "factorized_dense"]
@@ -408,6 +400,8 @@ def test_t5_checkpoint_loads_with_trust_remote_code_in_fresh_process(tmp_path):
     auto_map = read_json(tmp_path / "synth" / "config.json")["auto_map"]
     modeling_file = auto_map["AutoModelForSeq2SeqLM"].split(".")[0]
     assert auto_map == expected_auto_map(t5_classes, modeling_file, type(model.config))
+    files = {p.name for p in (tmp_path / "synth").iterdir()}
+    assert files == {"config.json", "generation_config.json", "model.safetensors", "README.md"} | T5_CODE_FILES
     inputs = {"input_ids": torch.tensor([[5, 6, 7, 1]]), "decoder_input_ids": torch.tensor([[0, 9, 10]])}
     with torch.no_grad():
         expected = model(**inputs).logits
