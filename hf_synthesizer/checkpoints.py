@@ -109,9 +109,11 @@ def load_config(path, **overrides):
 def default_head(family: Family, config) -> str:
     """The head the checkpoint was saved with (its `architectures`), or "base"."""
     for architecture in getattr(config, "architectures", None) or []:
-        for head, model_class in family.heads.items():
-            if architecture in {c.__name__ for c in model_class.__mro__}:
-                return head
+        heads = [h for h, model_class in family.heads.items() if architecture in {c.__name__ for c in model_class.__mro__}]
+        # A class serving several heads (T5's conditional generation: pretraining and seq2seq-lm): the task one.
+        heads.sort(key=lambda h: h == "pretraining")
+        if heads:
+            return heads[0]
     return "base"
 
 

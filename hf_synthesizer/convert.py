@@ -2,7 +2,10 @@
 checkpoint folder (or a synthesizer one, to another variant or head) into a synthesizer checkpoint: safetensors
 weights, config, the modeling code (trust_remote_code) and a model card, plus the source's tokenizer files."""
 
+import argparse
+import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,38 +14,61 @@ from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, familie
 from .configuration_synthesizer import ATTN_PREFIX, MIXTURES, NAMED_VARIANTS, VANILLA_BACKENDS, canonical_variant
 
 
+# Choices of string fields (the rest are validated by the config itself, with its own messages).
+FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
+# "    synthesizer_x (`type`, ...):\n        First sentence of the description."
+_FIELD_DOC = re.compile(r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S)
+
+
+def _unique_families():
+    return list({id(f): f for f in families().values()}.values())
+
+
+def synthesizer_fields() -> dict[str, dataclasses.Field]:
+    """Every `synthesizer_*` config field of every family (BERT, and T5 when merged) except the variant, which
+    `--attn_implementation` chooses."""
+    fields = {}
+    for family in _unique_families():
+        for field in dataclasses.fields(family.config_class):
+            if field.name.startswith("synthesizer_") and field.name != "synthesizer_variant":
+                fields.setdefault(field.name, field)
+    return fields
+
+
+def _field_help(name: str) -> str:
+    """The first sentence of the field's documentation in its config class."""
+    for family in _unique_families():
+        for match in _FIELD_DOC.finditer(family.config_class.__doc__ or ""):
+            if match.group(1) == name:
+                text = " ".join(match.group(2).split())
+                return text.split(". ")[0].rstrip(".") + "."
+    return f"Config field {name}."
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def add_synthesizer_options(parser) -> None:
-    """The synthesizer config fields as options, named exactly like the fields."""
-    parser.add_argument(
-        "--synthesizer_length", type=int, help="Maximum length L the synthesizer parameters are sized by."
-    )
-    parser.add_argument("--synthesizer_factorized_rank", type=int, help="Rank k of factorized random (paper: 8).")
-    parser.add_argument(
-        "--synthesizer_factorized_dense_split", type=int, nargs=2, metavar=("A", "B"),
-        help="Factorized dense split a b with a*b == synthesizer_length.",
-    )
-    parser.add_argument(
-        "--synthesizer_dense_shared_w2", action="store_true", default=None,
-        help="Share the dense synthesizer's W2 across heads (reference code).",
-    )
-    parser.add_argument(
-        "--synthesizer_layers", type=int, nargs="+", metavar="I", help="Layers to synthesize (default: all)."
-    )
-    parser.add_argument("--synthesizer_mixture", choices=MIXTURES, help="How a mixture weighs its components.")
-    parser.add_argument(
-        "--synthesizer_vanilla_backend", choices=VANILLA_BACKENDS, help="Backend of the vanilla term."
-    )
-
-
-SYNTHESIZER_OPTIONS = (
-    "synthesizer_length",
-    "synthesizer_factorized_rank",
-    "synthesizer_factorized_dense_split",
-    "synthesizer_dense_shared_w2",
-    "synthesizer_layers",
-    "synthesizer_mixture",
-    "synthesizer_vanilla_backend",
-)
+    """One option per synthesizer config field, named exactly like the field, typed from its annotation."""
+    for name, field in synthesizer_fields().items():
+        annotation = str(field.type)
+        kwargs = {"help": _field_help(name)}
+        if "bool" in annotation:
+            kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
+        elif "list[int]" in annotation:
+            kwargs.update(type=int, nargs="+", metavar="N")
+        elif "list[str]" in annotation:
+            kwargs.update(nargs="+", metavar="NAME")
+        elif "int" in annotation:
+            kwargs.update(type=int)
+        if name in FIELD_CHOICES:
+            kwargs["choices"] = FIELD_CHOICES[name]
+        parser.add_argument(f"--{name}", **kwargs)
 
 
 def add_parser(subparsers) -> None:
@@ -69,10 +95,7 @@ def add_parser(subparsers) -> None:
 
 
 def synthesizer_overrides(args) -> dict:
-    overrides = {name: getattr(args, name) for name in SYNTHESIZER_OPTIONS if getattr(args, name, None) is not None}
-    if overrides.get("synthesizer_factorized_dense_split") is not None:
-        overrides["synthesizer_factorized_dense_split"] = list(overrides["synthesizer_factorized_dense_split"])
-    return overrides
+    return {name: getattr(args, name) for name in synthesizer_fields() if getattr(args, name, None) is not None}
 
 
 def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base_model=None, overwrite=False,

@@ -18,12 +18,18 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def layer_components(config) -> list[list[str]]:
+def layer_components(config) -> dict[str, list[list[str]]]:
+    """`{stack: [components of layer 0, ...]}`; BERT has one stack ("encoder"), T5 an encoder and a decoder."""
+    if hasattr(config, "components_for_stack_layer"):  # T5
+        return {
+            stack: [list(config.components_for_stack_layer(stack, i)) for i in range(config._stack_num_layers(stack))]
+            for stack in ("encoder", "decoder")
+        }
     try:
         n = config._synthesizer_num_layers()
-        return [list(config.components_for_layer(i)) for i in range(n)]
+        return {"encoder": [list(config.components_for_layer(i)) for i in range(n)]}
     except (AttributeError, NotImplementedError, TypeError):
-        return []
+        return {}
 
 
 def checkpoint_info(path) -> dict:
@@ -65,8 +71,10 @@ def format_info(info: dict) -> str:
     for name, value in info["synthesizer_fields"].items():
         if name not in ("synthesizer_variant", "synthesizer_length"):
             lines.append(f"  {name}: {value}")
-    for i, components in enumerate(info["layers"]):
-        lines.append(f"  layer {i}: {'+'.join(components)}")
+    for stack, layers in info["layers"].items():
+        prefix = f"{stack} " if len(info["layers"]) > 1 else ""
+        for i, components in enumerate(layers):
+            lines.append(f"  {prefix}layer {i}: {'+'.join(components)}")
     lines.append(f"  parameters: synthesizer {p['synthesizer']:,} trainable + {p['synthesizer_buffers']:,} frozen "
                  f"(buffers), rest {p['rest']:,}, total trainable {p['total']:,}")
     lines.append(f"  weights: {', '.join(info['weight_files']) or 'none'}")

@@ -80,10 +80,14 @@ def _num_layers(config) -> int | None:
 
 def layers_text(config) -> str:
     n = _num_layers(config)
+    stacks = getattr(config, "synthesizer_stacks", None)  # T5: which of encoder/decoder are synthesized
+    where = f" of the {' and '.join(stacks)}" if stacks else ""
     if config.synthesizer_layers is None:
+        if stacks:
+            return f"the self-attention of every block{where} is synthesized; cross-attention stays dot-product."
         return f"the self-attention of all {n} layers is synthesized." if n else "every self-attention is synthesized."
     others = "the others keep vanilla dot-product attention"
-    return f"self-attention synthesized in layers {list(config.synthesizer_layers)} of {n}; {others}."
+    return f"self-attention synthesized in layers {list(config.synthesizer_layers)}{where} (of {n}); {others}."
 
 
 def parameter_counts(model) -> dict[str, int]:

@@ -18,7 +18,6 @@ from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
 import hf_synthesizer
 from hf_synthesizer import cli
 from hf_synthesizer.configuration_synthesizer import SynthesizerFields
-from hf_synthesizer.convert import SYNTHESIZER_OPTIONS
 from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
 
 CODE_FILES = BERT_CODE_FILES
@@ -67,11 +66,16 @@ def test_convert_real_minilm_checkpoint(minilm_dir, minilm_random, capsys):
 
 
 def test_every_synthesizer_field_is_an_option_with_its_name():
-    fields = {f.name for f in dataclasses.fields(SynthesizerFields)} - {"synthesizer_variant"}
-    assert set(SYNTHESIZER_OPTIONS) == fields  # synthesizer_variant is chosen with --attn_implementation
-    convert_parser = cli.build_parser()._subparsers._group_actions[0].choices["convert"]
-    assert fields <= {action.dest for action in convert_parser._actions}
-    assert all(f"--{name}" in convert_parser._option_string_actions for name in fields)
+    configs = [hf_synthesizer.BertSynthesizerConfig]
+    if hasattr(hf_synthesizer, "T5SynthesizerConfig"):
+        configs.append(hf_synthesizer.T5SynthesizerConfig)
+    fields = {f.name for c in configs for f in dataclasses.fields(c) if f.name.startswith("synthesizer_")}
+    fields.discard("synthesizer_variant")  # chosen with --attn_implementation
+    assert {f.name for f in dataclasses.fields(SynthesizerFields)} - {"synthesizer_variant"} <= fields
+    options = cli.build_parser()._subparsers._group_actions[0].choices["convert"]._option_string_actions
+    assert all(f"--{name}" in options and options[f"--{name}"].dest == name for name in fields)
+    # Help comes from the config's documentation of the field.
+    assert options["--synthesizer_factorized_rank"].help == "Rank `k` of factorized random: `R = R1 R2^T` with `R1, R2` of shape `L x k`."
 
 
 def test_convert_options_reach_the_config(stock_bert_dir, tmp_path):
@@ -153,7 +157,7 @@ def test_info_reports_variant_layers_and_parameter_counts(stock_bert_dir, tmp_pa
     assert run_cli("info", tmp_path / "fr", "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["variant"] == "fixed_random" and info["synthesizer_length"] == 16
-    assert info["layers"] == [["fixed_random"], ["vanilla"]]
+    assert info["layers"] == {"encoder": [["fixed_random"], ["vanilla"]]}
     assert info["weight_files"] == ["model.safetensors"] and set(info["code_files"]) == CODE_FILES
     assert info["auto_map_complete"] is True
     # Counts agree with the real model (the source's head: pretraining); fixed random is a frozen heads*L*L buffer.

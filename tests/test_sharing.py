@@ -229,7 +229,7 @@ def test_card_mixture_formula_and_layers(stock_bert_dir):
     )
     text = render_model_card(model)
     assert "`S = α_random S_random + α_vanilla S_vanilla`" in text
-    assert "layers [1] of 2" in text
+    assert "layers [1] (of 2)" in text
     assert card_of(text).data.pipeline_tag == "feature-extraction"
     # transformers 5 removed the question-answering pipeline: the Hub tag stays, no snippet that cannot run.
     qa = hf_synthesizer.BertSynthesizerForQuestionAnswering.from_pretrained(
