@@ -170,9 +170,8 @@ class SynthesizerHubMixin:
         with tempfile.TemporaryDirectory() as tmp_dir:
             self.save_pretrained(tmp_dir, max_shard_size=max_shard_size, model_card=False)
             readme = os.path.join(tmp_dir, "README.md")
-            if existing_card is None and self._write_model_card(tmp_dir, **card_kwargs):
-                pass
-            else:
+            wrote_card = existing_card is None and self._write_model_card(tmp_dir, **card_kwargs)
+            if not wrote_card:
                 # The user's card from the repo (or transformers' generic one without hf_synthesizer), tags added.
                 card = existing_card or transformers_hub.create_and_tag_model_card(repo_id, tags, token=token)
                 if tags:
