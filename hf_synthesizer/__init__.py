@@ -1,7 +1,7 @@
 """Synthesizer attention (Tay et al., arXiv 2005.00743) for transformers' BERT and T5.
 
-`import hf_synthesizer` registers the configs and models with the Auto classes and every `synthesizer_*`
-attn_implementation with `AttentionInterface` and `AttentionMaskInterface`.
+`import hf_synthesizer` registers the configs and models with the Auto classes (and for the Hub's auto_map) and
+every `synthesizer_*` attn_implementation with `AttentionInterface` and `AttentionMaskInterface`.
 """
 
 from transformers import (
@@ -13,7 +13,9 @@ from transformers import (
     AutoModelForNextSentencePrediction,
     AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTextEncoding,
     AutoModelForTokenClassification,
 )
 
@@ -21,9 +23,11 @@ from .configuration_synthesizer import (
     COMPONENTS,
     NAMED_VARIANTS,
     BertSynthesizerConfig,
+    T5SynthesizerConfig,
     attn_implementation_name,
     parse_variant,
 )
+from .hub_mixin import register_for_hub
 from .modeling_bert_synthesizer import (
     BertSynthesizerForMaskedLM,
     BertSynthesizerForMultipleChoice,
@@ -36,6 +40,17 @@ from .modeling_bert_synthesizer import (
     BertSynthesizerModel,
     BertSynthesizerPreTrainedModel,
     BertSynthesizerSelfAttention,
+)
+from .modeling_t5_synthesizer import (
+    T5SynthesizerAttention,
+    T5SynthesizerEncoderModel,
+    T5SynthesizerForConditionalGeneration,
+    T5SynthesizerForQuestionAnswering,
+    T5SynthesizerForSequenceClassification,
+    T5SynthesizerForTokenClassification,
+    T5SynthesizerModel,
+    T5SynthesizerPreTrainedModel,
+    T5SynthesizerStack,
 )
 from .synthesizer_attention import SynthesizerLogits, register_attn_implementation, synthesizer_attention_forward
 
@@ -55,16 +70,29 @@ BERT_AUTO_CLASSES = {
     AutoModelForTokenClassification: BertSynthesizerForTokenClassification,
     AutoModelForQuestionAnswering: BertSynthesizerForQuestionAnswering,
 }
+T5_AUTO_CLASSES = {
+    AutoModel: T5SynthesizerModel,
+    AutoModelForPreTraining: T5SynthesizerForConditionalGeneration,
+    AutoModelForSeq2SeqLM: T5SynthesizerForConditionalGeneration,
+    AutoModelForSequenceClassification: T5SynthesizerForSequenceClassification,
+    AutoModelForTokenClassification: T5SynthesizerForTokenClassification,
+    AutoModelForQuestionAnswering: T5SynthesizerForQuestionAnswering,
+    AutoModelForTextEncoding: T5SynthesizerEncoderModel,
+}
 
-AutoConfig.register(BertSynthesizerConfig.model_type, BertSynthesizerConfig, exist_ok=True)
-for _auto_class, _model_class in BERT_AUTO_CLASSES.items():
-    _auto_class.register(BertSynthesizerConfig, _model_class, exist_ok=True)
+for _config_class, _table in ((BertSynthesizerConfig, BERT_AUTO_CLASSES), (T5SynthesizerConfig, T5_AUTO_CLASSES)):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    for _auto_class, _model_class in _table.items():
+        _auto_class.register(_config_class, _model_class, exist_ok=True)
+    # Saved checkpoints ship their code with an auto_map naming every head (hub_mixin.py).
+    register_for_hub({_auto.__name__: _model for _auto, _model in _table.items()})
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
     "BERT_AUTO_CLASSES",
     "COMPONENTS",
     "NAMED_VARIANTS",
+    "T5_AUTO_CLASSES",
     "BertSynthesizerConfig",
     "BertSynthesizerForMaskedLM",
     "BertSynthesizerForMultipleChoice",
@@ -78,47 +106,6 @@ __all__ = [
     "BertSynthesizerPreTrainedModel",
     "BertSynthesizerSelfAttention",
     "SynthesizerLogits",
-    "attn_implementation_name",
-    "parse_variant",
-    "register_attn_implementation",
-    "synthesizer_attention_forward",
-]
-
-# --- T5 (issue 3) ---------------------------------------------------------------------------------------------
-from transformers import (  # noqa: E402
-    AutoModelForSeq2SeqLM,
-    AutoModelForTextEncoding,
-)
-
-from .configuration_synthesizer import T5SynthesizerConfig  # noqa: E402
-from .modeling_t5_synthesizer import (  # noqa: E402
-    T5SynthesizerAttention,
-    T5SynthesizerEncoderModel,
-    T5SynthesizerForConditionalGeneration,
-    T5SynthesizerForQuestionAnswering,
-    T5SynthesizerForSequenceClassification,
-    T5SynthesizerForTokenClassification,
-    T5SynthesizerModel,
-    T5SynthesizerPreTrainedModel,
-    T5SynthesizerStack,
-)
-
-T5_AUTO_CLASSES = {
-    AutoModel: T5SynthesizerModel,
-    AutoModelForPreTraining: T5SynthesizerForConditionalGeneration,
-    AutoModelForSeq2SeqLM: T5SynthesizerForConditionalGeneration,
-    AutoModelForSequenceClassification: T5SynthesizerForSequenceClassification,
-    AutoModelForTokenClassification: T5SynthesizerForTokenClassification,
-    AutoModelForQuestionAnswering: T5SynthesizerForQuestionAnswering,
-    AutoModelForTextEncoding: T5SynthesizerEncoderModel,
-}
-
-AutoConfig.register(T5SynthesizerConfig.model_type, T5SynthesizerConfig, exist_ok=True)
-for _auto_class, _model_class in T5_AUTO_CLASSES.items():
-    _auto_class.register(T5SynthesizerConfig, _model_class, exist_ok=True)
-
-__all__ += [
-    "T5_AUTO_CLASSES",
     "T5SynthesizerAttention",
     "T5SynthesizerConfig",
     "T5SynthesizerEncoderModel",
@@ -129,4 +116,8 @@ __all__ += [
     "T5SynthesizerModel",
     "T5SynthesizerPreTrainedModel",
     "T5SynthesizerStack",
+    "attn_implementation_name",
+    "parse_variant",
+    "register_attn_implementation",
+    "synthesizer_attention_forward",
 ]

@@ -1,6 +1,6 @@
 """What every synthesizer PreTrainedModel (BERT and T5) adds to its stock class: the attn_implementation
-contract, initialisation of the synthesizer parameters, and a loading guard so that a saved synthesizer is never
-loaded into a model that would drop part of it.
+contract, initialisation of the synthesizer parameters, a loading guard so that a saved synthesizer is never
+loaded into a model that would drop part of it, and (SynthesizerHubMixin) saving with code and a model card.
 
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
@@ -8,12 +8,13 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 import torch
 
 from .configuration_synthesizer import ATTN_PREFIX, canonical_variant
+from .hub_mixin import SynthesizerHubMixin
 from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
 
 SYNTHESIZER_KEY = ".synthesizer."
 
 
-class SynthesizerPreTrainedMixin:
+class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
     """Put first in the bases of a synthesizer PreTrainedModel: `class X(SynthesizerPreTrainedMixin, StockModel)`."""
 
     # The BERT/T5 heads take **kwargs but do not normalise their loss by `num_items_in_batch`; without this,

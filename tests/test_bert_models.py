@@ -153,7 +153,9 @@ def test_save_and_reload_round_trips_to_the_bit(stock_bert_dir, tmp_path, varian
     input_ids, attention_mask = ids()
     expected = model(input_ids, attention_mask=attention_mask).logits
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= names  # and the code files (tests/test_sharing.py)
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]  # weights: safetensors only
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()  # no attn_implementation
     assert type(reloaded) is BertSynthesizerForSequenceClassification
     assert reloaded.config.synthesizer_variant == model.config.synthesizer_variant

@@ -1,0 +1,181 @@
+"""`hf-synthesizer convert SRC DST --attn_implementation synthesizer_<variant> [options]`: convert a stock BERT/T5
+checkpoint folder (or a synthesizer one, to another variant or head) into a synthesizer checkpoint: safetensors
+weights, config, the modeling code (trust_remote_code) and a model card, plus the source's tokenizer files."""
+
+import argparse
+import dataclasses
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, families, family_of, load_config
+from .configuration_synthesizer import ATTN_PREFIX, MIXTURES, NAMED_VARIANTS, VANILLA_BACKENDS, canonical_variant
+
+
+# Choices of string fields (the rest are validated by the config itself, with its own messages).
+FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
+# "    synthesizer_x (`type`, ...):\n        First sentence of the description."
+_FIELD_DOC = re.compile(r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S)
+
+
+def _unique_families():
+    return list({id(f): f for f in families().values()}.values())
+
+
+def synthesizer_fields() -> dict[str, dataclasses.Field]:
+    """Every `synthesizer_*` config field of every family (BERT, and T5 when merged) except the variant, which
+    `--attn_implementation` chooses."""
+    fields = {}
+    for family in _unique_families():
+        for field in dataclasses.fields(family.config_class):
+            if field.name.startswith("synthesizer_") and field.name != "synthesizer_variant":
+                fields.setdefault(field.name, field)
+    return fields
+
+
+def _field_help(name: str) -> str:
+    """The first sentence of the field's documentation in its config class."""
+    for family in _unique_families():
+        for match in _FIELD_DOC.finditer(family.config_class.__doc__ or ""):
+            if match.group(1) == name:
+                text = " ".join(match.group(2).split())
+                return text.split(". ")[0].rstrip(".") + "."
+    return f"Config field {name}."
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_synthesizer_options(parser) -> None:
+    """One option per synthesizer config field, named exactly like the field, typed from its annotation."""
+    for name, field in synthesizer_fields().items():
+        annotation = str(field.type)
+        kwargs = {"help": _field_help(name)}
+        if "bool" in annotation:
+            kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
+        elif "list[int]" in annotation:
+            kwargs.update(type=int, nargs="+", metavar="N")
+        elif "list[str]" in annotation:
+            kwargs.update(nargs="+", metavar="NAME")
+        elif "int" in annotation:
+            kwargs.update(type=int)
+        if name in FIELD_CHOICES:
+            kwargs["choices"] = FIELD_CHOICES[name]
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def add_parser(subparsers) -> None:
+    heads = sorted({h for family in set(families().values()) for h in family.heads})
+    parser = subparsers.add_parser(
+        "convert",
+        help="Convert a BERT/T5 checkpoint folder to a synthesizer variant.",
+        description=__doc__,
+    )
+    parser.add_argument("src", type=Path, help="Stock or synthesizer checkpoint folder.")
+    parser.add_argument("dst", type=Path, help="Output folder.")
+    parser.add_argument(
+        "--attn_implementation",
+        help=f"synthesizer_<variant>, e.g. {', '.join(ATTN_PREFIX + v for v in NAMED_VARIANTS)} (any '+' mixture "
+        f"of components). Required for a stock checkpoint; a synthesizer checkpoint keeps its variant by default.",
+    )
+    add_synthesizer_options(parser)
+    parser.add_argument("--head", choices=heads, help="Model head to save (default: the source's architecture).")
+    parser.add_argument("--num_labels", type=int, help="Number of labels of a classification head.")
+    parser.add_argument("--base_model", help="Hub id of the source model, recorded in the model card.")
+    parser.add_argument("--overwrite", action="store_true", help="Write into DST even if it holds a checkpoint.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the new synthesizer parameters.")
+    parser.set_defaults(func=run)
+
+
+def synthesizer_overrides(args) -> dict:
+    return {name: getattr(args, name) for name in synthesizer_fields() if getattr(args, name, None) is not None}
+
+
+def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base_model=None, overwrite=False,
+            seed=0, **synthesizer_options):
+    """Convert `src` into `dst`; returns `(model, loading_info)`. Raises `CheckpointError`/`ValueError` with a fix."""
+    import torch
+
+    src, dst = Path(src), Path(dst)
+    family, config_dict = family_of(src)
+    overrides = dict(synthesizer_options)
+    stored = config_dict.get("synthesizer_variant", "vanilla")
+    if attn_implementation is not None:
+        if not attn_implementation.startswith(ATTN_PREFIX):
+            raise ValueError(
+                f"--attn_implementation must name a synthesizer variant (synthesizer_<variant>), got "
+                f"{attn_implementation!r}; e.g. {', '.join(ATTN_PREFIX + v for v in NAMED_VARIANTS)}."
+            )
+        overrides["synthesizer_variant"] = canonical_variant(attn_implementation[len(ATTN_PREFIX):])
+    elif stored == "vanilla":
+        raise ValueError(
+            f"{src} is a vanilla {family.name} checkpoint: choose the variant with --attn_implementation "
+            f"(e.g. synthesizer_random)."
+        )
+    if num_labels is not None:
+        overrides["num_labels"] = num_labels
+    if (dst / "config.json").exists() and not overwrite:
+        raise CheckpointError(f"{dst} already holds a checkpoint; pass --overwrite to replace it.")
+    if dst.resolve() == src.resolve():
+        raise CheckpointError("DST must differ from SRC (the source is read while the output is written).")
+
+    family, config = load_config(src, **overrides)
+    if "synthesizer_length" in overrides and stored != "vanilla":
+        old = config_dict.get("synthesizer_length")
+        if old is not None and old != config.synthesizer_length:
+            raise ValueError(
+                f"{src} was saved with synthesizer_length={old}; its synthesizer parameters cannot be reused at "
+                f"{config.synthesizer_length}. Convert from the stock checkpoint instead."
+            )
+    head = head or default_head(family, config)
+    model_class = family.heads[head]
+    torch.manual_seed(seed)
+    model, loading_info = model_class.from_pretrained(src, config=config, output_loading_info=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst, model_card_kwargs={"base_model": base_model})
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    cap_tokenizer_length(dst / "tokenizer_config.json", config.synthesizer_length)
+    return model, loading_info
+
+
+def cap_tokenizer_length(tokenizer_config: Path, length: int) -> None:
+    """Lower the tokenizer's `model_max_length` to the synthesizer length, so `truncation=True` (and pipelines
+    called with it) cut inputs where the model's limit is instead of failing on them."""
+    if not tokenizer_config.is_file():
+        return
+    data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    current = data.get("model_max_length")
+    if not isinstance(current, (int, float)) or current > length:
+        data["model_max_length"] = length
+        tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run(args) -> int:
+    try:
+        model, info = convert(
+            args.src, args.dst, attn_implementation=args.attn_implementation, head=args.head,
+            num_labels=args.num_labels, base_model=args.base_model, overwrite=args.overwrite, seed=args.seed,
+            **synthesizer_overrides(args),
+        )
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"hf-synthesizer convert: error: {e}", file=sys.stderr)
+        return 2
+    config = model.config
+    print(f"Saved {type(model).__name__} (variant {config.synthesizer_variant}, "
+          f"synthesizer_length {config.synthesizer_length}) to {args.dst}")
+    if info["missing_keys"]:
+        print(f"Newly initialised ({len(info['missing_keys'])}): {', '.join(sorted(info['missing_keys']))}")
+    if info["unexpected_keys"]:
+        print(f"Dropped from the source ({len(info['unexpected_keys'])}): {', '.join(sorted(info['unexpected_keys']))}")
+    if info.get("mismatched_keys"):
+        print(f"Re-initialised, shape changed: {', '.join(sorted(str(k) for k in info['mismatched_keys']))}")
+    return 0
