@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from hf_synthesizer.loading import SynthesizerArguments, describe_attention, load_synthesizer_model
+from hf_synthesizer.model_card import use_synthesizer_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: classification_metrics(p, is_regression),
     )
+    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
+        use_synthesizer_model_card(trainer)
     metrics = {}
     if do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

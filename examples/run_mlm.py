@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from hf_synthesizer.loading import SynthesizerArguments, describe_attention, load_synthesizer_model
+from hf_synthesizer.model_card import use_synthesizer_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def main(argv=None) -> dict:
         compute_metrics=masked_accuracy if eval_dataset is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
     )
+    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
+        use_synthesizer_model_card(trainer)
     metrics = {}
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # safetensors, config with the synthesizer fields, tokenizer

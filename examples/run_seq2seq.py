@@ -37,6 +37,7 @@ from transformers import (
 )
 
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
+from hf_synthesizer.model_card import use_synthesizer_model_card
 from hf_synthesizer import T5SynthesizerConfig
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         compute_metrics=exact_match_metric(tokenizer) if training_args.predict_with_generate else None,
     )
+    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
+        use_synthesizer_model_card(trainer)
 
     all_metrics = {}
     if training_args.do_train:
