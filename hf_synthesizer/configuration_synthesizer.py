@@ -117,6 +117,14 @@ class SynthesizerConfigMixin:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(path, synthesizer_...=...)` sets the overrides after construction: check them too."""
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._finish_synthesizer_fields()
+        return result
+
     def _synthesizer_num_layers(self) -> int:
         raise NotImplementedError
 

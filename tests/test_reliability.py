@@ -41,6 +41,18 @@ def test_inconsistent_config_fails_at_construction(fields, message):
         config(**fields)
 
 
+@pytest.mark.parametrize("override", [dict(synthesizer_variant="bogus"), dict(synthesizer_layers=[5]),
+                                      dict(synthesizer_factorized_rank=0)])
+def test_invalid_override_at_load_fails(stock_bert_dir, override):
+    with pytest.raises(ValueError, match=next(iter(override)) if "variant" not in next(iter(override)) else "bogus"):
+        BertSynthesizerConfig.from_pretrained(stock_bert_dir, **override)
+
+
+def test_override_at_load_is_canonicalised(stock_bert_dir):
+    config = BertSynthesizerConfig.from_pretrained(stock_bert_dir, synthesizer_variant="vanilla+random")
+    assert config.synthesizer_variant == "random+vanilla"
+
+
 def test_invalid_config_json_fails_at_load(tmp_path):
     BertSynthesizerModel(config(synthesizer_variant="random")).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
