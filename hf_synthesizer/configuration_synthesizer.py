@@ -171,7 +171,7 @@ class SynthesizerConfigMixin:
             )
         if self.synthesizer_mixture not in MIXTURES:
             raise ValueError(f"synthesizer_mixture must be one of {MIXTURES}, got {self.synthesizer_mixture!r}.")
-        if self.synthesizer_mixture == "gate" and len(components) != 2:
+        if self.synthesizer_mixture == "gate" and len(components) > 2:
             raise ValueError(
                 f"synthesizer_mixture='gate' mixes exactly two components with one sigmoid gate, but "
                 f"synthesizer_variant={self.synthesizer_variant!r} has {len(components)}. "
