@@ -211,33 +211,51 @@ def batch_for(length):
     return max(1, 4096 // length)
 
 
+def interleaved(fns, repeats):
+    """Median time of each fn, timed round-robin (one call of each per round) so that load from other processes
+    on this shared machine hits every implementation alike; one warm-up call each first."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), v) for k, v in times.items()}
+
+
 def run_layer(args, results):
     impls = list(STOCK) + list(args.variants)
     for dtype in args.dtypes:
         lengths = args.lengths if dtype == "fp32" else [l for l in args.lengths if l in args.bf16_lengths]
         for length in lengths:
             batch = batch_for(length)
+            torch.manual_seed(0)
+            fns = {}
             for impl in impls:
                 if impl == "eager" and length > args.eager_max:
                     continue
-                torch.manual_seed(0)
+                if dtype == "bf16" and impl not in args.bf16_variants:
+                    continue
                 layer = build_layer(impl, length)
                 x = torch.randn(batch, length, 768, requires_grad=True)
-                fwd, fwd_bwd = layer_fns(layer, x, dtype)
-                reps = args.repeats if length <= 1024 else max(2, args.repeats // 2)
-                for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                    t, all_t = median_time(fn, reps)
+                fns[impl] = layer_fns(layer, x, dtype)
+            reps = args.repeats if length <= 1024 else max(2, args.repeats // 2)
+            for m, mode in enumerate(("fwd", "fwd+bwd")):
+                timed = interleaved({k: v[m] for k, v in fns.items()}, reps)
+                for impl, (t, all_t) in timed.items():
                     row = dict(section="layer", dtype=dtype, length=length, batch=batch, impl=impl, mode=mode,
                                seconds=t, all_seconds=all_t)
                     if args.memory and dtype == "fp32":
-                        with PeakRSS() as m:
-                            fn()
-                        row["peak_mb"] = m.mb
+                        with PeakRSS() as mem:
+                            fns[impl][m]()
+                        row["peak_mb"] = mem.mb
                     results.append(row)
                     print(f"layer {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:8s} {t * 1e3:9.1f} ms"
                           + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""), flush=True)
-                del layer, x, fwd, fwd_bwd
-                gc.collect()
+            del fns
+            gc.collect()
 
 
 def run_model(args, results):
@@ -245,6 +263,7 @@ def run_model(args, results):
     for shape in args.shapes:
         for length in args.model_lengths:
             batch = {"bert-base": {128: 8, 512: 2}, "minilm": {128: 32, 512: 8}}.get(shape, {}).get(length, 1)
+            batch = max(1, batch // args.batch_divisor)
             cases.append((shape, length, batch, ("train", "infer")))
     if args.small_long:
         cases.append(("small-256", 4096, 1, ("infer",)))
@@ -255,29 +274,31 @@ def run_model(args, results):
         for dtype in args.model_dtypes:
             if dtype == "bf16" and (shape, length) not in (("minilm", 512), ("bert-base", 512)):
                 continue
+            fns = {}
             for impl in impls:
                 if impl == "eager" and length > 512:
                     continue
                 torch.manual_seed(0)
                 model = build_model(impl, length, shape)
                 ids = torch.randint(0, 30522, (batch, length))
-                train, infer = model_fns(model, ids, dtype)
-                for mode in modes:
-                    fn = train if mode == "train" else infer
-                    reps = args.repeats if length <= 512 else 2
-                    t, all_t = median_time(fn, reps)
+                fns[impl] = model_fns(model, ids, dtype)
+            for mode in modes:
+                m = 0 if mode == "train" else 1
+                reps = args.repeats if length <= 512 else 2
+                timed = interleaved({k: v[m] for k, v in fns.items()}, reps)
+                for impl, (t, all_t) in timed.items():
                     row = dict(section="model", shape=shape, dtype=dtype, length=length, batch=batch, impl=impl,
                                mode=mode, seconds=t, all_seconds=all_t)
                     if args.memory and dtype == "fp32":
-                        with PeakRSS() as m:
-                            fn()
-                        row["peak_mb"] = m.mb
+                        with PeakRSS() as mem:
+                            fns[impl][m]()
+                        row["peak_mb"] = mem.mb
                     results.append(row)
                     print(f"model {shape:9s} {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:5s} "
                           f"{t * 1e3:9.1f} ms" + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""),
                           flush=True)
-                del model, train, infer
-                gc.collect()
+            del fns
+            gc.collect()
 
 
 def run_compile(args, results):
@@ -374,6 +395,8 @@ def main(argv=None):
     p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048, 4096])
     p.add_argument("--bf16-lengths", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--bf16-variants", nargs="+",
+                   default=["sdpa", "random", "fixed_random", "factorized_random", "dense", "random+vanilla"])
     p.add_argument("--sections", nargs="+", default=["layer", "model", "compile"])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--shapes", nargs="+", default=["bert-base", "minilm"])
@@ -384,6 +407,7 @@ def main(argv=None):
     p.add_argument("--compile-variants", nargs="+", default=["random", "factorized_random", "dense"])
     p.add_argument("--eager-max", type=int, default=2048, help="skip stock eager above this length")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-divisor", type=int, default=1, help="divide the model-section batch sizes")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-small-long", dest="small_long", action="store_false")
     p.add_argument("--no-memory-2048", dest="memory_2048", action="store_false")
@@ -391,7 +415,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(Path(__file__).parent / "results.json"))
     args = p.parse_args(argv)
     if args.quick:
-        args.lengths, args.bf16_lengths, args.repeats = [128, 512], [512], 2
+        args.lengths, args.dtypes, args.repeats, args.batch_divisor = [128, 512], ["fp32"], 2, 8
         args.variants = ["random", "factorized_random", "dense", "random+vanilla"]
         args.shapes, args.model_lengths, args.model_variants = ["minilm"], [128], ["random"]
         args.model_dtypes, args.compile_variants = ["fp32"], []
@@ -412,19 +436,20 @@ def main(argv=None):
     meta["synthesizer_routes"] = {v: route_kernels(v) for v in args.variants}
     print(json.dumps(meta, indent=1), flush=True)
     results = []
-    if "layer" in args.sections:
-        run_layer(args, results)
-    if "model" in args.sections:
-        run_model(args, results)
-    if "compile" in args.sections:
-        run_compile(args, results)
-    add_ratios(results)
-    print_table(results)
-    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     out = Path(args.out)
-    out.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
-    if any(r["section"] == "layer" for r in results):
-        plot(results, out.with_suffix(".png"))
+
+    def save():  # after every section, so that a cut-off run still leaves its numbers
+        add_ratios(results)
+        meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        out.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+        if any(r["section"] == "layer" for r in results):
+            plot(results, out.with_suffix(".png"))
+
+    for section, run in (("layer", run_layer), ("model", run_model), ("compile", run_compile)):
+        if section in args.sections:
+            run(args, results)
+            save()
+    print_table(results)
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
 
 

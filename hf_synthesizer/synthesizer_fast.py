@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 # Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
 # instead of page-faulted afresh (DESIGN.md section 4).
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 22
 # Additive value of a masked-out logit. Finite (unlike -inf) so that a fully masked row comes out uniform like the
 # reference (which adds finfo.min), and two of them (causal + padding) cannot overflow to -inf.
 MASKED = -1e30
@@ -109,11 +109,27 @@ def general_bias(attention_mask, dtype=torch.float32):
 # ----------------------------------------------------------------------------------- shared logits route
 
 
-def _shared_chunk_logits(r, r1, r2, q0, rows, lk):
-    """fp32 logits (H, rows, lk) of an input-independent term for query rows `rows`."""
+def _blocks(heads: int, lq: int, lk: int):
+    """(heads slice, query rows) blocks of about CHUNK_ELEMENTS logits: whole heads when they fit (a head's block of
+    a full-size R is then contiguous: no copy before the softmax, gradients written in place), else rows of one
+    head."""
+    per_head = lq * lk
+    if per_head <= CHUNK_ELEMENTS:
+        hc = max(1, CHUNK_ELEMENTS // per_head)
+        for h in range(0, heads, hc):
+            yield slice(h, min(heads, h + hc)), range(0, lq)
+    else:
+        rc = max(16, CHUNK_ELEMENTS // lk)
+        for h in range(heads):
+            for start in range(0, lq, rc):
+                yield slice(h, h + 1), range(start, min(lq, start + rc))
+
+
+def _shared_chunk_logits(r, r1, r2, q0, hs, rows, lk):
+    """fp32 logits (heads in hs, rows, lk) of an input-independent term."""
     if r is not None:
-        return _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
-    return torch.matmul(_f32(r1[:, q0 + rows.start : q0 + rows.stop]), _f32(r2[:, :lk]).transpose(-1, -2))
+        return _f32(r[hs, q0 + rows.start : q0 + rows.stop, :lk])
+    return torch.matmul(_f32(r1[hs, q0 + rows.start : q0 + rows.stop]), _f32(r2[hs, :lk]).transpose(-1, -2))
 
 
 class _SharedLogitsAttention(torch.autograd.Function):
@@ -134,14 +150,12 @@ class _SharedLogitsAttention(torch.autograd.Function):
                 y = torch.matmul(probs.to(value.dtype), x)
             else:
                 y = x.new_empty(heads, lq, batch * width)
-                step = _chunk_rows(heads, lk)
-                for start in range(0, lq, step):
-                    rows = range(start, min(lq, start + step))
-                    s = _shared_chunk_logits(r, r1, r2, r_offset, rows, lk)
+                for hs, rows in _blocks(heads, lq, lk):
+                    s = _shared_chunk_logits(r, r1, r2, r_offset, hs, rows, lk)
                     if causal:
                         s = s + causal_bias(q0, rows, lk, s.device)
                     p = torch.softmax(s, dim=-1).to(value.dtype)
-                    y[:, rows.start : rows.stop] = torch.matmul(p, x)
+                    torch.matmul(p, x[hs], out=y[hs, rows.start : rows.stop])
             y = y.view(heads, lq, batch, width)
             if key_weight is not None:
                 den = y[..., dh:]
@@ -163,7 +177,7 @@ class _SharedLogitsAttention(torch.autograd.Function):
             if weighted:
                 o = out.permute(2, 1, 0, 3)
                 g = torch.cat([g / den, -(g * o).sum(-1, keepdim=True) / den], dim=-1)
-            g = g.reshape(heads, lq, batch * width)
+            g = g.reshape(heads, lq, batch * width).contiguous()
             need_r = ctx.needs_input_grad[2] or ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
             grad_x = None
             grad_r = grad_r1 = grad_r2 = None
@@ -177,26 +191,25 @@ class _SharedLogitsAttention(torch.autograd.Function):
                 if need_r and r1 is not None:
                     grad_r1 = torch.zeros(r1.shape, dtype=_f32(r1).dtype, device=r1.device)
                     grad_r2 = torch.zeros(r2.shape, dtype=_f32(r2).dtype, device=r2.device)
-                step = _chunk_rows(heads, lk)
-                for start in range(0, lq, step):
-                    rows = range(start, min(lq, start + step))
-                    s = _shared_chunk_logits(r, r1, r2, ro, rows, lk)
+                for hs, rows in _blocks(heads, lq, lk):
+                    s = _shared_chunk_logits(r, r1, r2, ro, hs, rows, lk)
                     if causal:
                         s = s + causal_bias(q0, rows, lk, s.device)
                     p = torch.softmax(s, dim=-1)
-                    g_c = g[:, rows.start : rows.stop]
-                    grad_x.baddbmm_(p.to(x.dtype).transpose(-1, -2), g_c) if x.dtype == grad_x.dtype else grad_x.add_(
-                        _f32(torch.matmul(p.to(x.dtype).transpose(-1, -2), g_c))
-                    )
+                    g_c = g[hs, rows.start : rows.stop]
+                    if x.dtype == grad_x.dtype:
+                        grad_x[hs].baddbmm_(p.transpose(-1, -2), g_c)
+                    else:
+                        grad_x[hs].add_(_f32(torch.matmul(p.to(x.dtype).transpose(-1, -2), g_c)))
                     if not need_r:
                         continue
-                    gp = _f32(torch.matmul(g_c, x.transpose(-1, -2)))  # (H, rows, lk)
-                    gs = p.mul_(gp - (gp * p).sum(-1, keepdim=True))
+                    gp = _f32(torch.matmul(g_c, x[hs].transpose(-1, -2)))  # (h, rows, lk)
+                    gs = torch._softmax_backward_data(gp, p, -1, p.dtype)
                     if r is not None:
-                        grad_r[:, ro + rows.start : ro + rows.stop, :lk] = gs
+                        grad_r[hs, ro + rows.start : ro + rows.stop, :lk] = gs
                     else:
-                        grad_r1[:, ro + rows.start : ro + rows.stop] = torch.matmul(gs, _f32(r2[:, :lk]))
-                        grad_r2[:, :lk].baddbmm_(gs.transpose(-1, -2), _f32(r1[:, ro + rows.start : ro + rows.stop]))
+                        grad_r1[hs, ro + rows.start : ro + rows.stop] = torch.matmul(gs, _f32(r2[hs, :lk]))
+                        grad_r2[hs, :lk].baddbmm_(gs.transpose(-1, -2), _f32(r1[hs, ro + rows.start : ro + rows.stop]))
             grad_x = grad_x.view(heads, lk, batch, width)
             if weighted:
                 # x = [w * v, w]: w carries no gradient (masks are constants).
@@ -267,40 +280,78 @@ class _PerExampleAttention(torch.autograd.Function):
         # bias: additive fp32 (B or 1, 1 or H, lq or 1, lk) or None.
         with torch.autocast(value.device.type, enabled=False):
             batch, heads, lk, dh = value.shape
-            out = value.new_empty(batch, heads, lq, dh)
-            lse = torch.empty(batch, heads, lq, dtype=_f32(value).dtype, device=value.device)
             drops = []
             step = _chunk_rows(batch * heads, lk)
-            for start in range(0, lq, step):
-                rows = range(start, min(lq, start + step))
-                p = _PerExampleAttention._logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
-                m = p.amax(-1, keepdim=True)  # finite: masked logits are MASKED, not -inf
-                p.sub_(m).exp_()
-                z = p.sum(-1, keepdim=True)
-                p.div_(z)
-                lse[:, :, rows.start : rows.stop] = (m + z.log()).squeeze(-1)
-                if dropout > 0:
-                    keep = torch.rand_like(p) >= dropout
-                    drops.append(keep)
-                    p = p * keep / (1 - dropout)
-                out[:, :, rows.start : rows.stop] = torch.matmul(p.to(value.dtype), value)
+            if dropout == 0 and qf is not None and value.dtype in (torch.float32, torch.bfloat16):
+                out, lse = _PerExampleAttention._flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal)
+            else:
+                value = value.contiguous()
+                out = value.new_empty(batch, heads, lq, dh)
+                lse = torch.empty(batch, heads, lq, dtype=_f32(value).dtype, device=value.device)
+                for start in range(0, lq, step):
+                    rows = range(start, min(lq, start + step))
+                    p = _PerExampleAttention._logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                    m = p.amax(-1, keepdim=True)  # finite: masked logits are MASKED, not -inf
+                    p.sub_(m).exp_()
+                    z = p.sum(-1, keepdim=True)
+                    p.div_(z)
+                    lse[:, :, rows.start : rows.stop] = (m + z.log()).squeeze(-1)
+                    if dropout > 0:
+                        keep = torch.rand_like(p) >= dropout
+                        drops.append(keep)
+                        p = p * keep / (1 - dropout)
+                    out[:, :, rows.start : rows.stop] = torch.matmul(p.to(value.dtype), value)
         ctx.save_for_backward(qf, kf, value, alphas, bias, lse, out, *drops, *shared)
         ctx.meta = (dropout, q0, lq, causal, len(drops), len(shared), step)
         return out
 
     @staticmethod
+    def _flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal):
+        """The forward on sdpa's flash CPU kernel: the shared terms (and causal mask) become one float mask
+        `(1, H, lq, lk)` that requires no grad; a key-padding bias rides along as one more feature (`1 . b_j`), so
+        that no `(B, H, lq, lk)` tensor is built; q/k/v zero-padded to one head dim. Returns (out, lse)."""
+        batch, heads, lk, dh = value.shape
+        dtype = value.dtype
+        mask = None
+        for n, r in enumerate(shared):
+            term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 : q0 + lq, :lk])
+            mask = term if mask is None else mask + term
+        if causal:
+            c = causal_bias(q0, range(0, lq), lk, value.device)
+            mask = c.expand(heads, lq, lk) if mask is None else mask + c
+        if bias is not None and bias.shape[1] == 1 and bias.shape[2] == 1:
+            qf = torch.cat([qf, qf.new_ones(*qf.shape[:-1], 1)], dim=-1)
+            kf = torch.cat([kf, bias[:, :, 0, :, None].to(kf.dtype).expand(batch, heads, lk, 1)], dim=-1)
+        elif bias is not None:
+            mask = bias if mask is None else mask + bias
+        width = max(qf.shape[-1], dh)
+        qf = F.pad(qf, (0, width - qf.shape[-1])).to(dtype)
+        kf = F.pad(kf, (0, width - kf.shape[-1])).to(dtype)
+        v = F.pad(value, (0, width - dh)) if width > dh else value
+        if mask is not None:
+            mask = mask.to(dtype)
+            if mask.dim() == 3:
+                mask = mask[None]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qf.contiguous(), kf.contiguous(), v.contiguous(), attn_mask=mask, scale=1.0
+        )
+        return out[..., :dh], lse.float()
+
+    @staticmethod
     def _logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads):
+        """fp32 logits (B, H, rows, lk). qf/kf may be 3-D (B*H, l, f) views."""
         s = None
         if qf is not None:
-            s = _f32(torch.matmul(qf[:, :, rows.start : rows.stop], kf.transpose(-1, -2)))
+            q3 = qf.reshape(batch * heads, qf.shape[-2], qf.shape[-1])
+            k3 = kf.reshape(batch * heads, kf.shape[-2], kf.shape[-1])
+            s = _f32(torch.bmm(q3[:, rows.start : rows.stop], k3.transpose(1, 2))).view(batch, heads, len(rows), lk)
         for n, r in enumerate(shared):
             term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
             s = term.expand(batch, -1, -1, -1).clone() if s is None else s.add_(term)
         if bias is not None:
-            b = bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop]
-            s = s + b
+            s.add_(bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop])
         if causal:
-            s = s + causal_bias(q0, rows, lk, s.device)
+            s.add_(causal_bias(q0, rows, lk, s.device))
         return s
 
     @staticmethod
@@ -310,12 +361,21 @@ class _PerExampleAttention(torch.autograd.Function):
         drops, shared = rest[:n_drops], rest[n_drops:]
         with torch.autocast(grad_out.device.type, enabled=False):
             batch, heads, lk, dh = value.shape
-            g = grad_out.to(value.dtype)
+            bh = batch * heads
+            g = grad_out.to(value.dtype).contiguous().view(bh, lq, dh)
+            v3 = value.contiguous().view(bh, lk, dh)
             # D_i = sum_j P_ij dP_ij = dO_i . O_i (dropout included)
-            d = (_f32(grad_out) * _f32(out)).sum(-1, keepdim=True)
-            grad_v = torch.zeros(value.shape, dtype=_f32(value).dtype, device=value.device)
-            grad_qf = torch.empty(qf.shape, dtype=_f32(qf).dtype, device=qf.device) if qf is not None else None
-            grad_kf = torch.zeros(kf.shape, dtype=_f32(kf).dtype, device=kf.device) if kf is not None else None
+            d = (_f32(grad_out) * _f32(out)).sum(-1).view(bh, lq, 1)
+            acc = _f32(value).dtype
+            grad_v = torch.zeros(bh, lk, dh, dtype=acc, device=value.device)
+            if qf is not None:
+                f = qf.shape[-1]
+                q3 = qf.contiguous().view(bh, lq, f)
+                k3 = kf.contiguous().view(bh, lk, f)
+                grad_qf = torch.empty(bh, lq, f, dtype=acc, device=qf.device)
+                grad_kf = torch.zeros(bh, lk, f, dtype=acc, device=kf.device)
+            else:
+                q3 = k3 = grad_qf = grad_kf = None
             need_shared = any(ctx.needs_input_grad[9:]) or ctx.needs_input_grad[3]
             grad_shared = []
             for n, r in enumerate(shared):
@@ -325,25 +385,33 @@ class _PerExampleAttention(torch.autograd.Function):
                 else:
                     grad_shared.append(None)
             grad_alphas = torch.zeros_like(alphas) if ctx.needs_input_grad[3] else None
+            lse3 = lse.reshape(bh, lq, 1)
             for c, start in enumerate(range(0, lq, step)):
                 rows = range(start, min(lq, start + step))
-                s = _PerExampleAttention._logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
-                p = s.sub_(lse[:, :, rows.start : rows.stop, None]).exp_()
-                g_c = g[:, :, rows.start : rows.stop]
-                gp = _f32(torch.matmul(g_c, value.transpose(-1, -2)))
+                s = _PerExampleAttention._logits(q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                p = s.view(bh, len(rows), lk).sub_(lse3[:, rows.start : rows.stop]).exp_()
+                g_c = g[:, rows.start : rows.stop]
+                gp = _f32(torch.bmm(g_c, v3.transpose(1, 2)))
                 if dropout > 0:
-                    keep = drops[c]
-                    grad_v.add_(torch.matmul((p * keep / (1 - dropout)).transpose(-1, -2).to(value.dtype), g_c))
+                    keep = drops[c].view(bh, len(rows), lk)
+                    pd = (p * keep / (1 - dropout)).to(value.dtype)
+                    grad_v.baddbmm_(pd.transpose(1, 2), g_c) if acc == value.dtype else grad_v.add_(
+                        torch.bmm(pd.transpose(1, 2), g_c))
                     gp.mul_(keep).div_(1 - dropout)
+                elif acc == value.dtype:
+                    grad_v.baddbmm_(p.transpose(1, 2), g_c)
                 else:
-                    grad_v.add_(torch.matmul(p.transpose(-1, -2).to(value.dtype), g_c))
-                gs = p.mul_(gp.sub_(d[:, :, rows.start : rows.stop]))  # (B, H, rows, lk)
-                if qf is not None:
-                    gs_mm = gs.to(qf.dtype)
-                    grad_qf[:, :, rows.start : rows.stop] = torch.matmul(gs_mm, kf)
-                    grad_kf.add_(torch.matmul(gs_mm.transpose(-1, -2), qf[:, :, rows.start : rows.stop]))
+                    grad_v.add_(torch.bmm(p.to(value.dtype).transpose(1, 2), g_c))
+                gs = gp.sub_(d[:, rows.start : rows.stop]).mul_(p)  # (B*H, rows, lk)
+                if q3 is not None:
+                    gs_mm = gs.to(q3.dtype)
+                    grad_qf[:, rows.start : rows.stop] = torch.bmm(gs_mm, k3)
+                    if acc == q3.dtype:
+                        grad_kf.baddbmm_(gs_mm.transpose(1, 2), q3[:, rows.start : rows.stop])
+                    else:
+                        grad_kf.add_(torch.bmm(gs_mm.transpose(1, 2), q3[:, rows.start : rows.stop]))
                 if n_shared and need_shared:
-                    gsum = gs.sum(0)  # (H, rows, lk)
+                    gsum = gs.view(batch, heads, len(rows), lk).sum(0)  # (H, rows, lk)
                     for n, r in enumerate(shared):
                         r_c = r[:, q0 + rows.start : q0 + rows.stop, :lk]
                         if grad_shared[n] is not None:
@@ -352,9 +420,9 @@ class _PerExampleAttention(torch.autograd.Function):
                             grad_alphas[n] += (gsum * _f32(r_c)).sum((-1, -2))
         grads_shared = [gr.to(r.dtype) if gr is not None else None for gr, r in zip(grad_shared, shared)]
         return (
-            grad_qf.to(qf.dtype) if qf is not None else None,
-            grad_kf.to(kf.dtype) if kf is not None else None,
-            grad_v.to(value.dtype),
+            grad_qf.view(qf.shape).to(qf.dtype) if qf is not None else None,
+            grad_kf.view(kf.shape).to(kf.dtype) if kf is not None else None,
+            grad_v.view(value.shape).to(value.dtype),
             grad_alphas,
             None,
             None,
