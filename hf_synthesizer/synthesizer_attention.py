@@ -74,8 +74,12 @@ class SynthesizerLogits(nn.Module):
             rank = config.synthesizer_factorized_rank
             self.factorized_random_r1 = nn.Parameter(torch.empty(heads, length, rank))
             self.factorized_random_r2 = nn.Parameter(torch.empty(heads, length, rank))
-        # softmax(R) of input-independent layers for inference / frozen R (see ProbabilityCache for validity).
+        # softmax(R) of random / fixed random layers, used whenever R needs no gradient: inference, and fixed random
+        # in training too (R is frozen). Costs one more (H, lq, lk) fp32 tensor per layer, as large as R itself; set
+        # `cache_probabilities = False` to recompute softmax(R) block by block instead (O(block) memory).
+        # Validity conditions: see ProbabilityCache.
         self.probability_cache = ProbabilityCache()
+        self.cache_probabilities = True
         # False runs the plain reference implementation (synthesizer_math) instead of the fast paths.
         self.use_fast_paths = True
         if len(self.components) > 1:
@@ -245,7 +249,11 @@ def fast_synthesizer_attention(
         out = None
         if len(components) == 1 and components[0] in FULL_RANK:
             r = getattr(synthesizer, components[0] + "_r")
-            if not (torch.is_grad_enabled() and r.requires_grad) and not torch.compiler.is_compiling():
+            if (
+                synthesizer.cache_probabilities
+                and not (torch.is_grad_enabled() and r.requires_grad)
+                and not torch.compiler.is_compiling()
+            ):
                 probs = synthesizer.probability_cache.get(r, q0, lq, lk, causal)
                 out = shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs)
             else:

@@ -154,6 +154,22 @@ def test_probability_cache_invalidated_when_weights_change():
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
 
 
+def test_fixed_random_without_cache_matches_reference():
+    model = make_model("fixed_random")
+    ids = torch.randint(0, 50, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, 11:] = 0
+    for module in model.modules():
+        if isinstance(module, sa.SynthesizerLogits):
+            module.cache_probabilities = False
+    proj = torch.randn(2, 16, 32)
+    out_fast, g_fast = run(model, ids, mask, True, proj)
+    assert model.encoder.layer[0].attention.self.synthesizer.probability_cache.probs is None
+    out_ref, g_ref = run(model, ids, mask, False, proj)
+    torch.testing.assert_close(out_fast, out_ref, atol=2e-5, rtol=1e-4)
+    assert_close_grads(g_fast, g_ref)
+
+
 def test_random_cache_not_used_when_grad_needed_and_survives_inference_mode():
     model = make_model("random")
     ids = torch.randint(0, 50, (2, 16))
