@@ -22,7 +22,12 @@ sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import psutil, torch
 import bench_attention as b
 torch.manual_seed(0)
-model = b.build_model({impl!r}, {length}, {shape!r})
+impl, _, option = {impl!r}.partition(":")
+model = b.build_model(impl, {length}, {shape!r})
+if option == "nocache":  # fixed random without its softmax(R) cache (cache_probabilities=False)
+    for m in model.modules():
+        if hasattr(m, "cache_probabilities"):
+            m.cache_probabilities = False
 ids = torch.randint(0, 30522, ({batch}, {length}))
 train, _ = b.model_fns(model, ids, "fp32")
 base = psutil.Process().memory_info().rss
@@ -39,7 +44,8 @@ def main():
     p.add_argument("--shape", default="minilm")
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--impls", nargs="+", default=["sdpa", "eager", "fixed_random", "factorized_random", "random"])
+    p.add_argument("--impls", nargs="+",
+                   default=["sdpa", "fixed_random", "fixed_random:nocache", "factorized_random", "random"])
     p.add_argument("--out", default=str(Path(__file__).parent / "memory.json"))
     args = p.parse_args()
     root, bench = str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)
