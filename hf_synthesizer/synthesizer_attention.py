@@ -238,7 +238,13 @@ def fast_synthesizer_attention(
       concatenated, zero-padded features (`feature_attention`).
     """
     components = synthesizer.components
-    if "factorized_dense" in components:
+    if "factorized_dense" in components or value.shape[0] == 0:
+        return None
+    if value.dtype != torch.float32 and any(c in FULL_RANK for c in components) and (
+        training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
+    ):
+        # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
+        # extreme inputs: low precision runs the reference.
         return None
     dropout = dropout if training else 0.0
     kind, key_bias, causal = split_mask(attention_mask, lq, lk, q0)
@@ -306,8 +312,12 @@ def fast_synthesizer_attention(
         return per_example_attention(
             qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal and kind != "general"
         ).to(dtype)
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask.to(dtype)
+    if attention_mask is not None and (
+        attention_mask.dtype != torch.bool or not bool(attention_mask.any(-1).all())
+    ):
+        # float masks in the value dtype; a bool mask with a fully masked row would give NaN in sdpa, the reference
+        # attends uniformly there: the finite MASKED additive form reproduces that.
+        attention_mask = general_bias(attention_mask).to(dtype)
     return feature_attention(qf, kf, value, attention_mask, dropout)
 
 
