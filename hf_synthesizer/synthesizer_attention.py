@@ -17,6 +17,14 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+from .synthesizer_fast import (
+    ProbabilityCache,
+    feature_attention,
+    general_bias,
+    per_example_attention,
+    shared_logits_attention,
+    split_mask,
+)
 from .synthesizer_math import (
     additive_mask,
     attention_probabilities,
@@ -66,6 +74,14 @@ class SynthesizerLogits(nn.Module):
             rank = config.synthesizer_factorized_rank
             self.factorized_random_r1 = nn.Parameter(torch.empty(heads, length, rank))
             self.factorized_random_r2 = nn.Parameter(torch.empty(heads, length, rank))
+        # softmax(R) of random / fixed random layers, used whenever R needs no gradient: inference, and fixed random
+        # in training too (R is frozen). Costs one more (H, lq, lk) fp32 tensor per layer, as large as R itself; set
+        # `cache_probabilities = False` to recompute softmax(R) block by block instead (O(block) memory).
+        # Validity conditions: see ProbabilityCache.
+        self.probability_cache = ProbabilityCache()
+        self.cache_probabilities = True
+        # False runs the plain reference implementation (synthesizer_math) instead of the fast paths.
+        self.use_fast_paths = True
         if len(self.components) > 1:
             if self.mixture == "gate":
                 self.mixture_gate = nn.Parameter(torch.empty(1))
@@ -179,6 +195,13 @@ def synthesizer_attention_forward(
     output_attentions = kwargs.get("output_attentions", False)
     bias_synthesized = getattr(module, "bias_synthesized", True)
 
+    if synthesizer.use_fast_paths and not output_attentions and position_bias is None and not synthesizer.is_vanilla:
+        output = fast_synthesizer_attention(
+            synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, module.training,
+            q0, lq, lk,
+        )
+        if output is not None:
+            return output, None
     if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
         if synthesizer.is_vanilla:
             return sdpa_attention_forward(
@@ -197,6 +220,108 @@ def synthesizer_attention_forward(
     if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
         return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
     return output.transpose(1, 2).contiguous(), None
+
+
+INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
+FULL_RANK = ("random", "fixed_random")
+
+
+def fast_synthesizer_attention(
+    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk
+):
+    """The fastest measured route for a synthesizer layer (see synthesizer_fast and benchmarks/RESULTS.md), or
+    None when none applies (factorized dense, T5 position bias, output_attentions: the reference route runs).
+
+    - only input-independent components, no attention dropout, mask = padding (+ causal): logits once per batch,
+      one matmul for all examples (`shared_logits_attention`); softmax(R) from the layer's cache when R needs no
+      gradient (fixed random always; random under no_grad);
+    - a full-rank R (random / fixed random) together with per-example logits, dropout or an arbitrary mask: the
+      explicit query-chunked route with its own backward (`per_example_attention`);
+    - otherwise (dense, factorized random with dropout, vanilla mixtures without R): sdpa's flash kernel on
+      concatenated, zero-padded features (`feature_attention`).
+    """
+    components = synthesizer.components
+    if "factorized_dense" in components or value.shape[0] == 0:
+        return None
+    if value.dtype != torch.float32 and any(c in FULL_RANK for c in components) and (
+        training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
+    ):
+        # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
+        # extreme inputs: low precision runs the reference.
+        return None
+    dropout = dropout if training else 0.0
+    kind, key_bias, causal = split_mask(attention_mask, lq, lk, q0)
+    weights = synthesizer.mixture_weights()  # (n, H or 1)
+    heads = synthesizer.num_heads
+
+    if all(c in INPUT_INDEPENDENT for c in components) and dropout == 0.0 and kind != "general":
+        out = None
+        if len(components) == 1 and components[0] in FULL_RANK:
+            r = getattr(synthesizer, components[0] + "_r")
+            if (
+                synthesizer.cache_probabilities
+                and not (torch.is_grad_enabled() and r.requires_grad)
+                and not torch.compiler.is_compiling()
+            ):
+                probs = synthesizer.probability_cache.get(r, q0, lq, lk, causal)
+                out = shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs)
+            else:
+                out = shared_logits_attention(value, key_bias, causal, q0, lq, r=r)
+        elif components == ("factorized_random",):
+            r1, r2 = synthesizer.factorized_random_r1, synthesizer.factorized_random_r2
+            out = shared_logits_attention(value, key_bias, causal, q0, lq, r1=r1, r2=r2)
+        else:  # a mixture of input-independent terms: mix once per batch, then share
+            logits = synthesizer(None, None, None, scaling, q0, lq, lk)[0]  # (H, lq, lk)
+            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
+        if out is not None:
+            return out.to(value.dtype)
+        kind, key_bias, causal = "general", None, False  # kept-key sum underflowed: per example instead
+
+    # Per-example dot-product features: logits = qf . kf, mixture weights folded into qf.
+    qf, kf, shared, alphas = [], [], [], []
+    batch = value.shape[0]
+    dtype = value.dtype
+    for n, name in enumerate(components):
+        alpha = weights[n].view(1, -1, 1, 1)
+        if name == "vanilla":
+            qf.append((query * (alpha * scaling)).to(dtype))
+            kf.append(key.to(dtype))
+        elif name == "dense":
+            w1 = synthesizer.dense_w1
+            h = F.relu(F.linear(hidden_states, w1.weight, w1.bias)).view(batch, lq, heads, -1).transpose(1, 2)
+            w2 = synthesizer.dense_w2[..., :lk].transpose(-1, -2)[None].expand(batch, heads, -1, -1)
+            b2 = synthesizer.dense_b2[:, :lk, None][None].expand(batch, heads, -1, -1)
+            qf.append((h * alpha).to(dtype))
+            qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
+            kf.append(w2.to(dtype))
+            kf.append(b2.to(dtype))
+        elif name == "factorized_random":
+            r1 = synthesizer.factorized_random_r1[:, q0 : q0 + lq][None] * alpha
+            qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
+            kf.append(synthesizer.factorized_random_r2[:, :lk][None].to(dtype).expand(batch, heads, -1, -1))
+        else:
+            shared.append(getattr(synthesizer, name + "_r"))
+            alphas.append(weights[n])
+    qf = torch.cat(qf, dim=-1) if qf else None
+    kf = torch.cat(kf, dim=-1) if kf else None
+    if shared or kind == "general" and qf is None:
+        if kind == "general":
+            bias = general_bias(attention_mask)
+        elif kind == "key":
+            bias = key_bias[:, None, None, :]
+        else:
+            bias = None
+        alphas = torch.stack(alphas) if alphas else None
+        return per_example_attention(
+            qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal and kind != "general"
+        ).to(dtype)
+    if attention_mask is not None and (
+        attention_mask.dtype != torch.bool or not bool(attention_mask.any(-1).all())
+    ):
+        # float masks in the value dtype; a bool mask with a fully masked row would give NaN in sdpa, the reference
+        # attends uniformly there: the finite MASKED additive form reproduces that.
+        attention_mask = general_bias(attention_mask).to(dtype)
+    return feature_attention(qf, kf, value, attention_mask, dropout)
 
 
 def _mixture_through_sdpa(

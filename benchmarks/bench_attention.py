@@ -1,0 +1,457 @@
+"""Synthesizer attention vs stock transformers attention (`sdpa`, `eager`) on this machine, in one process.
+
+    python benchmarks/bench_attention.py              # everything (about 20-30 min on 2 cores)
+    python benchmarks/bench_attention.py --quick      # smoke run, < 1 min
+    python benchmarks/bench_attention.py --lengths 512 1024 --sections layer
+
+Sections (all times are medians of `--repeats` runs after a warm-up; ratios are time(sdpa) / time(variant) of
+the same row and section, so > 1 means faster than stock sdpa):
+  layer   one BERT self-attention layer (hidden -> attention output, projections included: a synthesizer layer
+          drops the query/key projections), 12 heads x 64, batch = max(1, 4096 // l) (batch 1 at l = 4096),
+          "fwd" = inference (no_grad), "fwd+bwd" = forward + backward w.r.t. input and parameters. fp32 and bf16
+          autocast rows.
+  model   full encoder, sequence classification head: "train" = fwd + bwd + AdamW step, "infer" = no_grad
+          forward; BERT-base shape (12 x 768) and MiniLM shape (6 x 384); a small-hidden (4 x 256) encoder at
+          l = 4096 for inference; `torch.compile(model)` rows.
+  memory  peak resident memory (RSS) above the level just before the measured call, sampled every 0.5 ms by a
+          thread with psutil (torch's CPU allocator returns large blocks to the OS, so RSS tracks live tensors;
+          tracemalloc does not see torch allocations). Measured on the second call (after a warm-up call), so
+          one-off caches (e.g. fixed random's softmax) count as resident, not as peak.
+
+Attention-probability dropout is 0 in every row: with dropout > 0 stock `sdpa` silently leaves its flash kernel
+for the math path on CPU (torch 2.13), which would flatter the synthesizers. Hidden dropout is BERT's 0.1.
+Writes `--out` JSON and a PNG plot next to it; prints which sdpa kernel ran (profiler) and the allocator.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers.models.bert.modeling_bert import BertSelfAttention  # noqa: E402
+
+import hf_synthesizer  # noqa: E402
+from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerForSequenceClassification  # noqa: E402
+from hf_synthesizer.modeling_bert_synthesizer import BertSynthesizerSelfAttention  # noqa: E402
+from hf_synthesizer.synthesizer_attention import init_synthesizer_weights  # noqa: E402
+
+STOCK = ("eager", "sdpa")
+VARIANTS = (
+    "random",
+    "fixed_random",
+    "factorized_random",
+    "dense",
+    "factorized_dense",
+    "random+vanilla",
+    "dense+vanilla",
+    "factorized_random+vanilla",
+    "dense+random",
+)
+SHAPES = {  # name: (layers, hidden, heads, intermediate)
+    "bert-base": (12, 768, 12, 3072),
+    "minilm": (6, 384, 12, 1536),
+    "small-256": (4, 256, 4, 1024),
+}
+# A T5 row: add {"t5-small": builder} here once T5 synthesizer classes exist on this branch (see build_model).
+
+
+def bert_config(impl, length, layers, hidden, heads, inter):
+    common = dict(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=inter, max_position_embeddings=max(512, length), attention_probs_dropout_prob=0.0,
+        num_labels=2,
+    )
+    if impl in STOCK:
+        config = BertConfig(**common)
+        config._attn_implementation = impl
+        return config
+    config = BertSynthesizerConfig(synthesizer_variant=impl, synthesizer_length=length, **common)
+    return config
+
+
+def build_layer(impl, length, hidden=768, heads=12):
+    config = bert_config(impl, length, 1, hidden, heads, 4 * hidden)
+    if impl in STOCK:
+        layer = BertSelfAttention(config)
+    else:
+        config._attn_implementation = hf_synthesizer.attn_implementation_name(impl)
+        hf_synthesizer.register_attn_implementation(config._attn_implementation)  # unnamed mixtures
+        layer = BertSynthesizerSelfAttention(config, layer_idx=0)
+        init_synthesizer_weights(layer.synthesizer, config.initializer_range)
+    return layer
+
+
+def build_model(impl, length, shape):
+    layers, hidden, heads, inter = SHAPES[shape]
+    config = bert_config(impl, length, layers, hidden, heads, inter)
+    if impl in STOCK:
+        return BertForSequenceClassification(config)
+    return BertSynthesizerForSequenceClassification(config)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+class PeakRSS:
+    """Peak RSS above the level at entry, sampled by a thread."""
+
+    def __init__(self, interval=0.0005):
+        self.interval = interval
+        self.proc = psutil.Process()
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.mb = (self.peak - self.base) / 2**20
+
+
+def layer_fns(layer, x, dtype):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    grad_out = torch.randn_like(x)
+
+    def fwd():
+        with torch.no_grad(), autocast:
+            layer(x)[0]
+
+    def fwd_bwd():
+        with autocast:
+            out = layer(x)[0]
+        out.float().backward(grad_out)
+        x.grad = None
+        for p in layer.parameters():
+            p.grad = None
+
+    return fwd, fwd_bwd
+
+
+def model_fns(model, ids, dtype):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    labels = torch.zeros(ids.shape[0], dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def train():
+        model.train()
+        with autocast:
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), autocast:
+            model(input_ids=ids).logits
+
+    return train, infer
+
+
+def sdpa_kernels():
+    """Which aten kernels sdpa dispatches to for the stock layer, fwd + bwd (flash vs math fallback)."""
+    layer = build_layer("sdpa", 256)
+    x = torch.randn(2, 256, 768, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x)[0].sum().backward()
+    names = sorted({e.key for e in prof.key_averages() if "scaled_dot_product" in e.key})
+    return names
+
+
+def route_kernels(impl, length=256):
+    """Kernels behind a synthesizer layer (to show which ones stay on flash / never materialise per example)."""
+    layer = build_layer(impl, length)
+    x = torch.randn(2, length, 768, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x)[0].sum().backward()
+    keys = {e.key for e in prof.key_averages()}
+    return sorted(k for k in keys if "scaled_dot_product" in k or k.startswith("_SharedLogits") or k.startswith(
+        "_PerExample") or "SharedLogits" in k or "PerExample" in k)
+
+
+# ------------------------------------------------------------------------------------------------- sections
+
+
+def batch_for(length):
+    return max(1, 4096 // length)
+
+
+def interleaved(fns, repeats):
+    """Median time of each fn, timed round-robin (one call of each per round) so that load from other processes
+    on this shared machine hits every implementation alike; one warm-up call each first."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), v) for k, v in times.items()}
+
+
+def run_layer(args, results):
+    impls = list(STOCK) + list(args.variants)
+    for dtype in args.dtypes:
+        lengths = args.lengths if dtype == "fp32" else [l for l in args.lengths if l in args.bf16_lengths]
+        for length in lengths:
+            batch = batch_for(length)
+            torch.manual_seed(0)
+            fns = {}
+            for impl in impls:
+                if impl == "eager" and length > args.eager_max:
+                    continue
+                if dtype == "bf16" and impl not in args.bf16_variants:
+                    continue
+                layer = build_layer(impl, length)
+                x = torch.randn(batch, length, 768, requires_grad=True)
+                fns[impl] = layer_fns(layer, x, dtype)
+            reps = args.repeats if length <= 1024 else max(2, args.repeats // 2)
+            for m, mode in enumerate(("fwd", "fwd+bwd")):
+                timed = interleaved({k: v[m] for k, v in fns.items()}, reps)
+                for impl, (t, all_t) in timed.items():
+                    row = dict(section="layer", dtype=dtype, length=length, batch=batch, impl=impl, mode=mode,
+                               seconds=t, all_seconds=all_t)
+                    if args.memory and dtype == "fp32":
+                        with PeakRSS() as mem:
+                            fns[impl][m]()
+                        row["peak_mb"] = mem.mb
+                    results.append(row)
+                    print(f"layer {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:8s} {t * 1e3:9.1f} ms"
+                          + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""), flush=True)
+            del fns
+            gc.collect()
+
+
+def run_model(args, results):
+    cases = []
+    for shape in args.shapes:
+        for length in args.model_lengths:
+            batch = {"bert-base": {128: 8, 512: 2}, "minilm": {128: 32, 512: 8}}.get(shape, {}).get(length, 1)
+            batch = max(1, batch // args.batch_divisor)
+            cases.append((shape, length, batch, ("train", "infer")))
+    if args.small_long:
+        cases.append(("small-256", 4096, 1, ("infer",)))
+    if args.memory_2048:
+        cases.append(("minilm", 2048, 1, ("train",)))
+    impls = ["sdpa", "eager"] + [v for v in args.model_variants]
+    for shape, length, batch, modes in cases:
+        for dtype in args.model_dtypes:
+            if dtype == "bf16" and (shape, length) not in (("minilm", 512), ("bert-base", 512)):
+                continue
+            fns = {}
+            for impl in impls:
+                if impl == "eager" and length > 512:
+                    continue
+                torch.manual_seed(0)
+                model = build_model(impl, length, shape)
+                ids = torch.randint(0, 30522, (batch, length))
+                fns[impl] = model_fns(model, ids, dtype)
+            for mode in modes:
+                m = 0 if mode == "train" else 1
+                reps = args.repeats if length <= 512 else 2
+                timed = interleaved({k: v[m] for k, v in fns.items()}, reps)
+                for impl, (t, all_t) in timed.items():
+                    row = dict(section="model", shape=shape, dtype=dtype, length=length, batch=batch, impl=impl,
+                               mode=mode, seconds=t, all_seconds=all_t)
+                    if args.memory and dtype == "fp32":
+                        with PeakRSS() as mem:
+                            fns[impl][m]()
+                        row["peak_mb"] = mem.mb
+                    results.append(row)
+                    print(f"model {shape:9s} {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:5s} "
+                          f"{t * 1e3:9.1f} ms" + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""),
+                          flush=True)
+            del fns
+            gc.collect()
+
+
+def run_compile(args, results):
+    shape, length, batch = "minilm", 128, 8
+    for impl in ["sdpa"] + list(args.compile_variants):
+        torch.manual_seed(0)
+        model = build_model(impl, length, shape)
+        ids = torch.randint(0, 30522, (batch, length))
+        eager_train, eager_infer = model_fns(model, ids, "fp32")
+        compiled = torch.compile(model)
+        train, infer = model_fns(compiled, ids, "fp32")
+        for mode, fn, ref in (("infer", infer, eager_infer), ("train", train, eager_train)):
+            t0 = time.perf_counter()
+            fn()
+            compile_s = time.perf_counter() - t0
+            t, all_t = median_time(fn, args.repeats)
+            t_ref, _ = median_time(ref, args.repeats)
+            results.append(dict(section="compile", shape=shape, dtype="fp32", length=length, batch=batch, impl=impl,
+                                mode=mode, seconds=t, all_seconds=all_t, uncompiled_seconds=t_ref,
+                                first_call_seconds=compile_s))
+            print(f"compile {shape} l={length} b={batch} {impl:28s} {mode:5s} {t * 1e3:9.1f} ms "
+                  f"(uncompiled {t_ref * 1e3:9.1f} ms, first call {compile_s:6.1f} s)", flush=True)
+        del model, compiled
+        torch._dynamo.reset()
+        gc.collect()
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def add_ratios(results):
+    def key(r):
+        return tuple(r.get(k) for k in ("section", "shape", "dtype", "length", "batch", "mode"))
+
+    sdpa = {key(r): r for r in results if r["impl"] == "sdpa"}
+    for r in results:
+        base = sdpa.get(key(r))
+        if base:
+            r["speedup_vs_sdpa"] = base["seconds"] / r["seconds"]
+            if "peak_mb" in r and "peak_mb" in base:
+                r["peak_mb_sdpa"] = base["peak_mb"]
+
+
+def print_table(results):
+    print("\n== medians; x = time(sdpa) / time(impl), > 1 is faster than stock sdpa ==")
+    groups = {}
+    for r in results:
+        g = (r["section"], r.get("shape", "layer"), r["dtype"], r["mode"])
+        groups.setdefault(g, []).append(r)
+    for g, rows in groups.items():
+        lengths = sorted({r["length"] for r in rows})
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        print(f"\n{' / '.join(map(str, g))}")
+        print(f"{'impl':28s}" + "".join(f"{'l=' + str(l):>18s}" for l in lengths))
+        for impl in impls:
+            cells = []
+            for length in lengths:
+                m = [r for r in rows if r["impl"] == impl and r["length"] == length]
+                if not m:
+                    cells.append(f"{'-':>18s}")
+                    continue
+                r = m[0]
+                cells.append(f"{r['seconds'] * 1e3:9.1f}ms {r.get('speedup_vs_sdpa', float('nan')):5.2f}x")
+            print(f"{impl:28s}" + "".join(cells))
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
+        rows = [r for r in results if r["section"] == "layer" and r["dtype"] == "fp32" and r["mode"] == mode]
+        for impl in dict.fromkeys(r["impl"] for r in rows):
+            pts = sorted((r["length"], r.get("speedup_vs_sdpa", float("nan"))) for r in rows if r["impl"] == impl)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl,
+                    linestyle="--" if impl in STOCK else "-")
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("sequence length (batch = max(1, 4096 // l))")
+        ax.set_title(f"one BERT self-attention layer, {mode}, fp32")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("speed-up vs stock sdpa (time_sdpa / time)")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048, 4096])
+    p.add_argument("--bf16-lengths", type=int, nargs="+", default=[512, 2048])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--bf16-variants", nargs="+",
+                   default=["sdpa", "random", "fixed_random", "factorized_random", "dense", "random+vanilla"])
+    p.add_argument("--sections", nargs="+", default=["layer", "model", "compile"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--shapes", nargs="+", default=["bert-base", "minilm"])
+    p.add_argument("--model-lengths", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--model-variants", nargs="+",
+                   default=["random", "fixed_random", "factorized_random", "dense", "random+vanilla"])
+    p.add_argument("--model-dtypes", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--compile-variants", nargs="+", default=["random", "factorized_random", "dense"])
+    p.add_argument("--eager-max", type=int, default=2048, help="skip stock eager above this length")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-divisor", type=int, default=1, help="divide the model-section batch sizes")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--no-small-long", dest="small_long", action="store_false")
+    p.add_argument("--no-memory-2048", dest="memory_2048", action="store_false")
+    p.add_argument("--quick", action="store_true", help="smoke run: short lengths, few variants, < 1 min")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.dtypes, args.repeats, args.batch_divisor = [128, 512], ["fp32"], 2, 8
+        args.variants = ["random", "factorized_random", "dense", "random+vanilla"]
+        args.shapes, args.model_lengths, args.model_variants = ["minilm"], [128], ["random"]
+        args.model_dtypes, args.compile_variants = ["fp32"], []
+        args.sections = [s for s in args.sections if s != "compile"]
+        args.small_long = args.memory_2048 = False
+
+    meta = dict(
+        command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        allocator=dict(PYTORCH_CPU_ALLOCATOR=os.environ.get("PYTORCH_CPU_ALLOCATOR", "default (glibc malloc)"),
+                       MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX"),
+                       MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                       LD_PRELOAD=os.environ.get("LD_PRELOAD")),
+        sdpa_kernels=sdpa_kernels(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    )
+    meta["synthesizer_routes"] = {v: route_kernels(v) for v in args.variants}
+    print(json.dumps(meta, indent=1), flush=True)
+    results = []
+    out = Path(args.out)
+
+    def save():  # after every section, so that a cut-off run still leaves its numbers
+        add_ratios(results)
+        meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        out.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+        if any(r["section"] == "layer" for r in results):
+            plot(results, out.with_suffix(".png"))
+
+    for section, run in (("layer", run_layer), ("model", run_model), ("compile", run_compile)):
+        if section in args.sections:
+            run(args, results)
+            save()
+    print_table(results)
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Fast paths of the synthesizer attention, each checked against the plain reference in `synthesizer_math.py`
+(tests/test_fast_paths.py compares forward and gradients, with and without padding and causal offsets).
+
+Three routes, chosen per variant by measurement (benchmarks/RESULTS.md):
+
+* `shared_logits_attention` -- input-independent logits (random, fixed random, factorized random and mixtures of
+  them). The logits and their softmax are computed **once per batch** and applied to every example with one
+  matmul: `(H, lq, lk) @ (H, lk, B*dh)`. A per-example key-padding mask does not break this: with
+  `P = softmax(S)` and key weights `w_b` (1 kept / 0 padded, or `exp(m - max m)` for an additive mask),
+  `softmax(S + m_b) V_b = (P @ (w_b * V_b)) / (P @ w_b)`, so the kept-key sums ride along as one extra value
+  column. Causal masks are shared by all examples and applied to `P` itself. Logits are recomputed in query
+  chunks in backward (nothing of size l x l is saved); one matmul forward, two backward (sdpa: about seven).
+* `per_example_attention` -- logits that differ per example *and* contain a full-rank input-independent term
+  (random+vanilla, dense+random, ...) or attention dropout: an explicit query-chunked attention with a custom
+  backward that recomputes each chunk from the saved log-sum-exp, so the full-rank term's gradient
+  `sum_b dS_b` is accumulated chunk by chunk instead of going through sdpa's slow math path (a float mask that
+  requires grad), and no l x l tensor per example is ever kept.
+* `feature_attention` -- logits that are a dot product of per-example features: dense (`h . W2_j + b2_j`),
+  factorized random (`R1_i . R2_j`), and their mixtures with vanilla (features concatenated, weights folded into
+  the query side). Runs on sdpa's flash CPU kernel (O(l) memory); all features and the values are zero-padded
+  to one head dim because the kernel falls back to the slow math path when q/k and v head dims differ.
+
+This file ships with saved checkpoints (trust_remote_code): it imports only torch.
+"""
+
+import torch
+from torch.nn import functional as F
+
+# Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
+# instead of page-faulted afresh (DESIGN.md section 4).
+CHUNK_ELEMENTS = 1 << 22
+# Additive value of a masked-out logit. Finite (unlike -inf) so that a fully masked row comes out uniform like the
+# reference (which adds finfo.min), and two of them (causal + padding) cannot overflow to -inf.
+MASKED = -1e30
+
+
+def _chunk_rows(heads_times_batch: int, key_length: int) -> int:
+    return max(16, CHUNK_ELEMENTS // max(1, heads_times_batch * key_length))
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (fp64 stays fp64 so that gradcheck can verify the backward passes)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - old torch
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+
+def causal_bias(q0: int, rows: range | slice, key_length: int, device) -> torch.Tensor:
+    """Additive (rows, lk) fp32 bias: 0 where query `q0 + i` may see key `j <= q0 + i`, -inf elsewhere."""
+    r = torch.arange(rows.start, rows.stop, device=device)[:, None] + q0
+    keep = r >= torch.arange(key_length, device=device)[None, :]
+    return torch.zeros(keep.shape, device=device).masked_fill_(~keep, MASKED)
+
+
+def split_mask(attention_mask, lq: int, lk: int, q0: int):
+    """Classify a mask as `(kind, key_bias, causal)`.
+
+    kind "none": no mask. kind "key": the mask is the same for every query row of an example (padding) up to a
+    causal mask, which is detected exactly (mask == causal & last row) and returned as `causal=True`; `key_bias` is
+    the additive fp32 key bias `(B or 1, lk)` (0 kept, MASKED padded, or the float mask's values).
+    kind "general": anything else -- per-head or arbitrary per-query masks, masks requiring grad, or an example
+    whose keys are all masked (the reference then attends uniformly, which the key-weight trick cannot reproduce);
+    the caller uses a route that adds the full mask.
+    """
+    if attention_mask is None:
+        return "none", None, False
+    m = attention_mask
+    if m.dim() != 4 or m.shape[1] != 1 or m.requires_grad:
+        return "general", None, False
+    last = m[:, 0, -1, :]  # under a causal mask the last query row sees every key
+    causal = False
+    if m.shape[2] != 1 and m.stride(2) != 0 and not torch.equal(m, last[:, None, None, :].expand_as(m)):
+        if m.dtype != torch.bool or m.shape[2] != lq:
+            return "general", None, False
+        keep_causal = (torch.arange(lq, device=m.device)[:, None] + q0) >= torch.arange(lk, device=m.device)[None]
+        if not torch.equal(m, keep_causal[None, None] & last[:, None, None, :]):
+            return "general", None, False
+        causal = True
+    if m.dtype == torch.bool:
+        if not bool(last.any(-1).all()):
+            return "general", None, False
+        bias = torch.zeros(last.shape, device=m.device).masked_fill_(~last, MASKED)
+    else:
+        bias = last.float().clamp_min(MASKED)
+        if not bool((bias > MASKED / 2).any(-1).all()):
+            return "general", None, False
+    if not causal and not bool(bias.any()):
+        return "none", None, False
+    return "key", bias, causal
+
+
+def general_bias(attention_mask, dtype=torch.float32):
+    """An arbitrary mask as an additive float mask with -inf for masked-out entries."""
+    if attention_mask.dtype == torch.bool:
+        return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill_(
+            ~attention_mask, MASKED
+        )
+    return attention_mask.to(dtype).clamp_min(MASKED)
+
+
+# ----------------------------------------------------------------------------------- shared logits route
+
+
+def _blocks(heads: int, lq: int, lk: int):
+    """(heads slice, query rows) blocks of about CHUNK_ELEMENTS logits: whole heads when they fit (a head's block of
+    a full-size R is then contiguous: no copy before the softmax, gradients written in place), else rows of one
+    head."""
+    per_head = lq * lk
+    if per_head <= CHUNK_ELEMENTS:
+        hc = max(1, CHUNK_ELEMENTS // per_head)
+        for h in range(0, heads, hc):
+            yield slice(h, min(heads, h + hc)), range(0, lq)
+    else:
+        rc = max(16, CHUNK_ELEMENTS // lk)
+        for h in range(heads):
+            for start in range(0, lq, rc):
+                yield slice(h, h + 1), range(start, min(lq, start + rc))
+
+
+def _shared_chunk_logits(r, r1, r2, q0, hs, rows, lk):
+    """fp32 logits (heads in hs, rows, lk) of an input-independent term."""
+    if r is not None:
+        return _f32(r[hs, q0 + rows.start : q0 + rows.stop, :lk])
+    return torch.matmul(_f32(r1[hs, q0 + rows.start : q0 + rows.stop]), _f32(r2[hs, :lk]).transpose(-1, -2))
+
+
+class _SharedLogitsAttention(torch.autograd.Function):
+    """out[b] = (P @ (w_b V_b)) / (P @ w_b) with P = softmax(S + causal) shared by the batch; see module doc."""
+
+    @staticmethod
+    def forward(ctx, value, key_weight, r, r1, r2, probs, q0, lq, causal, r_offset):
+        # value (B, H, lk, dh); key_weight (B, lk) or None; either r (H, L, L) or r1, r2 (H, L, k) or probs (H, lq, lk).
+        with torch.autocast(value.device.type, enabled=False):
+            batch, heads, lk, dh = value.shape
+            x = value.permute(1, 2, 0, 3)  # (H, lk, B, dh)
+            if key_weight is not None:
+                w = key_weight.to(value.dtype).t()[None, :, :, None].expand(heads, lk, batch, 1)
+                x = torch.cat([x * w, w], dim=-1)
+            width = x.shape[-1]
+            x = x.reshape(heads, lk, batch * width)
+            if probs is not None:
+                y = torch.matmul(probs.to(value.dtype), x)
+            else:
+                y = x.new_empty(heads, lq, batch * width)
+                for hs, rows in _blocks(heads, lq, lk):
+                    s = _shared_chunk_logits(r, r1, r2, r_offset, hs, rows, lk)
+                    if causal:
+                        s = s + causal_bias(q0, rows, lk, s.device)
+                    p = torch.softmax(s, dim=-1).to(value.dtype)
+                    torch.matmul(p, x[hs], out=y[hs, rows.start : rows.stop])
+            y = y.view(heads, lq, batch, width)
+            if key_weight is not None:
+                den = y[..., dh:]
+                out = y[..., :dh] / den
+            else:
+                den = None
+                out = y
+            out = out.permute(2, 1, 0, 3)  # (B, lq, H, dh)
+        ctx.save_for_backward(x, r, r1, r2, probs, den, out)
+        ctx.meta = (q0, lq, lk, causal, batch, heads, dh, width, key_weight is not None, r_offset)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, r, r1, r2, probs, den, out = ctx.saved_tensors
+        q0, lq, lk, causal, batch, heads, dh, width, weighted, ro = ctx.meta
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g = grad_out.permute(2, 1, 0, 3).to(x.dtype)  # (H, lq, B, dh)
+            if weighted:
+                o = out.permute(2, 1, 0, 3)
+                g = torch.cat([g / den, -(g * o).sum(-1, keepdim=True) / den], dim=-1)
+            g = g.reshape(heads, lq, batch * width).contiguous()
+            need_r = ctx.needs_input_grad[2] or ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+            grad_x = None
+            grad_r = grad_r1 = grad_r2 = None
+            if probs is not None:
+                grad_x = torch.matmul(probs.to(x.dtype).transpose(-1, -2), g)
+            else:
+                grad_x = torch.zeros_like(x, dtype=_f32(x).dtype)
+                if need_r and r is not None:
+                    full = lq == r.shape[1] and lk == r.shape[2] and ro == 0
+                    grad_r = (torch.empty if full else torch.zeros)(r.shape, dtype=_f32(r).dtype, device=r.device)
+                if need_r and r1 is not None:
+                    grad_r1 = torch.zeros(r1.shape, dtype=_f32(r1).dtype, device=r1.device)
+                    grad_r2 = torch.zeros(r2.shape, dtype=_f32(r2).dtype, device=r2.device)
+                for hs, rows in _blocks(heads, lq, lk):
+                    s = _shared_chunk_logits(r, r1, r2, ro, hs, rows, lk)
+                    if causal:
+                        s = s + causal_bias(q0, rows, lk, s.device)
+                    p = torch.softmax(s, dim=-1)
+                    g_c = g[hs, rows.start : rows.stop]
+                    if x.dtype == grad_x.dtype:
+                        grad_x[hs].baddbmm_(p.transpose(-1, -2), g_c)
+                    else:
+                        grad_x[hs].add_(_f32(torch.matmul(p.to(x.dtype).transpose(-1, -2), g_c)))
+                    if not need_r:
+                        continue
+                    gp = _f32(torch.matmul(g_c, x[hs].transpose(-1, -2)))  # (h, rows, lk)
+                    gs = torch._softmax_backward_data(gp, p, -1, p.dtype)
+                    if r is not None:
+                        grad_r[hs, ro + rows.start : ro + rows.stop, :lk] = gs
+                    else:
+                        grad_r1[hs, ro + rows.start : ro + rows.stop] = torch.matmul(gs, _f32(r2[hs, :lk]))
+                        grad_r2[hs, :lk].baddbmm_(gs.transpose(-1, -2), _f32(r1[hs, ro + rows.start : ro + rows.stop]))
+            grad_x = grad_x.view(heads, lk, batch, width)
+            if weighted:
+                # x = [w * v, w]: w carries no gradient (masks are constants).
+                grad_x = grad_x[..., :dh] * x.view(heads, lk, batch, width)[..., dh:]
+            grad_value = grad_x.permute(2, 0, 1, 3).to(grad_out.dtype)
+        if r is not None and grad_r is not None:
+            grad_r = grad_r.to(r.dtype)
+        return grad_value, None, grad_r, grad_r1, grad_r2, None, None, None, None, None
+
+
+def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2=None, probs=None, r_offset=None):
+    """Attention with logits shared by the whole batch; returns `(B, lq, H, dh)` or None when the key-padding
+    trick would divide by an underflowed kept-key sum (fully padded example, or padding whose probabilities
+    exceed the kept keys' by ~e^87): the caller then takes the per-example route.
+
+    Exactly one of `r` (full `(H, L, L)` logits parameter or buffer), `r1, r2` (`(H, L, k)` factors) or `probs`
+    (softmax of the sliced, causally masked logits, e.g. cached) is given. `key_bias` `(B or 1, lk)` additive.
+    Query `i` uses row `r_offset + i` of `r`/`r1` (default `q0`; 0 for logits already sliced).
+    """
+    r_offset = q0 if r_offset is None else r_offset
+    weight = None
+    if key_bias is not None:
+        weight = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(-1e30))
+    out = _SharedLogitsAttention.apply(value, weight, r, r1, r2, probs, q0, lq, causal, r_offset)
+    if weight is not None and not _is_compiling() and not bool(torch.isfinite(out).all()):
+        return None  # a kept-key sum underflowed to 0
+    return out
+
+
+class ProbabilityCache:
+    """softmax(R[q0:q0+lq, :lk] + causal) of an input-independent layer, for inference and frozen R.
+
+    Valid while R is the same tensor with the same contents: keyed on `R._version` (bumped by every in-place
+    update: optimizer steps, `load_state_dict`, `copy_`, `init`), `data_ptr` (a new tensor after `.to()`),
+    dtype, device, the slice `(q0, lq, lk)` and the causal flag. One entry per layer (the last slice used).
+    """
+
+    def __init__(self):
+        self.key = None
+        self.probs = None
+
+    def get(self, r, q0, lq, lk, causal):
+        key = (r._version, r.data_ptr(), r.dtype, r.device, q0, lq, lk, causal)
+        probs = self.probs
+        if self.key == key and probs is not None and (not probs.is_inference() or torch.is_inference_mode_enabled()):
+            return probs
+        with torch.no_grad():
+            s = _f32(r[:, q0 : q0 + lq, :lk])
+            if causal:
+                s = s + causal_bias(q0, range(0, lq), lk, s.device)
+            probs = torch.softmax(s, dim=-1)
+        self.key, self.probs = key, probs
+        return probs
+
+    def clear(self):
+        self.key = self.probs = None
+
+
+# ---------------------------------------------------------------------------------- per-example route
+
+
+class _PerExampleAttention(torch.autograd.Function):
+    """Explicit attention over query chunks with logits `qf kf^T + sum_n alpha_n R_n + bias` per example."""
+
+    @staticmethod
+    def forward(ctx, qf, kf, value, alphas, bias, dropout, q0, lq, causal, *shared):
+        # qf (B, H, lq, f) / kf (B, H, lk, f) or None; shared: full (H, L, L) tensors; alphas (n, H) fp32;
+        # bias: additive fp32 (B or 1, 1 or H, lq or 1, lk) or None.
+        with torch.autocast(value.device.type, enabled=False):
+            batch, heads, lk, dh = value.shape
+            drops = []
+            step = _chunk_rows(batch * heads, lk)
+            if dropout == 0 and qf is not None and value.dtype in (torch.float32, torch.bfloat16):
+                out, lse = _PerExampleAttention._flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal)
+            else:
+                value = value.contiguous()
+                out = value.new_empty(batch, heads, lq, dh)
+                lse = torch.empty(batch, heads, lq, dtype=_f32(value).dtype, device=value.device)
+                for start in range(0, lq, step):
+                    rows = range(start, min(lq, start + step))
+                    p = _PerExampleAttention._logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                    m = p.amax(-1, keepdim=True)  # finite: masked logits are MASKED, not -inf
+                    p.sub_(m).exp_()
+                    z = p.sum(-1, keepdim=True)
+                    p.div_(z)
+                    lse[:, :, rows.start : rows.stop] = (m + z.log()).squeeze(-1)
+                    if dropout > 0:
+                        keep = torch.rand_like(p) >= dropout
+                        drops.append(keep)
+                        p = p * keep / (1 - dropout)
+                    out[:, :, rows.start : rows.stop] = torch.matmul(p.to(value.dtype), value)
+        ctx.save_for_backward(qf, kf, value, alphas, bias, lse, out, *drops, *shared)
+        ctx.meta = (dropout, q0, lq, causal, len(drops), len(shared), step)
+        return out
+
+    @staticmethod
+    def _flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal):
+        """The forward on sdpa's flash CPU kernel: the shared terms (and causal mask) become one float mask
+        `(1, H, lq, lk)` that requires no grad; a key-padding bias rides along as one more feature (`1 . b_j`), so
+        that no `(B, H, lq, lk)` tensor is built; q/k/v zero-padded to one head dim. Returns (out, lse)."""
+        batch, heads, lk, dh = value.shape
+        dtype = value.dtype
+        mask = None
+        for n, r in enumerate(shared):
+            term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 : q0 + lq, :lk])
+            mask = term if mask is None else mask + term
+        if causal:
+            c = causal_bias(q0, range(0, lq), lk, value.device)
+            mask = c.expand(heads, lq, lk) if mask is None else mask + c
+        if bias is not None and bias.shape[1] == 1 and bias.shape[2] == 1:
+            qf = torch.cat([qf, qf.new_ones(*qf.shape[:-1], 1)], dim=-1)
+            kf = torch.cat([kf, bias[:, :, 0, :, None].to(kf.dtype).expand(batch, heads, lk, 1)], dim=-1)
+        elif bias is not None:
+            mask = bias if mask is None else mask + bias
+        width = max(qf.shape[-1], dh)
+        qf = F.pad(qf, (0, width - qf.shape[-1])).to(dtype)
+        kf = F.pad(kf, (0, width - kf.shape[-1])).to(dtype)
+        v = F.pad(value, (0, width - dh)) if width > dh else value
+        if mask is not None:
+            mask = mask.to(dtype)
+            if mask.dim() == 3:
+                mask = mask[None]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qf.contiguous(), kf.contiguous(), v.contiguous(), attn_mask=mask, scale=1.0
+        )
+        return out[..., :dh], lse.float()
+
+    @staticmethod
+    def _logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads):
+        """fp32 logits (B, H, rows, lk). qf/kf may be 3-D (B*H, l, f) views."""
+        s = None
+        if qf is not None:
+            q3 = qf.reshape(batch * heads, qf.shape[-2], qf.shape[-1])
+            k3 = kf.reshape(batch * heads, kf.shape[-2], kf.shape[-1])
+            s = _f32(torch.bmm(q3[:, rows.start : rows.stop], k3.transpose(1, 2))).view(batch, heads, len(rows), lk)
+        for n, r in enumerate(shared):
+            term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
+            s = term.expand(batch, -1, -1, -1).clone() if s is None else s.add_(term)
+        if bias is not None:
+            s.add_(bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop])
+        if causal:
+            s.add_(causal_bias(q0, rows, lk, s.device))
+        return s
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qf, kf, value, alphas, bias, lse, out, *rest = ctx.saved_tensors
+        dropout, q0, lq, causal, n_drops, n_shared, step = ctx.meta
+        drops, shared = rest[:n_drops], rest[n_drops:]
+        with torch.autocast(grad_out.device.type, enabled=False):
+            batch, heads, lk, dh = value.shape
+            bh = batch * heads
+            g = grad_out.to(value.dtype).contiguous().view(bh, lq, dh)
+            v3 = value.contiguous().view(bh, lk, dh)
+            # D_i = sum_j P_ij dP_ij = dO_i . O_i (dropout included)
+            d = (_f32(grad_out) * _f32(out)).sum(-1).view(bh, lq, 1)
+            acc = _f32(value).dtype
+            grad_v = torch.zeros(bh, lk, dh, dtype=acc, device=value.device)
+            if qf is not None:
+                f = qf.shape[-1]
+                q3 = qf.contiguous().view(bh, lq, f)
+                k3 = kf.contiguous().view(bh, lk, f)
+                grad_qf = torch.empty(bh, lq, f, dtype=acc, device=qf.device)
+                grad_kf = torch.zeros(bh, lk, f, dtype=acc, device=kf.device)
+            else:
+                q3 = k3 = grad_qf = grad_kf = None
+            need_shared = any(ctx.needs_input_grad[9:]) or ctx.needs_input_grad[3]
+            grad_shared = []
+            for n, r in enumerate(shared):
+                if ctx.needs_input_grad[9 + n]:
+                    full = lq == r.shape[1] and lk == r.shape[2] and q0 == 0
+                    grad_shared.append((torch.empty if full else torch.zeros)(r.shape, dtype=_f32(r).dtype, device=r.device))
+                else:
+                    grad_shared.append(None)
+            grad_alphas = torch.zeros_like(alphas) if ctx.needs_input_grad[3] else None
+            lse3 = lse.reshape(bh, lq, 1)
+            for c, start in enumerate(range(0, lq, step)):
+                rows = range(start, min(lq, start + step))
+                s = _PerExampleAttention._logits(q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                p = s.view(bh, len(rows), lk).sub_(lse3[:, rows.start : rows.stop]).exp_()
+                g_c = g[:, rows.start : rows.stop]
+                gp = _f32(torch.bmm(g_c, v3.transpose(1, 2)))
+                if dropout > 0:
+                    keep = drops[c].view(bh, len(rows), lk)
+                    pd = (p * keep / (1 - dropout)).to(value.dtype)
+                    grad_v.baddbmm_(pd.transpose(1, 2), g_c) if acc == value.dtype else grad_v.add_(
+                        torch.bmm(pd.transpose(1, 2), g_c))
+                    gp.mul_(keep).div_(1 - dropout)
+                elif acc == value.dtype:
+                    grad_v.baddbmm_(p.transpose(1, 2), g_c)
+                else:
+                    grad_v.add_(torch.bmm(p.to(value.dtype).transpose(1, 2), g_c))
+                gs = gp.sub_(d[:, rows.start : rows.stop]).mul_(p)  # (B*H, rows, lk)
+                if q3 is not None:
+                    gs_mm = gs.to(q3.dtype)
+                    grad_qf[:, rows.start : rows.stop] = torch.bmm(gs_mm, k3)
+                    if acc == q3.dtype:
+                        grad_kf.baddbmm_(gs_mm.transpose(1, 2), q3[:, rows.start : rows.stop])
+                    else:
+                        grad_kf.add_(torch.bmm(gs_mm.transpose(1, 2), q3[:, rows.start : rows.stop]))
+                if n_shared and need_shared:
+                    gsum = gs.view(batch, heads, len(rows), lk).sum(0)  # (H, rows, lk)
+                    for n, r in enumerate(shared):
+                        r_c = r[:, q0 + rows.start : q0 + rows.stop, :lk]
+                        if grad_shared[n] is not None:
+                            grad_shared[n][:, q0 + rows.start : q0 + rows.stop, :lk] = alphas[n].view(-1, 1, 1) * gsum
+                        if grad_alphas is not None:
+                            grad_alphas[n] += (gsum * _f32(r_c)).sum((-1, -2))
+        grads_shared = [gr.to(r.dtype) if gr is not None else None for gr, r in zip(grad_shared, shared)]
+        return (
+            grad_qf.view(qf.shape).to(qf.dtype) if qf is not None else None,
+            grad_kf.view(kf.shape).to(kf.dtype) if kf is not None else None,
+            grad_v.view(value.shape).to(value.dtype),
+            grad_alphas,
+            None,
+            None,
+            None,
+            None,
+            None,
+            *grads_shared,
+        )
+
+
+def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal):
+    """`softmax(qf kf^T + sum_n alphas[n, h] R_n[q0:q0+lq, :lk] + bias (+ causal)) V`, dropout on the
+    probabilities, per example, in query chunks; returns `(B, lq, H, dh)`.
+
+    qf (B, H, lq, f) and kf (B, H, lk, f) may be None; `shared` a list of full `(H, L, L)` tensors; `alphas`
+    `(n, H)` fp32 (may require grad); `bias` an additive fp32 mask broadcastable to `(B, H, lq, lk)`.
+    """
+    heads = value.shape[1]
+    if alphas is None:
+        alphas = torch.zeros(0, heads, device=value.device)
+    alphas = _f32(alphas).expand(len(shared), heads)
+    out = _PerExampleAttention.apply(qf, kf, value, alphas, bias, float(dropout), q0, lq, causal, *shared)
+    return out.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------- feature route
+
+
+def feature_attention(qf, kf, value, attention_mask, dropout, causal_q0=None):
+    """`softmax(qf kf^T (+ mask)) V` through sdpa's flash kernel: q/k features and values zero-padded to one
+    head dim (flash needs equal dims, contiguous last dims). Returns `(B, lq, H, dh)`."""
+    dh = value.shape[-1]
+    width = max(qf.shape[-1], dh)
+    if qf.shape[-1] < width:
+        qf = F.pad(qf, (0, width - qf.shape[-1]))
+        kf = F.pad(kf, (0, width - kf.shape[-1]))
+    if dh < width:
+        value = F.pad(value, (0, width - dh))
+    batch = value.shape[0]
+    if qf.shape[0] != batch:
+        qf = qf.expand(batch, -1, -1, -1)
+    if kf.shape[0] != batch:
+        kf = kf.expand(batch, -1, -1, -1)
+    out = F.scaled_dot_product_attention(
+        qf.contiguous(), kf.contiguous(), value.contiguous(), attn_mask=attention_mask, dropout_p=dropout, scale=1.0
+    )
+    return out[..., :dh].transpose(1, 2)
