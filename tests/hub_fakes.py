@@ -21,6 +21,7 @@ BERT_CODE_FILES = frozenset({
     "hub_mixin.py",
     "modeling_bert_synthesizer.py",
     "synthesizer_attention.py",
+    "synthesizer_fast.py",
     "synthesizer_math.py",
     "synthesizer_pretrained.py",
 })
