@@ -28,6 +28,15 @@ def tiny_bert_config(**kwargs) -> BertConfig:
     return BertConfig(**values)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def stock_bert_dir(tmp_path_factory) -> Path:
     """A stock (model_type "bert") checkpoint with every head's weights: pretraining heads include MLM."""

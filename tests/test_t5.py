@@ -30,13 +30,7 @@ LENGTH = 10  # synthesizer_length of the tiny models
 VARIANTS = NAMED_VARIANTS + ("factorized_dense+factorized_random+vanilla",)  # named ones plus an unnamed mixture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_t5_kwargs(**kwargs) -> dict:

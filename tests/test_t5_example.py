@@ -17,13 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = 4  # digits per example: chance exact match of a reversal is 10**-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_example():

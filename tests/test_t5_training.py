@@ -16,13 +16,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from test_t5_example import DIGITS, digit_tokenizer, load_example, write_csv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two contending ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split_reversal_rows(n_train: int, n_eval: int, seed: int = 0):
