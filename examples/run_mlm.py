@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Optional
 
+import torch
 import datasets
 import transformers
 from transformers import (
@@ -187,3 +188,7 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave a multi-process launch (accelerate / torchrun) cleanly: an undestroyed gloo group can abort a rank
+        # at interpreter exit ("terminate called without an active exception").
+        torch.distributed.destroy_process_group()

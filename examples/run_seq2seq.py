@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -247,3 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave a multi-process launch (accelerate / torchrun) cleanly: an undestroyed gloo group can abort a rank
+        # at interpreter exit ("terminate called without an active exception").
+        torch.distributed.destroy_process_group()
