@@ -9,6 +9,7 @@ import torch
 
 from .configuration_synthesizer import ATTN_PREFIX, canonical_variant
 from .hub_mixin import SynthesizerHubMixin
+from .length_resizing import resize_synthesizer_length
 from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
 
 SYNTHESIZER_KEY = ".synthesizer."
@@ -21,6 +22,11 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
     # Trainer multiplies the loss by the number of processes under DDP and skips gradient-accumulation scaling
     # (huggingface/transformers#47688).
     accepts_loss_kwargs = False
+
+    def resize_synthesizer_length(self, new_length: int, method: str = "interpolate", factorized_dense_split=None):
+        """Resample every length-sized synthesizer parameter to `new_length` and update the config (see
+        length_resizing.py); returns the model."""
+        return resize_synthesizer_length(self, new_length, method, factorized_dense_split)
 
     def _synthesizer_init_std(self) -> float:
         """Standard deviation of R-like synthesizer parameters (small: attention close to uniform at init)."""

@@ -19,6 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError
 BERT_CODE_FILES = frozenset({
     "configuration_synthesizer.py",
     "hub_mixin.py",
+    "length_resizing.py",
     "modeling_bert_synthesizer.py",
     "synthesizer_attention.py",
     "synthesizer_fast.py",

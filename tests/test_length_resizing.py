@@ -119,3 +119,14 @@ def test_cannot_grow_past_absolute_position_embeddings():
         resize_synthesizer_length(model, 25)
     resize_synthesizer_length(model, 24)
     assert model.config.synthesizer_length == 24
+
+
+def test_resize_is_a_model_method(tmp_path):
+    from conftest import tiny_bert_config
+
+    from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
+
+    model = BertSynthesizerModel(BertSynthesizerConfig(**tiny_bert_config().to_dict(), synthesizer_variant="random"))
+    assert model.resize_synthesizer_length(12) is model
+    assert model.config.synthesizer_length == 12
+    assert model.encoder.layer[0].attention.self.synthesizer.random_r.shape == (4, 12, 12)
