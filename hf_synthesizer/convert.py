@@ -91,6 +91,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--base_model", help="Hub id of the source model, recorded in the model card.")
     parser.add_argument("--overwrite", action="store_true", help="Write into DST even if it holds a checkpoint.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the new synthesizer parameters.")
+    parser.add_argument(
+        "--calibrate_on", type=Path, metavar="TEXT_FILE",
+        help="Attention-transfer initialisation: run the stock model on this text file (one text per line) and "
+        "initialise the synthesizer to reproduce its attention (docs/conversion.md). Stock sources only.",
+    )
     parser.set_defaults(func=run)
 
 
@@ -99,7 +104,7 @@ def synthesizer_overrides(args) -> dict:
 
 
 def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base_model=None, overwrite=False,
-            seed=0, **synthesizer_options):
+            seed=0, calibrate_on=None, **synthesizer_options):
     """Convert `src` into `dst`; returns `(model, loading_info)`. Raises `CheckpointError`/`ValueError` with a fix."""
     import torch
 
@@ -126,18 +131,28 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
     if dst.resolve() == src.resolve():
         raise CheckpointError("DST must differ from SRC (the source is read while the output is written).")
 
+    resize_to = None
+    if stored != "vanilla" and overrides.get("synthesizer_length") not in (None, config_dict.get("synthesizer_length")):
+        # A saved synthesizer loads at the length its parameters have, then is resampled (length_resizing.py).
+        resize_to = overrides.pop("synthesizer_length")
+    if calibrate_on is not None and stored != "vanilla":
+        raise ValueError(
+            f"--calibrate_on initialises new synthesizer parameters from the stock model's attention, but {src} is "
+            f"already a synthesizer checkpoint (variant {stored}). Convert from the stock checkpoint instead."
+        )
     family, config = load_config(src, **overrides)
-    if "synthesizer_length" in overrides and stored != "vanilla":
-        old = config_dict.get("synthesizer_length")
-        if old is not None and old != config.synthesizer_length:
-            raise ValueError(
-                f"{src} was saved with synthesizer_length={old}; its synthesizer parameters cannot be reused at "
-                f"{config.synthesizer_length}. Convert from the stock checkpoint instead."
-            )
     head = head or default_head(family, config)
     model_class = family.heads[head]
     torch.manual_seed(seed)
     model, loading_info = model_class.from_pretrained(src, config=config, output_loading_info=True)
+    if resize_to is not None:
+        model.resize_synthesizer_length(resize_to)
+    if calibrate_on is not None:
+        from transformers import AutoTokenizer
+
+        from .calibration import calibrate_synthesizer
+
+        calibrate_synthesizer(model, src, Path(calibrate_on), AutoTokenizer.from_pretrained(src))
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, model_card_kwargs={"base_model": base_model})
     for name in TOKENIZER_FILES:
@@ -164,7 +179,7 @@ def run(args) -> int:
         model, info = convert(
             args.src, args.dst, attn_implementation=args.attn_implementation, head=args.head,
             num_labels=args.num_labels, base_model=args.base_model, overwrite=args.overwrite, seed=args.seed,
-            **synthesizer_overrides(args),
+            calibrate_on=args.calibrate_on, **synthesizer_overrides(args),
         )
     except (CheckpointError, ValueError, OSError) as e:
         print(f"hf-synthesizer convert: error: {e}", file=sys.stderr)

@@ -140,7 +140,7 @@ def test_cli_errors_are_clear(stock_bert_dir, tmp_path, capsys):
         (("convert", stock_bert_dir, tmp_path / "x", "--attn_implementation", "synthesizer_random",
           "--synthesizer_layers", 7), "outside the model's 2 layers"),
         (("convert", stock_bert_dir, ok, "--attn_implementation", "synthesizer_random"), "pass --overwrite"),
-        (("convert", ok, tmp_path / "x", "--synthesizer_length", 12), "was saved with synthesizer_length=24"),
+        (("convert", ok, tmp_path / "x", "--calibrate_on", tmp_path / "file.txt"), "already a synthesizer checkpoint"),
     ]
     for argv, message in cases:
         assert run_cli(*argv) == 2, argv
@@ -242,3 +242,30 @@ def test_broken_import_inside_a_subcommand_module_is_not_hidden(monkeypatch):
     monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=broken_import))
     with pytest.raises(ModuleNotFoundError, match="some_dependency"):
         cli.build_parser()
+
+
+def test_convert_resizes_a_saved_synthesizer_to_a_new_length(stock_bert_dir, tmp_path):
+    src = tmp_path / "random24"
+    assert run_cli("convert", stock_bert_dir, src, "--attn_implementation", "synthesizer_random") == 0
+    assert run_cli("convert", src, tmp_path / "random12", "--synthesizer_length", 12) == 0
+    assert config_of(tmp_path / "random12")["synthesizer_length"] == 12
+    before = load_file(src / "model.safetensors")["bert.encoder.layer.0.attention.self.synthesizer.random_r"]
+    after = load_file(tmp_path / "random12" / "model.safetensors")["bert.encoder.layer.0.attention.self.synthesizer.random_r"]
+    assert after.shape == (4, 12, 12)
+    # interpolated from the saved matrix (its corners are kept), not re-initialised
+    torch.testing.assert_close(after[:, 0, 0], before[:, 0, 0])
+    torch.testing.assert_close(after[:, -1, -1], before[:, -1, -1])
+
+
+def test_convert_calibrate_on_initialises_from_the_stock_attention(minilm_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"sentence number {i} talks about attention and synthesizers." for i in range(16)))
+    plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
+    common = ("--attn_implementation", "synthesizer_random", "--synthesizer_length", 32)
+    assert run_cli("convert", minilm_dir, plain, *common) == 0
+    assert run_cli("convert", minilm_dir, calibrated, *common, "--calibrate_on", texts) == 0
+    key = "encoder.layer.0.attention.self.synthesizer.random_r"
+    r_plain = load_file(plain / "model.safetensors")[key]
+    r_calibrated = load_file(calibrated / "model.safetensors")[key]
+    assert r_plain.std() < 0.05  # near-uniform plain initialisation
+    assert r_calibrated.std() > 0.5  # log of the teacher's (peaked) mean attention
