@@ -101,8 +101,7 @@ def load_config(path, **overrides):
     """The synthesizer config of a stock or synthesizer checkpoint, with `overrides` validated like any config."""
     family, _ = family_of(path)
     config_dict, _ = family.config_class.get_config_dict(str(path))
-    # from_dict builds the config in one go, so the synthesizer fields are validated together with the overrides
-    # (keyword arguments of from_pretrained are set after validation).
+    # from_dict builds the config in one go: the overrides are validated together with the stored fields.
     return family, family.config_class.from_dict({**config_dict, **overrides})
 
 

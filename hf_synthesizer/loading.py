@@ -27,30 +27,19 @@ from typing import Any, Optional
 
 from transformers import AutoConfig, PretrainedConfig
 
-from . import configuration_synthesizer
+from .checkpoints import families
 from .configuration_synthesizer import (
     ATTN_PREFIX,
     COMPONENTS,
     MIXTURES,
     VANILLA_BACKENDS,
-    SynthesizerConfigMixin,
     SynthesizerFields,
 )
 
 
 def synthesizer_config_classes() -> dict[str, type]:
-    """Stock `model_type` -> synthesizer config class, for every synthesizer config the package defines
-    (BERT now; T5 as soon as its config class, with `stock_model_type = "t5"`, lives in configuration_synthesizer)."""
-    classes = {}
-    for value in vars(configuration_synthesizer).values():
-        if (
-            isinstance(value, type)
-            and issubclass(value, SynthesizerConfigMixin)
-            and issubclass(value, PretrainedConfig)
-            and value.stock_model_type
-        ):
-            classes[value.stock_model_type] = value
-    return classes
+    """Stock `model_type` -> synthesizer config class, for every model family the package supports."""
+    return {family.name: family.config_class for family in families().values()}
 
 
 SYNTHESIZER_OPTIONS = tuple(SynthesizerFields.__dataclass_fields__)  # the config fields users may set
