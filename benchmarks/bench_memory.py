@@ -24,10 +24,10 @@ import bench_attention as b
 torch.manual_seed(0)
 impl, _, option = {impl!r}.partition(":")
 model = b.build_model(impl, {length}, {shape!r})
-if option == "nocache":  # fixed random without its softmax(R) cache (cache_probabilities=False)
+if option == "nocache":  # fixed random without its softmax(R) cache (cache_input_independent=False)
     for m in model.modules():
-        if hasattr(m, "cache_probabilities"):
-            m.cache_probabilities = False
+        if hasattr(m, "cache_input_independent"):
+            m.cache_input_independent = False
 ids = torch.randint(0, 30522, ({batch}, {length}))
 train, _ = b.model_fns(model, ids, "fp32")
 base = psutil.Process().memory_info().rss

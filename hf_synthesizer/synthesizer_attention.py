@@ -18,11 +18,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 from .synthesizer_fast import (
-    ProbabilityCache,
+    InputIndependentCache,
     feature_attention,
     general_bias,
     per_example_attention,
+    shared_logits,
     shared_logits_attention,
+    shared_probabilities,
     split_mask,
 )
 from .synthesizer_math import (
@@ -74,12 +76,13 @@ class SynthesizerLogits(nn.Module):
             rank = config.synthesizer_factorized_rank
             self.factorized_random_r1 = nn.Parameter(torch.empty(heads, length, rank))
             self.factorized_random_r2 = nn.Parameter(torch.empty(heads, length, rank))
-        # softmax(R) of random / fixed random layers, used whenever R needs no gradient: inference, and fixed random
-        # in training too (R is frozen). Costs one more (H, lq, lk) fp32 tensor per layer, as large as R itself; set
-        # `cache_probabilities = False` to recompute softmax(R) block by block instead (O(block) memory).
-        # Validity conditions: see ProbabilityCache.
-        self.probability_cache = ProbabilityCache()
-        self.cache_probabilities = True
+        # softmax(R) of random / fixed random layers, or the mixed R terms of a mixture with per-example terms
+        # (random + vanilla), used whenever none of their parameters needs a gradient: inference, and fixed random in
+        # training too (R is frozen). Costs one more (H, lq, lk) fp32 tensor per layer, as large as R itself; set
+        # `cache_input_independent = False` to recompute block by block instead (O(block) memory).
+        # Validity conditions: see InputIndependentCache.
+        self.input_independent_cache = InputIndependentCache()
+        self.cache_input_independent = True
         # False runs the plain reference implementation (synthesizer_math) instead of the fast paths.
         self.use_fast_paths = True
         if len(self.components) > 1:
@@ -195,10 +198,10 @@ def synthesizer_attention_forward(
     output_attentions = kwargs.get("output_attentions", False)
     bias_synthesized = getattr(module, "bias_synthesized", True)
 
-    if synthesizer.use_fast_paths and not output_attentions and position_bias is None and not synthesizer.is_vanilla:
+    if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
         output = fast_synthesizer_attention(
             synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, module.training,
-            q0, lq, lk,
+            q0, lq, lk, position_bias, bias_synthesized,
         )
         if output is not None:
             return output, None
@@ -227,10 +230,12 @@ FULL_RANK = ("random", "fixed_random")
 
 
 def fast_synthesizer_attention(
-    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk
+    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
+    position_bias=None, bias_synthesized=True,
 ):
     """The fastest measured route for a synthesizer layer (see synthesizer_fast and benchmarks/RESULTS.md), or
-    None when none applies (factorized dense, T5 position bias, output_attentions: the reference route runs).
+    None when none applies (factorized dense; T5's position bias together with per-example logits, dropout or an
+    arbitrary mask: the reference route runs).
 
     - only input-independent components, no attention dropout, mask = padding (+ causal): logits once per batch,
       one matmul for all examples (`shared_logits_attention`); softmax(R) from the layer's cache when R needs no
@@ -239,6 +244,9 @@ def fast_synthesizer_attention(
       explicit query-chunked route with its own backward (`per_example_attention`);
     - otherwise (dense, factorized random with dropout, vanilla mixtures without R): sdpa's flash kernel on
       concatenated, zero-padded features (`feature_attention`).
+
+    T5's relative position bias `(1, H, lq, lk)` is input-independent too: added to input-independent logits it is
+    mixed in once per batch and takes the shared route.
     """
     components = synthesizer.components
     if "factorized_dense" in components or value.shape[0] == 0:
@@ -253,17 +261,26 @@ def fast_synthesizer_attention(
     kind, key_bias, causal = split_mask(attention_mask, lq, lk, q0)
     weights = synthesizer.mixture_weights()  # (n, H or 1)
     heads = synthesizer.num_heads
+    input_independent = all(c in INPUT_INDEPENDENT for c in components)
+    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
+        position_bias = None  # only a vanilla term would read it
+    if position_bias is not None and not (
+        input_independent and dropout == 0.0 and kind != "general" and position_bias.shape[0] == 1
+    ):
+        return None
 
-    if all(c in INPUT_INDEPENDENT for c in components) and dropout == 0.0 and kind != "general":
+    if input_independent and dropout == 0.0 and kind != "general":
         out = None
+        if position_bias is not None:  # T5: logits + position bias, once per batch
+            logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
+            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
+            return out.to(value.dtype) if out is not None else None
         if len(components) == 1 and components[0] in FULL_RANK:
             r = getattr(synthesizer, components[0] + "_r")
-            if (
-                synthesizer.cache_probabilities
-                and not (torch.is_grad_enabled() and r.requires_grad)
-                and not torch.compiler.is_compiling()
-            ):
-                probs = synthesizer.probability_cache.get(r, q0, lq, lk, causal)
+            if _use_cache(synthesizer, [r]):
+                probs = synthesizer.input_independent_cache.get(
+                    [r], (q0, lq, lk, causal), lambda: shared_probabilities(r, q0, lq, lk, causal)
+                )
                 out = shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs)
             else:
                 out = shared_logits_attention(value, key_bias, causal, q0, lq, r=r)
@@ -312,9 +329,14 @@ def fast_synthesizer_attention(
         else:
             bias = None
         alphas = torch.stack(alphas) if alphas else None
-        return per_example_attention(
-            qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal and kind != "general"
-        ).to(dtype)
+        causal = causal and kind != "general"
+        cached = None
+        mixing = [p for name, p in synthesizer.named_parameters() if name in ("mixture_gate", "mixture_logits")]
+        if shared and qf is not None and dropout == 0.0 and _use_cache(synthesizer, shared + mixing):
+            cached = synthesizer.input_independent_cache.get(
+                shared + mixing, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
+            )
+        return per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached).to(dtype)
     if attention_mask is not None and (
         attention_mask.dtype != torch.bool or not bool(attention_mask.any(-1).all())
     ):
@@ -322,6 +344,15 @@ def fast_synthesizer_attention(
         # attends uniformly there: the finite MASKED additive form reproduces that.
         attention_mask = general_bias(attention_mask).to(dtype)
     return feature_attention(qf, kf, value, attention_mask, dropout)
+
+
+def _use_cache(synthesizer, sources) -> bool:
+    """The layer's input-independent cache applies: enabled, no source needs a gradient, not compiling."""
+    return (
+        synthesizer.cache_input_independent
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in sources))
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _mixture_through_sdpa(

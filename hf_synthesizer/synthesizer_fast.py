@@ -239,33 +239,47 @@ def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2
     return out
 
 
-class ProbabilityCache:
-    """softmax(R[q0:q0+lq, :lk] + causal) of an input-independent layer, for inference and frozen R.
+class InputIndependentCache:
+    """One tensor computed from a layer's parameters only, reused while they are unchanged (inference, frozen R):
+    softmax(R[q0:q0+lq, :lk] + causal) of random / fixed random (`shared_probabilities`), or the mixed logits
+    `sum_n alpha_n R_n + causal` of a mixture with per-example terms, e.g. random + vanilla (`shared_logits`).
 
-    Valid while R is the same tensor with the same contents: keyed on `R._version` (bumped by every in-place
-    update: optimizer steps, `load_state_dict`, `copy_`, `init`), `data_ptr` (a new tensor after `.to()`),
-    dtype, device, the slice `(q0, lq, lk)` and the causal flag. One entry per layer (the last slice used).
+    Valid while every source tensor is the same tensor with the same contents: keyed on each source's `_version`
+    (bumped by every in-place update: optimizer steps, `load_state_dict`, `copy_`, `init`), `data_ptr` (a new
+    tensor after `.to()`), dtype and device, plus the caller's key (slice and causal flag). One entry per layer
+    (the last slice used). A value built under `inference_mode` is not reused outside it.
     """
 
     def __init__(self):
         self.key = None
-        self.probs = None
+        self.value = None
 
-    def get(self, r, q0, lq, lk, causal):
-        key = (r._version, r.data_ptr(), r.dtype, r.device, q0, lq, lk, causal)
-        probs = self.probs
-        if self.key == key and probs is not None and (not probs.is_inference() or torch.is_inference_mode_enabled()):
-            return probs
+    def get(self, sources, key, compute):
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources) + tuple(key)
+        value = self.value
+        if self.key == key and value is not None and (not value.is_inference() or torch.is_inference_mode_enabled()):
+            return value
         with torch.no_grad():
-            s = _f32(r[:, q0 : q0 + lq, :lk])
-            if causal:
-                s = s + causal_bias(q0, range(0, lq), lk, s.device)
-            probs = torch.softmax(s, dim=-1)
-        self.key, self.probs = key, probs
-        return probs
+            value = compute()
+        self.key, self.value = key, value
+        return value
 
     def clear(self):
-        self.key = self.probs = None
+        self.key = self.value = None
+
+
+def shared_probabilities(r, q0, lq, lk, causal):
+    """softmax(R[:, q0:q0+lq, :lk] + causal), fp32 `(H, lq, lk)`."""
+    s = _f32(r[:, q0 : q0 + lq, :lk])
+    if causal:
+        s = s + causal_bias(q0, range(0, lq), lk, s.device)
+    return torch.softmax(s, dim=-1)
+
+
+def shared_logits(alphas, shared, q0, lq, lk, causal):
+    """`sum_n alphas[n] R_n[:, q0:q0+lq, :lk] + causal`, fp32 `(1, H, lq, lk)`: the input-independent part of a
+    per-example route's logits."""
+    return _PerExampleAttention._additive(_f32(alphas), None, shared, q0, range(0, lq), lk, causal)
 
 
 # ---------------------------------------------------------------------------------- per-example route
@@ -275,22 +289,29 @@ class _PerExampleAttention(torch.autograd.Function):
     """Explicit attention over query chunks with logits `qf kf^T + sum_n alpha_n R_n + bias` per example."""
 
     @staticmethod
-    def forward(ctx, qf, kf, value, alphas, bias, dropout, q0, lq, causal, *shared):
+    def forward(ctx, qf, kf, value, alphas, bias, dropout, q0, lq, causal, cached, *shared):
         # qf (B, H, lq, f) / kf (B, H, lk, f) or None; shared: full (H, L, L) tensors; alphas (n, H) fp32;
-        # bias: additive fp32 (B or 1, 1 or H, lq or 1, lk) or None.
+        # bias: additive fp32 (B or 1, 1 or H, lq or 1, lk) or None; cached: `shared_logits(...)` or None.
         with torch.autocast(value.device.type, enabled=False):
             batch, heads, lk, dh = value.shape
             drops = []
             step = _chunk_rows(batch * heads, lk)
             if dropout == 0 and qf is not None and value.dtype in (torch.float32, torch.bfloat16):
-                out, lse = _PerExampleAttention._flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal)
+                out, lse = _PerExampleAttention._flash_forward(
+                    qf, kf, value, alphas, bias, shared, q0, lq, causal, cached
+                )
             else:
                 value = value.contiguous()
                 out = value.new_empty(batch, heads, lq, dh)
                 lse = torch.empty(batch, heads, lq, dtype=_f32(value).dtype, device=value.device)
+                q3 = k3 = None
+                if qf is not None:
+                    q3 = qf.reshape(batch * heads, lq, qf.shape[-1])
+                    k3 = kf.reshape(batch * heads, lk, kf.shape[-1])
                 for start in range(0, lq, step):
                     rows = range(start, min(lq, start + step))
-                    p = _PerExampleAttention._logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                    p = _PerExampleAttention._logits(q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
+                    p = p.view(batch, heads, len(rows), lk)
                     m = p.amax(-1, keepdim=True)  # finite: masked logits are MASKED, not -inf
                     p.sub_(m).exp_()
                     z = p.sum(-1, keepdim=True)
@@ -306,52 +327,69 @@ class _PerExampleAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def _flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal):
-        """The forward on sdpa's flash CPU kernel: the shared terms (and causal mask) become one float mask
-        `(1, H, lq, lk)` that requires no grad; a key-padding bias rides along as one more feature (`1 . b_j`), so
-        that no `(B, H, lq, lk)` tensor is built; q/k/v zero-padded to one head dim. Returns (out, lse)."""
+    def _flash_forward(qf, kf, value, alphas, bias, shared, q0, lq, causal, cached=None):
+        """The forward on sdpa's flash CPU kernel, one call per query chunk: the chunk's shared terms, padding bias
+        and causal mask become one float mask `(B or 1, H, rows, lk)` that requires no grad (so flash stays on, and
+        nothing l x l outlives its chunk: a whole-length mask would be a fresh, page-faulted H*l^2 allocation every
+        call); q/k/v zero-padded to one head dim. `cached` (the shared terms and causal mask, precomputed) replaces
+        the shared terms: one call over all queries when there is no padding bias. Returns (out, lse)."""
         batch, heads, lk, dh = value.shape
         dtype = value.dtype
-        mask = None
-        for n, r in enumerate(shared):
-            term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 : q0 + lq, :lk])
-            mask = term if mask is None else mask + term
-        if causal:
-            c = causal_bias(q0, range(0, lq), lk, value.device)
-            mask = c.expand(heads, lq, lk) if mask is None else mask + c
-        if bias is not None and bias.shape[1] == 1 and bias.shape[2] == 1:
-            qf = torch.cat([qf, qf.new_ones(*qf.shape[:-1], 1)], dim=-1)
-            kf = torch.cat([kf, bias[:, :, 0, :, None].to(kf.dtype).expand(batch, heads, lk, 1)], dim=-1)
-        elif bias is not None:
-            mask = bias if mask is None else mask + bias
         width = max(qf.shape[-1], dh)
         qf = F.pad(qf, (0, width - qf.shape[-1])).to(dtype)
-        kf = F.pad(kf, (0, width - kf.shape[-1])).to(dtype)
-        v = F.pad(value, (0, width - dh)) if width > dh else value
-        if mask is not None:
-            mask = mask.to(dtype)
-            if mask.dim() == 3:
-                mask = mask[None]
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qf.contiguous(), kf.contiguous(), v.contiguous(), attn_mask=mask, scale=1.0
-        )
-        return out[..., :dh], lse.float()
+        kf = F.pad(kf, (0, width - kf.shape[-1])).to(dtype).contiguous()
+        v = (F.pad(value, (0, width - dh)) if width > dh else value).contiguous()
+        out = v.new_empty(batch, heads, lq, width)
+        lse = torch.empty(batch, heads, lq, dtype=torch.float32, device=v.device)
+        step = _chunk_rows((batch if bias is not None else 1) * heads, lk)
+        if cached is not None and bias is None:
+            step = lq
+        for start in range(0, lq, step):
+            rows = range(start, min(lq, start + step))
+            if cached is None:
+                mask = _PerExampleAttention._additive(alphas, bias, shared, q0, rows, lk, causal)
+            else:
+                mask = cached[:, :, rows.start : rows.stop]
+                mask = mask if bias is None else mask + (bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop])
+            o, m = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qf[:, :, rows.start : rows.stop], kf, v, attn_mask=None if mask is None else mask.to(dtype), scale=1.0
+            )
+            out[:, :, rows.start : rows.stop] = o
+            lse[:, :, rows.start : rows.stop] = m
+        return out[..., :dh], lse
 
     @staticmethod
-    def _logits(qf, kf, alphas, bias, shared, q0, rows, lk, causal, batch, heads):
-        """fp32 logits (B, H, rows, lk). qf/kf may be 3-D (B*H, l, f) views."""
+    def _additive(alphas, bias, shared, q0, rows, lk, causal, start=None):
+        """fp32 `sum_n alpha_n R_n[q0 + rows, :lk] + bias + causal + start` for query rows `rows`, broadcast to
+        `(B or 1, H, rows, lk)`, a fresh tensor; None if there is no term at all. (Shared terms first, in place,
+        and one broadcasting op at the end: a broadcasting addcmul is ~3x slower than these passes.)"""
         s = None
-        if qf is not None:
-            q3 = qf.reshape(batch * heads, qf.shape[-2], qf.shape[-1])
-            k3 = kf.reshape(batch * heads, kf.shape[-2], kf.shape[-1])
-            s = _f32(torch.bmm(q3[:, rows.start : rows.stop], k3.transpose(1, 2))).view(batch, heads, len(rows), lk)
         for n, r in enumerate(shared):
-            term = alphas[n].view(-1, 1, 1) * _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
-            s = term.expand(batch, -1, -1, -1).clone() if s is None else s.add_(term)
+            a, r_c = alphas[n].view(1, -1, 1, 1), _f32(r[None, :, q0 + rows.start : q0 + rows.stop, :lk])
+            s = a * r_c if s is None else s.addcmul_(a, r_c)
         if bias is not None:
-            s.add_(bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop])
+            b = bias if bias.shape[2] == 1 else bias[:, :, rows.start : rows.stop]
+            s = b.clone() if s is None else s + b
         if causal:
-            s.add_(causal_bias(q0, rows, lk, s.device))
+            c = causal_bias(q0, rows, lk, alphas.device)
+            s = c if s is None else s.add_(c)
+        if start is not None:
+            s = start if s is None else s + start
+        return s
+
+    @staticmethod
+    def _logits(q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads, start=None):
+        """fp32 logits `(B*H, rows, lk)` (plus `start`, e.g. minus the log-sum-exp); q3/k3 `(B*H, l, f)` or None."""
+        shape = (batch, heads, len(rows), lk)
+        s = _PerExampleAttention._additive(alphas, bias, shared, q0, rows, lk, causal, start)
+        s = torch.zeros(shape, device=alphas.device) if s is None else s.expand(shape).contiguous()
+        s = s.view(batch * heads, len(rows), lk)
+        if q3 is not None:
+            q_c, k_t = q3[:, rows.start : rows.stop], k3.transpose(1, 2)
+            if q_c.dtype == s.dtype:
+                s.baddbmm_(q_c, k_t)
+            else:
+                s.add_(torch.bmm(q_c, k_t))
         return s
 
     @staticmethod
@@ -376,20 +414,21 @@ class _PerExampleAttention(torch.autograd.Function):
                 grad_kf = torch.zeros(bh, lk, f, dtype=acc, device=kf.device)
             else:
                 q3 = k3 = grad_qf = grad_kf = None
-            need_shared = any(ctx.needs_input_grad[9:]) or ctx.needs_input_grad[3]
+            need_shared = any(ctx.needs_input_grad[10:]) or ctx.needs_input_grad[3]
             grad_shared = []
             for n, r in enumerate(shared):
-                if ctx.needs_input_grad[9 + n]:
+                if ctx.needs_input_grad[10 + n]:
                     full = lq == r.shape[1] and lk == r.shape[2] and q0 == 0
                     grad_shared.append((torch.empty if full else torch.zeros)(r.shape, dtype=_f32(r).dtype, device=r.device))
                 else:
                     grad_shared.append(None)
             grad_alphas = torch.zeros_like(alphas) if ctx.needs_input_grad[3] else None
-            lse3 = lse.reshape(bh, lq, 1)
             for c, start in enumerate(range(0, lq, step)):
                 rows = range(start, min(lq, start + step))
-                s = _PerExampleAttention._logits(q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads)
-                p = s.view(bh, len(rows), lk).sub_(lse3[:, rows.start : rows.stop]).exp_()
+                neg_lse = lse[:, :, rows.start : rows.stop, None].neg()
+                p = _PerExampleAttention._logits(
+                    q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads, neg_lse
+                ).exp_()  # (B*H, rows, lk)
                 g_c = g[:, rows.start : rows.stop]
                 gp = _f32(torch.bmm(g_c, v3.transpose(1, 2)))
                 if dropout > 0:
@@ -411,13 +450,15 @@ class _PerExampleAttention(torch.autograd.Function):
                     else:
                         grad_kf.add_(torch.bmm(gs_mm.transpose(1, 2), q3[:, rows.start : rows.stop]))
                 if n_shared and need_shared:
-                    gsum = gs.view(batch, heads, len(rows), lk).sum(0)  # (H, rows, lk)
+                    gsum = gs.view(batch, heads, len(rows), lk)
+                    gsum = gsum[0] if batch == 1 else gsum.sum(0)  # (H, rows, lk)
                     for n, r in enumerate(shared):
-                        r_c = r[:, q0 + rows.start : q0 + rows.stop, :lk]
                         if grad_shared[n] is not None:
-                            grad_shared[n][:, q0 + rows.start : q0 + rows.stop, :lk] = alphas[n].view(-1, 1, 1) * gsum
-                        if grad_alphas is not None:
-                            grad_alphas[n] += (gsum * _f32(r_c)).sum((-1, -2))
+                            torch.mul(gsum, alphas[n].view(-1, 1, 1),
+                                      out=grad_shared[n][:, q0 + rows.start : q0 + rows.stop, :lk])
+                        if grad_alphas is not None:  # sum_ij dS_ij R_ij per head (vecdot: no product tensor)
+                            r_c = _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
+                            grad_alphas[n] += torch.linalg.vecdot(gsum.reshape(heads, -1), r_c.reshape(heads, -1))
         grads_shared = [gr.to(r.dtype) if gr is not None else None for gr, r in zip(grad_shared, shared)]
         return (
             grad_qf.view(qf.shape).to(qf.dtype) if qf is not None else None,
@@ -429,22 +470,24 @@ class _PerExampleAttention(torch.autograd.Function):
             None,
             None,
             None,
+            None,
             *grads_shared,
         )
 
 
-def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal):
+def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached=None):
     """`softmax(qf kf^T + sum_n alphas[n, h] R_n[q0:q0+lq, :lk] + bias (+ causal)) V`, dropout on the
     probabilities, per example, in query chunks; returns `(B, lq, H, dh)`.
 
     qf (B, H, lq, f) and kf (B, H, lk, f) may be None; `shared` a list of full `(H, L, L)` tensors; `alphas`
-    `(n, H)` fp32 (may require grad); `bias` an additive fp32 mask broadcastable to `(B, H, lq, lk)`.
+    `(n, H)` fp32 (may require grad); `bias` an additive fp32 mask broadcastable to `(B, H, lq, lk)`. `cached`:
+    `shared_logits(alphas, shared, q0, lq, lk, causal)` computed earlier (inference), or None.
     """
     heads = value.shape[1]
     if alphas is None:
         alphas = torch.zeros(0, heads, device=value.device)
     alphas = _f32(alphas).expand(len(shared), heads)
-    out = _PerExampleAttention.apply(qf, kf, value, alphas, bias, float(dropout), q0, lq, causal, *shared)
+    out = _PerExampleAttention.apply(qf, kf, value, alphas, bias, float(dropout), q0, lq, causal, cached, *shared)
     return out.transpose(1, 2)
 
 

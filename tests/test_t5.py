@@ -548,6 +548,38 @@ def test_position_bias_field_controls_synthesized_logits():
     assert logits_after_bias_change(make_model("random+vanilla", synthesizer_position_bias=False)) > 1e-4
 
 
+@pytest.mark.parametrize("position_bias", [True, False])
+@pytest.mark.parametrize("variant", ["random", "fixed_random", "factorized_random", "random+factorized_random"])
+def test_fast_route_with_position_bias_matches_reference(variant, position_bias, monkeypatch):
+    """Input-independent variants with T5's position bias take the shared fast route (spied on); its logits and
+    gradients, with right padding and the causal decoder, equal the reference route's."""
+    model = make_model(variant, synthesizer_position_bias=position_bias).train()
+    src, src_mask = padded_batch("right")
+    labels = torch.randint(2, 40, (3, 5))
+    calls = []
+    shared = hf_synthesizer.synthesizer_attention.shared_logits_attention
+    monkeypatch.setattr(
+        hf_synthesizer.synthesizer_attention, "shared_logits_attention", lambda *a, **k: calls.append(1) or shared(*a, **k)
+    )
+    results = {}
+    for fast in (True, False):
+        for module in model.modules():
+            if isinstance(module, hf_synthesizer.synthesizer_attention.SynthesizerLogits):
+                module.use_fast_paths = fast
+        model.zero_grad()
+        out = model(input_ids=src, attention_mask=src_mask, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[fast] = out.logits.detach(), grads
+        if fast:
+            assert len(calls) == 4  # 2 encoder + 2 decoder self-attention layers
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    assert results[True][1].keys() == results[False][1].keys()
+    assert any("relative_attention_bias" in n for n in results[True][1]) == position_bias
+    for name, ref in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_position_bias_field_round_trips(tmp_path):
     model = make_model("dense", synthesizer_position_bias=False, synthesizer_stacks=["encoder"])
     model.save_pretrained(tmp_path)
