@@ -10,13 +10,17 @@ the same row and section, so > 1 means faster than stock sdpa):
           drops the query/key projections), 12 heads x 64, batch = max(1, 4096 // l) (batch 1 at l = 4096),
           "fwd" = inference (no_grad), "fwd+bwd" = forward + backward w.r.t. input and parameters. fp32 and bf16
           autocast rows.
-  model   full encoder, sequence classification head: "train" = fwd + bwd + AdamW step, "infer" = no_grad
-          forward; BERT-base shape (12 x 768) and MiniLM shape (6 x 384); a small-hidden (4 x 256) encoder at
-          l = 4096 for inference; `torch.compile(model)` rows.
-  memory  peak resident memory (RSS) above the level just before the measured call, sampled every 0.5 ms by a
-          thread with psutil (torch's CPU allocator returns large blocks to the OS, so RSS tracks live tensors;
-          tracemalloc does not see torch allocations). Measured on the second call (after a warm-up call), so
-          one-off caches (e.g. fixed random's softmax) count as resident, not as peak.
+  model   full encoder, sequence classification head: "train" = fwd + bwd + AdamW step (fused, transformers'
+          Trainer default with torch >= 2.8), "infer" = no_grad forward; BERT-base shape (12 x 768) and MiniLM shape
+          (6 x 384); a small-hidden (4 x 256) encoder at l = 4096 for inference; a T5-small-shaped encoder-decoder
+          (6 + 6 x 512, 8 heads) at encoder/decoder length 512/128 (synthesizer in both stacks, relative position
+          bias added as configured by default); `torch.compile(model)` rows.
+  memory  peak of live CPU tensor memory allocated during the measured call, above the level at its start, from
+          the torch profiler's memory events (each op's own allocations at its start, frees as they happen;
+          allocator-independent -- RSS is not: glibc keeps freed blocks resident). Measured on an extra call after
+          the timed ones, i.e. a steady-state step: parameters, AdamW state and persistent caches (fixed random's
+          softmax(R)) exist before it and are reported separately as `persistent_mb` (parameters + buffers +
+          caches), not as peak.
 
 Attention-probability dropout is 0 in every row: with dropout > 0 stock `sdpa` silently leaves its flash kernel
 for the math path on CPU (torch 2.13), which would flatter the synthesizers. Hidden dropout is BERT's 0.1.
@@ -36,14 +40,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.models.bert.modeling_bert import BertSelfAttention  # noqa: E402
 
 import hf_synthesizer  # noqa: E402
-from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerForSequenceClassification  # noqa: E402
+from hf_synthesizer import (  # noqa: E402
+    BertSynthesizerConfig,
+    BertSynthesizerForSequenceClassification,
+    T5SynthesizerConfig,
+    T5SynthesizerForConditionalGeneration,
+)
 from hf_synthesizer.modeling_bert_synthesizer import BertSynthesizerSelfAttention  # noqa: E402
 from hf_synthesizer.synthesizer_attention import init_synthesizer_weights  # noqa: E402
 
@@ -64,7 +72,8 @@ SHAPES = {  # name: (layers, hidden, heads, intermediate)
     "minilm": (6, 384, 12, 1536),
     "small-256": (4, 256, 4, 1024),
 }
-# A T5 row: add {"t5-small": builder} here once T5 synthesizer classes exist on this branch (see build_model).
+T5_SHAPE = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, vocab_size=32128)
+T5_DECODER_LENGTH = 128
 
 
 def bert_config(impl, length, layers, hidden, heads, inter):
@@ -94,6 +103,15 @@ def build_layer(impl, length, hidden=768, heads=12):
 
 
 def build_model(impl, length, shape):
+    if shape == "t5-small":
+        common = dict(T5_SHAPE, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0)
+        if impl in STOCK:
+            config = T5Config(**common)
+            config._attn_implementation = impl
+            return T5ForConditionalGeneration(config)
+        return T5SynthesizerForConditionalGeneration(
+            T5SynthesizerConfig(synthesizer_variant=impl, synthesizer_length=length, **common)
+        )
     layers, hidden, heads, inter = SHAPES[shape]
     config = bert_config(impl, length, layers, hidden, heads, inter)
     if impl in STOCK:
@@ -115,32 +133,24 @@ def median_time(fn, repeats, warmup=1):
     return statistics.median(times), times
 
 
-class PeakRSS:
-    """Peak RSS above the level at entry, sampled by a thread."""
+def peak_allocated_mb(fn):
+    """Peak of live CPU tensor memory allocated during one call of `fn`, above the level at its start, in MB
+    (profiler memory events; transient buffers inside a single kernel are not seen)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak / 2**20
 
-    def __init__(self, interval=0.0005):
-        self.interval = interval
-        self.proc = psutil.Process()
 
-    def __enter__(self):
-        gc.collect()
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.mb = (self.peak - self.base) / 2**20
+def persistent_mb(module):
+    """Parameters, buffers and synthesizer caches held between calls, in MB."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    tensors += [m.input_independent_cache.value for m in module.modules() if hasattr(m, "input_independent_cache")]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 2**20
 
 
 def layer_fns(layer, x, dtype):
@@ -164,8 +174,11 @@ def layer_fns(layer, x, dtype):
 
 def model_fns(model, ids, dtype):
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
-    labels = torch.zeros(ids.shape[0], dtype=torch.long)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    if model.config.is_encoder_decoder:
+        labels = torch.randint(2, model.config.vocab_size, (ids.shape[0], T5_DECODER_LENGTH))
+    else:
+        labels = torch.zeros(ids.shape[0], dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # Trainer's default optim on torch >= 2.8
 
     def train():
         model.train()
@@ -178,7 +191,10 @@ def model_fns(model, ids, dtype):
     def infer():
         model.eval()
         with torch.no_grad(), autocast:
-            model(input_ids=ids).logits
+            if model.config.is_encoder_decoder:
+                model(input_ids=ids, labels=labels).logits
+            else:
+                model(input_ids=ids).logits
 
     return train, infer
 
@@ -248,9 +264,7 @@ def run_layer(args, results):
                     row = dict(section="layer", dtype=dtype, length=length, batch=batch, impl=impl, mode=mode,
                                seconds=t, all_seconds=all_t)
                     if args.memory and dtype == "fp32":
-                        with PeakRSS() as mem:
-                            fns[impl][m]()
-                        row["peak_mb"] = mem.mb
+                        row["peak_mb"] = peak_allocated_mb(fns[impl][m])
                     results.append(row)
                     print(f"layer {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:8s} {t * 1e3:9.1f} ms"
                           + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""), flush=True)
@@ -262,7 +276,9 @@ def run_model(args, results):
     cases = []
     for shape in args.shapes:
         for length in args.model_lengths:
-            batch = {"bert-base": {128: 8, 512: 2}, "minilm": {128: 32, 512: 8}}.get(shape, {}).get(length, 1)
+            if shape == "t5-small" and length != 512:
+                continue
+            batch = {"bert-base": {128: 8, 512: 2}, "minilm": {128: 32, 512: 8}, "t5-small": {512: 4}}[shape].get(length, 1)
             batch = max(1, batch // args.batch_divisor)
             cases.append((shape, length, batch, ("train", "infer")))
     if args.small_long:
@@ -274,13 +290,13 @@ def run_model(args, results):
         for dtype in args.model_dtypes:
             if dtype == "bf16" and (shape, length) not in (("minilm", 512), ("bert-base", 512)):
                 continue
-            fns = {}
+            fns, models = {}, {}
             for impl in impls:
                 if impl == "eager" and length > 512:
                     continue
                 torch.manual_seed(0)
-                model = build_model(impl, length, shape)
-                ids = torch.randint(0, 30522, (batch, length))
+                models[impl] = model = build_model(impl, length, shape)
+                ids = torch.randint(2, 30522, (batch, length))
                 fns[impl] = model_fns(model, ids, dtype)
             for mode in modes:
                 m = 0 if mode == "train" else 1
@@ -290,14 +306,13 @@ def run_model(args, results):
                     row = dict(section="model", shape=shape, dtype=dtype, length=length, batch=batch, impl=impl,
                                mode=mode, seconds=t, all_seconds=all_t)
                     if args.memory and dtype == "fp32":
-                        with PeakRSS() as mem:
-                            fns[impl][m]()
-                        row["peak_mb"] = mem.mb
+                        row["peak_mb"] = peak_allocated_mb(fns[impl][m])
+                        row["persistent_mb"] = persistent_mb(models[impl])
                     results.append(row)
                     print(f"model {shape:9s} {dtype} l={length:5d} b={batch:3d} {impl:28s} {mode:5s} "
                           f"{t * 1e3:9.1f} ms" + (f"  peak {row['peak_mb']:8.1f} MB" if "peak_mb" in row else ""),
                           flush=True)
-            del fns
+            del fns, models
             gc.collect()
 
 
@@ -399,7 +414,7 @@ def main(argv=None):
                    default=["sdpa", "random", "fixed_random", "factorized_random", "dense", "random+vanilla"])
     p.add_argument("--sections", nargs="+", default=["layer", "model", "compile"])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--shapes", nargs="+", default=["bert-base", "minilm"])
+    p.add_argument("--shapes", nargs="+", default=["bert-base", "minilm", "t5-small"])
     p.add_argument("--model-lengths", type=int, nargs="+", default=[128, 512])
     p.add_argument("--model-variants", nargs="+",
                    default=["random", "fixed_random", "factorized_random", "dense", "random+vanilla"])

@@ -227,6 +227,10 @@ def synthesizer_attention_forward(
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
 FULL_RANK = ("random", "fixed_random")
+# Factorized random takes the batch-shared route when batch x head dim reaches this, else flash on the R1/R2
+# features: the shared route's l^2 elementwise work is paid once per batch, flash's matmuls per example and head
+# dim (measured crossover, benchmarks/RESULTS.md: B=1 loses at dh 32 and 64, B=2 wins at dh 64 and loses at 32).
+SHARED_ROUTE_MIN_BATCH_HEAD_DIM = 128
 
 
 def fast_synthesizer_attention(
@@ -242,8 +246,8 @@ def fast_synthesizer_attention(
       gradient (fixed random always; random under no_grad);
     - a full-rank R (random / fixed random) together with per-example logits, dropout or an arbitrary mask: the
       explicit query-chunked route with its own backward (`per_example_attention`);
-    - otherwise (dense, factorized random with dropout, vanilla mixtures without R): sdpa's flash kernel on
-      concatenated, zero-padded features (`feature_attention`).
+    - otherwise (dense, factorized random with dropout or a small batch x head dim, vanilla mixtures without R):
+      sdpa's flash kernel on concatenated, zero-padded features (`feature_attention`).
 
     T5's relative position bias `(1, H, lq, lk)` is input-independent too: added to input-independent logits it is
     mixed in once per batch and takes the shared route.
@@ -269,7 +273,9 @@ def fast_synthesizer_attention(
     ):
         return None
 
-    if input_independent and dropout == 0.0 and kind != "general":
+    small_batch = value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
+    features_faster = components == ("factorized_random",) and small_batch and position_bias is None
+    if input_independent and dropout == 0.0 and kind != "general" and not features_faster:
         out = None
         if position_bias is not None:  # T5: logits + position bias, once per batch
             logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]

@@ -84,6 +84,38 @@ def test_fast_matches_reference(variant, padding):
     assert_close_grads(g_fast, g_ref)
 
 
+@pytest.mark.parametrize("shared_route", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_factorized_random_routes_by_batch_times_head_dim(shared_route, causal, monkeypatch):
+    """Factorized random runs batch-shared or on flash features depending on batch x head dim; both equal the
+    reference (forward and gradients, padding, causal)."""
+    monkeypatch.setattr(sa, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0 if shared_route else 10**9)
+    calls = []
+    for name in ("shared_logits_attention", "feature_attention"):
+        original = getattr(sa, name)
+        monkeypatch.setattr(sa, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
+    model = make_model("factorized_random", cls=cls, is_decoder=causal)
+    ids = torch.randint(0, 50, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[1, 12:] = 0
+    proj = torch.randn(3, 20, 50 if causal else 32)
+
+    def run_any(fast):
+        set_fast(model, fast)
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask)
+        out = out.logits if causal else out.last_hidden_state
+        (out * mask[..., None] * proj).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out_fast, g_fast = run_any(True)
+    assert set(calls) == {"shared_logits_attention" if shared_route else "feature_attention"}
+    out_ref, g_ref = run_any(False)
+    torch.testing.assert_close(out_fast * mask[..., None], out_ref * mask[..., None], atol=2e-5, rtol=1e-4)
+    assert_close_grads(g_fast, g_ref)
+
+
 @pytest.mark.parametrize("variant", ["random", "fixed_random", "factorized_random", "random+vanilla", "dense"])
 def test_causal_with_padding_and_cache(variant):
     """Decoder: causal + padding masks, and cached decoding (query offset q0 = cache length) equal to uncached."""
@@ -314,17 +346,30 @@ def test_dropout_route_trains():
     assert model.encoder.layer[0].attention.self.synthesizer.random_r.grad.abs().sum() > 0
 
 
-@pytest.mark.slow  # ~4 min on 2 shared cores: ~45 s for the first compile, 5-20 s per further variant
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_compile(variant):
-    """torch.compile(model) runs every route, forward and backward. Run with `pytest -m slow`."""
+def _compile_and_compare(variant, backend):
     model = make_model(variant)
     ids = torch.randint(0, 50, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0
     expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend=backend)
     out = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
     out.sum().backward()
     torch.testing.assert_close(out * mask[..., None], expected * mask[..., None], atol=2e-5, rtol=1e-4)
+    synthesizer_params = [p for n, p in model.named_parameters() if ".synthesizer." in n]
+    assert all(p.grad is not None for p in synthesizer_params), "a synthesizer parameter got no gradient"
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_compile_traces_every_route(variant):
+    """torch.compile(model) traces every route (dynamo + AOT autograd, custom Functions included), forward and
+    backward; the `aot_eager` backend skips inductor's C++ code generation so that this runs in the default suite."""
+    _compile_and_compare(variant, "aot_eager")
+
+
+@pytest.mark.slow  # ~4 min on 2 cores: ~45 s for the first inductor compile, 5-20 s per further variant
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_compile_inductor(variant):
+    """The default inductor backend too. Run with `pytest -m slow`."""
+    _compile_and_compare(variant, "inductor")

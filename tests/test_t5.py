@@ -556,6 +556,7 @@ def test_fast_route_with_position_bias_matches_reference(variant, position_bias,
     model = make_model(variant, synthesizer_position_bias=position_bias).train()
     src, src_mask = padded_batch("right")
     labels = torch.randint(2, 40, (3, 5))
+    monkeypatch.setattr(hf_synthesizer.synthesizer_attention, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0)
     calls = []
     shared = hf_synthesizer.synthesizer_attention.shared_logits_attention
     monkeypatch.setattr(
