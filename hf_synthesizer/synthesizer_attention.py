@@ -6,11 +6,13 @@ Importing this file registers `synthesizer_<variant>` for every named variant.
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
 
+import functools
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers import initialization as init
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -18,6 +20,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 from .synthesizer_fast import (
+    CHUNK_ELEMENTS,
     InputIndependentCache,
     feature_attention,
     general_bias,
@@ -238,8 +241,10 @@ def fast_synthesizer_attention(
     position_bias=None, bias_synthesized=True,
 ):
     """The fastest measured route for a synthesizer layer (see synthesizer_fast and benchmarks/RESULTS.md), or
-    None when none applies (factorized dense; T5's position bias together with per-example logits, dropout or an
-    arbitrary mask: the reference route runs).
+    None when none applies (T5's position bias together with per-example logits, dropout or an arbitrary mask: the
+    reference route runs).
+
+    - factorized dense (and its mixtures): the reference math in query chunks (`chunked_reference_attention`);
 
     - only input-independent components, no attention dropout, mask = padding (+ causal): logits once per batch,
       one matmul for all examples (`shared_logits_attention`); softmax(R) from the layer's cache when R needs no
@@ -253,8 +258,13 @@ def fast_synthesizer_attention(
     mixed in once per batch and takes the shared route.
     """
     components = synthesizer.components
-    if "factorized_dense" in components or value.shape[0] == 0:
+    if value.shape[0] == 0:
         return None
+    if "factorized_dense" in components:
+        return chunked_reference_attention(
+            synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
+            position_bias, bias_synthesized,
+        )
     if value.dtype != torch.float32 and any(c in FULL_RANK for c in components) and (
         training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
     ):
@@ -350,6 +360,40 @@ def fast_synthesizer_attention(
         # attends uniformly there: the finite MASKED additive form reproduces that.
         attention_mask = general_bias(attention_mask).to(dtype)
     return feature_attention(qf, kf, value, attention_mask, dropout)
+
+
+def chunked_reference_attention(
+    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
+    position_bias=None, bias_synthesized=True,
+):
+    """The reference math (mixed logits -> masked softmax -> dropout -> @ V) one chunk of query rows at a time;
+    returns `(B, lq, H, dh)`. Exact: the logits of a query row depend only on that row. With gradients, each chunk
+    is recomputed in backward (activation checkpointing, RNG preserved for dropout), so nothing l x l outlives its
+    chunk. The route of factorized dense and its mixtures, whose logits have no low-dimensional form: the whole-length
+    reference builds several `(B, H, lq, lk)` fp32 tensors (page-faulted afresh each call)."""
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, value.shape[0] * value.shape[1] * lk))
+    chunk = functools.partial(_reference_chunk, synthesizer, scaling, dropout, training, lk, bias_synthesized)
+    outputs = []
+    for start in range(0, lq, rows_per_chunk):
+        rows = slice(start, min(lq, start + rows_per_chunk))
+
+        def per_query(t):  # a tensor with a query axis at dim 2 of length lq (or 1: broadcast)
+            return None if t is None else t if t.shape[2] == 1 else t[:, :, rows]
+
+        args = (
+            hidden_states[:, rows], per_query(query), key, value, per_query(attention_mask), per_query(position_bias),
+            q0 + start,
+        )
+        outputs.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
+
+
+def _reference_chunk(
+    synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden, query, key, value, mask, position_bias, q0
+):
+    logits = synthesizer(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
+    probs = F.dropout(attention_probabilities(logits, mask), p=dropout, training=training)
+    return torch.matmul(probs.to(value.dtype), value)
 
 
 def _use_cache(synthesizer, sources) -> bool:

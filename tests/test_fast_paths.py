@@ -116,6 +116,61 @@ def test_factorized_random_routes_by_batch_times_head_dim(shared_route, causal, 
     assert_close_grads(g_fast, g_ref)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", ["factorized_dense", "factorized_dense+vanilla", "factorized_dense+random"])
+def test_chunked_reference_route_matches_reference(variant, causal, monkeypatch):
+    """Factorized dense (and its mixtures) runs the reference math in query chunks, recomputed in backward: equal to
+    the whole-length reference in forward and gradients, with padding and causal masks, across 7 chunks."""
+    monkeypatch.setattr(sa, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)  # 3 query rows per chunk
+    calls = []
+    original = sa._reference_chunk
+    monkeypatch.setattr(sa, "_reference_chunk", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
+    model = make_model(variant, cls=cls, is_decoder=causal, synthesizer_factorized_dense_split=[4, 6])
+    ids = torch.randint(0, 50, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[2, 13:] = 0
+    proj = torch.randn(3, 20, 50 if causal else 32)
+    results = {}
+    for fast in (True, False):
+        set_fast(model, fast)
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask)
+        out = out.logits if causal else out.last_hidden_state
+        (out * mask[..., None] * proj).sum().backward()
+        results[fast] = out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if fast:
+            assert len(calls) >= 2 * 7  # 2 layers x 7 chunks (plus recomputation in backward)
+    torch.testing.assert_close(results[True][0] * mask[..., None], results[False][0] * mask[..., None], atol=2e-5,
+                               rtol=1e-4)
+    assert_close_grads(results[True][1], results[False][1])
+
+
+def test_chunked_reference_route_recomputes_the_same_dropout(monkeypatch):
+    """With attention dropout, backward's recomputation of each chunk draws the same dropout masks as the forward:
+    gradients equal those of the same chunks kept in memory (no recomputation)."""
+    monkeypatch.setattr(sa, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)
+    torch.manual_seed(0)
+    config = BertSynthesizerConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+        max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5,
+        synthesizer_variant="factorized_dense", synthesizer_factorized_dense_split=[4, 6],
+    )
+    model = BertSynthesizerModel(config).train()
+    ids = torch.randint(0, 50, (3, 20))
+    results = []
+    for recompute in (True, False):
+        if not recompute:
+            monkeypatch.setattr(sa, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
+        torch.manual_seed(1)
+        model.zero_grad()
+        out = model(input_ids=ids).last_hidden_state
+        out.pow(2).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert_close_grads(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize("variant", ["random", "fixed_random", "factorized_random", "random+vanilla", "dense"])
 def test_causal_with_padding_and_cache(variant):
     """Decoder: causal + padding masks, and cached decoding (query offset q0 = cache length) equal to uncached."""
