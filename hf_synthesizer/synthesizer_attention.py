@@ -335,7 +335,8 @@ def fast_synthesizer_attention(
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])
-    qf = torch.cat(qf, dim=-1) if qf else None
+    # query-major memory (B, lq, H, f): flash writes its output in the query's layout (see feature_attention)
+    qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
     kf = torch.cat(kf, dim=-1) if kf else None
     if shared or kind == "general" and qf is None:
         if kind == "general":

@@ -494,22 +494,31 @@ def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, 
 # ----------------------------------------------------------------------------------------- feature route
 
 
-def feature_attention(qf, kf, value, attention_mask, dropout, causal_q0=None):
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """The flash kernel needs a contiguous last dim only; a full copy (e.g. of a transposed value) would be one more
+    activation saved for backward per layer."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def feature_attention(qf, kf, value, attention_mask, dropout):
     """`softmax(qf kf^T (+ mask)) V` through sdpa's flash kernel: q/k features and values zero-padded to one
-    head dim (flash needs equal dims, contiguous last dims). Returns `(B, lq, H, dh)`."""
+    head dim (flash needs equal dims and a contiguous last dim). Returns `(B, lq, H, dh)`.
+
+    The queries are laid out `(B, lq, H, width)` in memory: flash writes its output in the query's layout, so the
+    `(B, lq, H, dh)` result is a free transpose instead of one more copy (and activation) per layer."""
     dh = value.shape[-1]
     width = max(qf.shape[-1], dh)
-    if qf.shape[-1] < width:
-        qf = F.pad(qf, (0, width - qf.shape[-1]))
+    batch = value.shape[0]
+    q = qf.expand(batch, -1, -1, -1).transpose(1, 2)
+    if q.shape[-1] < width:
+        q = torch.cat([q, q.new_zeros(*q.shape[:-1], width - q.shape[-1])], dim=-1)
+    q = q.contiguous().transpose(1, 2)
+    if kf.shape[-1] < width:
         kf = F.pad(kf, (0, width - kf.shape[-1]))
     if dh < width:
         value = F.pad(value, (0, width - dh))
-    batch = value.shape[0]
-    if qf.shape[0] != batch:
-        qf = qf.expand(batch, -1, -1, -1)
-    if kf.shape[0] != batch:
-        kf = kf.expand(batch, -1, -1, -1)
     out = F.scaled_dot_product_attention(
-        qf.contiguous(), kf.contiguous(), value.contiguous(), attn_mask=attention_mask, dropout_p=dropout, scale=1.0
+        q, _unit_stride(kf.expand(batch, -1, -1, -1)), _unit_stride(value), attn_mask=attention_mask,
+        dropout_p=dropout, scale=1.0,
     )
     return out[..., :dh].transpose(1, 2)
