@@ -300,7 +300,7 @@ def run_model(args, results):
                 fns[impl] = model_fns(model, ids, dtype)
             for mode in modes:
                 m = 0 if mode == "train" else 1
-                reps = args.repeats if length <= 512 else 2
+                reps = args.model_repeats if length <= 512 else 2
                 timed = interleaved({k: v[m] for k, v in fns.items()}, reps)
                 for impl, (t, all_t) in timed.items():
                     row = dict(section="model", shape=shape, dtype=dtype, length=length, batch=batch, impl=impl,
@@ -422,6 +422,9 @@ def main(argv=None):
     p.add_argument("--compile-variants", nargs="+", default=["random", "factorized_random", "dense"])
     p.add_argument("--eager-max", type=int, default=2048, help="skip stock eager above this length")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model-repeats", type=int, default=9,
+                   help="rounds of the model section at l <= 512: its steps vary by +-20 %% round to round on this "
+                        "VM (fresh page-faulted gradient buffers every step), so the median needs more rounds")
     p.add_argument("--batch-divisor", type=int, default=1, help="divide the model-section batch sizes")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-small-long", dest="small_long", action="store_false")
@@ -431,6 +434,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.dtypes, args.repeats, args.batch_divisor = [128, 512], ["fp32"], 2, 8
+        args.model_repeats = 2
         args.variants = ["random", "factorized_random", "dense", "random+vanilla"]
         args.shapes, args.model_lengths, args.model_variants = ["minilm"], [128], ["random"]
         args.model_dtypes, args.compile_variants = ["fp32"], []

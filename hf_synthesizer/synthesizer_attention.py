@@ -245,7 +245,6 @@ def fast_synthesizer_attention(
     reference route runs).
 
     - factorized dense (and its mixtures): the reference math in query chunks (`chunked_reference_attention`);
-
     - only input-independent components, no attention dropout, mask = padding (+ causal): logits once per batch,
       one matmul for all examples (`shared_logits_attention`); softmax(R) from the layer's cache when R needs no
       gradient (fixed random always; random under no_grad);
@@ -314,6 +313,7 @@ def fast_synthesizer_attention(
     qf, kf, shared, alphas = [], [], [], []
     batch = value.shape[0]
     dtype = value.dtype
+    single = len(components) == 1  # weight exactly 1: no weighted copy of the features
     for n, name in enumerate(components):
         alpha = weights[n].view(1, -1, 1, 1)
         if name == "vanilla":
@@ -324,12 +324,13 @@ def fast_synthesizer_attention(
             h = F.relu(F.linear(hidden_states, w1.weight, w1.bias)).view(batch, lq, heads, -1).transpose(1, 2)
             w2 = synthesizer.dense_w2[..., :lk].transpose(-1, -2)[None].expand(batch, heads, -1, -1)
             b2 = synthesizer.dense_b2[:, :lk, None][None].expand(batch, heads, -1, -1)
-            qf.append((h * alpha).to(dtype))
+            qf.append((h if single else h * alpha).to(dtype))
             qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
             kf.append(w2.to(dtype))
             kf.append(b2.to(dtype))
         elif name == "factorized_random":
-            r1 = synthesizer.factorized_random_r1[:, q0 : q0 + lq][None] * alpha
+            r1 = synthesizer.factorized_random_r1[:, q0 : q0 + lq][None]
+            r1 = r1 if single else r1 * alpha
             qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
             kf.append(synthesizer.factorized_random_r2[:, :lk][None].to(dtype).expand(batch, heads, -1, -1))
         else:
