@@ -389,9 +389,10 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
         rows = [r for r in results if r["section"] == "layer" and r["dtype"] == "fp32" and r["mode"] == mode]
-        for impl in dict.fromkeys(r["impl"] for r in rows):
+        colors = plt.get_cmap("tab20").colors  # more lines than tab10's 10 colours
+        for i, impl in enumerate(dict.fromkeys(r["impl"] for r in rows)):
             pts = sorted((r["length"], r.get("speedup_vs_sdpa", float("nan"))) for r in rows if r["impl"] == impl)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl,
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl, color=colors[i % 20],
                     linestyle="--" if impl in STOCK else "-")
         ax.axhline(1.0, color="k", linewidth=0.8)
         ax.set_xscale("log", base=2)
