@@ -349,11 +349,13 @@ def fast_synthesizer_attention(
         alphas = torch.stack(alphas) if alphas else None
         causal = causal and kind != "general"
         cached = None
-        mixing = [p for name, p in synthesizer.named_parameters() if name in ("mixture_gate", "mixture_logits")]
-        if shared and qf is not None and dropout == 0.0 and _use_cache(synthesizer, shared + mixing):
-            cached = synthesizer.input_independent_cache.get(
-                shared + mixing, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
-            )
+        if shared and qf is not None and dropout == 0.0:
+            mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
+            sources = shared + mixing
+            if _use_cache(synthesizer, sources):
+                cached = synthesizer.input_independent_cache.get(
+                    sources, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
+                )
         return per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached).to(dtype)
     if attention_mask is not None and (
         attention_mask.dtype != torch.bool or not bool(attention_mask.any(-1).all())
