@@ -28,7 +28,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from .configuration_synthesizer import BertSynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits
+from .synthesizer_attention import SynthesizerLogits, resolve_cache, update_self_attention_cache
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
@@ -63,9 +63,17 @@ class BertSynthesizerSelfAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Same contract as `BertSelfAttention.forward` (transformers/models/bert/modeling_bert.py) on every supported
+        transformers: the cache arrives as `cache=` (5.24) or `past_key_values=` (5.23); `encoder_hidden_states`
+        (passed by `BertAttention`, always None for self-attention) is ignored as the stock module ignores it; any
+        other keyword goes to `synthesizer_attention_forward`, which raises on what it does not handle.
+        hidden_states `(B, lq, d)` -> `(output (B, lq, d), probabilities (B, H, lq, lk) or None)`."""
+        cache = resolve_cache(cache, past_key_values)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
         value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
@@ -77,11 +85,13 @@ class BertSynthesizerSelfAttention(nn.Module):
             # (one wide: transformers' DynamicLayer counts an empty tensor as length 0).
             query_layer, key_layer = None, value_layer[..., :1]
 
-        if past_key_values is not None:
-            cache = past_key_values
-            if isinstance(past_key_values, EncoderDecoderCache):
-                cache = past_key_values.self_attention_cache
-            key_layer, value_layer = cache.update(key_layer, value_layer, self.layer_idx)
+        query_offset = 0
+        if cache is not None:
+            if isinstance(cache, EncoderDecoderCache):
+                cache = cache.self_attention_cache
+            query_offset, key_layer, value_layer, attention_mask = update_self_attention_cache(
+                cache, self.layer_idx, key_layer, value_layer, attention_mask
+            )
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -95,6 +105,7 @@ class BertSynthesizerSelfAttention(nn.Module):
             dropout=0.0 if not self.training else self.dropout.p,
             scaling=self.scaling,
             synthesizer_inputs=hidden_states,
+            query_offset=query_offset,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, self.all_head_size).contiguous()

@@ -30,7 +30,7 @@ from transformers.models.t5.modeling_t5 import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_synthesizer import T5SynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits
+from .synthesizer_attention import SynthesizerLogits, resolve_cache, update_self_attention_cache
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
@@ -59,32 +59,38 @@ class T5SynthesizerAttention(T5Attention):
             del self.q, self.k
 
     def forward(
-        self, hidden_states, mask=None, key_value_states=None, position_bias=None, past_key_values=None, **kwargs
+        self,
+        hidden_states,
+        mask=None,
+        key_value_states=None,
+        position_bias=None,
+        cache=None,
+        past_key_values=None,
+        **kwargs,
     ):
-        # Same flow as `T5Attention.forward` (transformers 5.23), with optional q/k and the synthesizer inputs.
+        """Same contract and flow as `T5Attention.forward` (transformers/models/t5/modeling_t5.py) on every supported
+        transformers, with optional q/k and the synthesizer inputs: the cache arrives as `cache=` (5.24) or
+        `past_key_values=` (5.23); any other keyword goes to `synthesizer_attention_forward`, which raises on what it
+        does not handle. hidden_states `(B, lq, d)` -> `(output (B, lq, d), position_bias, probabilities or None)`."""
+        cache = resolve_cache(cache, past_key_values)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
-        past_seen_tokens = past_key_values.get_seq_length(self.layer_idx) if past_key_values is not None else 0
-        past_seen_tokens = past_seen_tokens.clone() if isinstance(past_seen_tokens, torch.Tensor) else past_seen_tokens
         is_cross_attention = key_value_states is not None
         uses_qk = self.synthesizer.uses_dot_product
 
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2) if uses_qk else None
 
         is_updated = False
-        if isinstance(past_key_values, EncoderDecoderCache):
-            is_updated = past_key_values.is_updated.get(self.layer_idx)
-            if is_cross_attention:
-                curr_past_key_values = past_key_values.cross_attention_cache
-            else:
-                curr_past_key_values = past_key_values.self_attention_cache
-        else:
-            curr_past_key_values = past_key_values
+        layer_cache = cache
+        if isinstance(cache, EncoderDecoderCache):
+            is_updated = cache.is_updated.get(self.layer_idx)
+            layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
 
+        query_offset = 0
         current_states = key_value_states if is_cross_attention else hidden_states
-        if is_cross_attention and past_key_values is not None and is_updated:
-            key_states = curr_past_key_values.layers[self.layer_idx].keys
-            value_states = curr_past_key_values.layers[self.layer_idx].values
+        if is_cross_attention and cache is not None and is_updated:
+            key_states = layer_cache.layers[self.layer_idx].keys
+            value_states = layer_cache.layers[self.layer_idx].values
         else:
             kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
             value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
@@ -95,10 +101,14 @@ class T5SynthesizerAttention(T5Attention):
                 # `DynamicLayer.get_seq_length` reports 0 for a tensor with no elements, so an empty (.., 0) placeholder
                 # would silently reset positions while decoding: keep a one-wide placeholder of zeros.
                 key_states = value_states.new_zeros(()).expand(*value_states.shape[:-1], 1)
-            if past_key_values is not None:
-                key_states, value_states = curr_past_key_values.update(key_states, value_states, self.layer_idx)
-                if is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
-                    past_key_values.is_updated[self.layer_idx] = True
+            if cache is not None and is_cross_attention:
+                key_states, value_states = layer_cache.update(key_states, value_states, self.layer_idx)
+                if isinstance(cache, EncoderDecoderCache):
+                    cache.is_updated[self.layer_idx] = True
+            elif cache is not None:
+                query_offset, key_states, value_states, mask = update_self_attention_cache(
+                    layer_cache, self.layer_idx, key_states, value_states, mask
+                )
 
         if position_bias is None:
             key_length = value_states.shape[-2]
@@ -110,7 +120,7 @@ class T5SynthesizerAttention(T5Attention):
                     position_bias.requires_grad = True
             else:
                 position_bias = self.compute_bias(
-                    input_shape[1], key_length, device=value_states.device, past_seen_tokens=past_seen_tokens
+                    input_shape[1], key_length, device=value_states.device, past_seen_tokens=query_offset
                 )
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -126,6 +136,7 @@ class T5SynthesizerAttention(T5Attention):
             scaling=self.scaling,
             position_bias=position_bias,
             synthesizer_inputs=hidden_states,
+            query_offset=None if is_cross_attention else query_offset,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()

@@ -164,6 +164,75 @@ def init_synthesizer_weights(module: nn.Module, std: float) -> None:
             init.zeros_(getattr(module, name))
 
 
+# Keywords transformers may pass down to an attention function (its `TransformersKwargs` and what BERT/T5 modules
+# forward) that synthesizer attention handles by doing nothing, each for a stated reason. Any other keyword raises:
+# a renamed or new argument must fail loudly, never vanish into **kwargs (a 5.24 rename of the decoding cache did).
+IGNORED_KEYWORDS = {
+    "output_hidden_states": "hidden states are recorded by the model, not by attention",
+    "output_router_logits": "no router in BERT/T5",
+    "num_items_in_batch": "a loss-normalisation count, read by the loss",
+    "position_ids": "synthesizer rows are indexed by slot (query_offset + i), as the causal mask is",
+    "use_cache": "the module updates the cache before calling attention",
+    "return_dict": "an output-format flag of the model",
+    "labels": "read by the model's loss; generate() hands every model keyword to the encoder stack (Seq2SeqTrainer)",
+}
+# Keywords that carry the decoding cache: the module must have consumed it (updated the cache and passed
+# `query_offset`); reaching the attention function means a caller the module does not know passed it.
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value", "layer_past", "cache_position")
+# Flash-attention packing keywords: a packed batch would index synthesizer rows by slot across sequence boundaries.
+PACKED_KEYWORDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+def check_attention_keywords(kwargs: dict) -> None:
+    """Raise on a keyword that synthesizer attention would otherwise drop silently (see IGNORED_KEYWORDS)."""
+    for name in kwargs:
+        if name in IGNORED_KEYWORDS:
+            continue
+        if name in CACHE_KEYWORDS:
+            raise TypeError(
+                f"synthesizer attention received the decoding cache as `{name}=`: the attention module must update the "
+                f"cache itself and pass `query_offset`. This transformers version calls its attention modules with a "
+                f"convention hf_synthesizer does not know; please report it with your transformers version."
+            )
+        if name in PACKED_KEYWORDS:
+            raise ValueError(
+                f"synthesizer attention does not support packed sequences (`{name}=`): synthesizer rows are indexed by "
+                f"position in the padded batch. Pad the batch instead (e.g. DataCollatorWithPadding)."
+            )
+        raise TypeError(
+            f"synthesizer attention got an unexpected keyword argument `{name}`: it handles query_offset, "
+            f"synthesizer_inputs, position_bias, is_causal and output_attentions, and ignores "
+            f"{sorted(IGNORED_KEYWORDS)}. A transformers version newer than hf_synthesizer knows may pass it; please "
+            f"report it with your transformers version."
+        )
+
+
+def resolve_cache(cache, past_key_values):
+    """The decoding cache, whichever name the caller used: transformers 5.24 passes `cache=` to attention modules,
+    5.23 `past_key_values=`."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Pass the decoding cache once, as `cache=` (or the older name `past_key_values=`), not both.")
+    return cache if cache is not None else past_key_values
+
+
+def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask):
+    """Append this step's key/value to a self-attention `cache` layer; returns `(query_offset, key, value, mask)`.
+
+    `query_offset` is the number of positions cached before this step (the position of the first query), an int.
+    key/value `(B, H, query_offset + lq, dh)` and the mask are cut to the positions filled so far: a `StaticCache`
+    returns all `max_cache_len` slots, and the slots after the last query are empty (masked by the causal mask);
+    keeping them would read synthesizer columns past the filled length, or past `synthesizer_length`.
+    """
+    query_offset = int(cache.get_seq_length(layer_idx))
+    live = query_offset + value.shape[2]
+    key, value = cache.update(key, value, layer_idx)
+    if value.shape[2] > live:
+        key, value = key[:, :, :live], value[:, :, :live]
+        if attention_mask is not None and attention_mask.shape[-1] > live:
+            attention_mask = attention_mask[..., :live]
+    return query_offset, key, value, attention_mask
+
+
 def synthesizer_attention_forward(
     module: nn.Module,
     query: torch.Tensor | None,
@@ -174,13 +243,21 @@ def synthesizer_attention_forward(
     dropout: float = 0.0,
     synthesizer_inputs: torch.Tensor | None = None,
     position_bias: torch.Tensor | None = None,
+    query_offset: int | None = None,
+    is_causal: bool | None = None,
+    output_attentions: bool | None = False,
     **kwargs,
 ):
-    """The function behind every `synthesizer_*` attn_implementation.
+    """The function behind every `synthesizer_*` attn_implementation (registered with `AttentionInterface`).
 
     `module` is the attention module; its `synthesizer` (a `SynthesizerLogits`) holds the parameters.
-    `synthesizer_inputs` are the hidden states the queries come from (dense variants synthesize from them),
-    `position_bias` T5's relative position bias. Returns `(output (B, lq, H, dh), probabilities or None)`.
+    query/key `(B, H, lq/lk, dh)` or None when no vanilla term reads them; value `(B, H, lk, dh)`;
+    `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`;
+    `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from them);
+    `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the first query
+    (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides `module.is_causal`.
+    Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
+    Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS) and ValueError past synthesizer_length.
     """
     synthesizer = getattr(module, "synthesizer", None)
     if not isinstance(synthesizer, SynthesizerLogits):
@@ -191,14 +268,14 @@ def synthesizer_attention_forward(
             f"attn_implementation=...), or through the Auto classes with config=hf_synthesizer.BertSynthesizerConfig / "
             f"T5SynthesizerConfig.from_pretrained(path)."
         )
+    check_attention_keywords(kwargs)
     lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
     lk = value.shape[2]
-    q0 = lk - lq  # query i sits at position q0 + i: the cache length when decoding, 0 otherwise
+    q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
     synthesizer.check_length(q0, lq, lk)
-    is_causal = getattr(module, "is_causal", False)
+    is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
     if attention_mask is None and is_causal and lq > 1:
         attention_mask = causal_mask(q0, lq, lk, value.device)
-    output_attentions = kwargs.get("output_attentions", False)
     bias_synthesized = getattr(module, "bias_synthesized", True)
 
     if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
