@@ -321,27 +321,6 @@ def test_trainer_fine_tune_reduces_the_loss(tmp_path, variant):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("variant", ALL_VARIANTS)
-def test_causal_lm_cached_and_uncached_generation_agree(variant):
-    config = BertSynthesizerConfig(
-        **tiny_bert_config(is_decoder=True).to_dict(), synthesizer_variant=variant, synthesizer_length=16
-    )
-    torch.manual_seed(0)
-    model = perturb(BertSynthesizerLMHeadModel(config)).eval()
-    prompt = torch.randint(1, 100, (2, 5))
-    prompt[0, :2] = 0  # left padding
-    mask = (prompt != 0).long()
-    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, attention_mask=mask)
-    cached = model.generate(prompt, use_cache=True, output_logits=True, return_dict_in_generate=True, **kwargs)
-    uncached = model.generate(prompt, use_cache=False, output_logits=True, return_dict_in_generate=True, **kwargs)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    for a, b in zip(cached.logits, uncached.logits):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # Decoding past the synthesizer length is the same clear error, cached or not.
-    with pytest.raises(ValueError, match="config.synthesizer_length"):
-        model.generate(prompt, max_new_tokens=14, do_sample=False, pad_token_id=0, attention_mask=mask)
-
-
 def test_minilm_converts_to_every_variant(minilm_dir):
     from transformers import AutoTokenizer
 

@@ -1,5 +1,5 @@
 """Cached decoding on every supported transformers (issue 11): T5 and a BERT decoder, every named variant plus
-factorized random + vanilla, a gate mixture and vanilla, in float64 with synthesizer parameters far from uniform (std
+factorized random + vanilla, a gate mixture, vanilla and a mixture of every component, in float64 with synthesizer parameters far from uniform (std
 0.5) so that a wrong row, a lost cache entry or a dropped mask shows.
 
 - teacher forcing one token at a time through a dynamic and through a static cache equals the full forward;
@@ -27,7 +27,12 @@ from hf_synthesizer import (
 )
 
 LENGTH = 12  # synthesizer_length of the tiny models
-VARIANTS = NAMED_VARIANTS + ("factorized_random+vanilla", "gate:random+vanilla", "vanilla")
+VARIANTS = NAMED_VARIANTS + (
+    "factorized_random+vanilla",
+    "gate:random+vanilla",
+    "vanilla",
+    "dense+factorized_dense+random+fixed_random+factorized_random+vanilla",  # every component at once
+)
 # The keyword under which this transformers takes the decoding cache (renamed in 5.24).
 CACHE = "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.forward).parameters else "past_key_values"
 
