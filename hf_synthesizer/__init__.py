@@ -29,6 +29,7 @@ from .configuration_synthesizer import (
 )
 from .hub_mixin import register_for_hub
 from .modeling_bert_synthesizer import (
+    BertSynthesizerCrossAttention,
     BertSynthesizerForMaskedLM,
     BertSynthesizerForMultipleChoice,
     BertSynthesizerForNextSentencePrediction,
@@ -52,7 +53,12 @@ from .modeling_t5_synthesizer import (
     T5SynthesizerPreTrainedModel,
     T5SynthesizerStack,
 )
-from .synthesizer_attention import SynthesizerLogits, register_attn_implementation, synthesizer_attention_forward
+from .synthesizer_attention import (
+    SynthesizerAttentionMixin,
+    SynthesizerLogits,
+    register_attn_implementation,
+    synthesizer_attention_forward,
+)
 
 __version__ = "0.1.0"
 
@@ -94,6 +100,7 @@ __all__ = [
     "NAMED_VARIANTS",
     "T5_AUTO_CLASSES",
     "BertSynthesizerConfig",
+    "BertSynthesizerCrossAttention",
     "BertSynthesizerForMaskedLM",
     "BertSynthesizerForMultipleChoice",
     "BertSynthesizerForNextSentencePrediction",
@@ -105,6 +112,7 @@ __all__ = [
     "BertSynthesizerModel",
     "BertSynthesizerPreTrainedModel",
     "BertSynthesizerSelfAttention",
+    "SynthesizerAttentionMixin",
     "SynthesizerLogits",
     "T5SynthesizerAttention",
     "T5SynthesizerConfig",

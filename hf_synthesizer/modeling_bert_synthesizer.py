@@ -28,11 +28,16 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from .configuration_synthesizer import BertSynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits, resolve_cache, update_self_attention_cache
+from .synthesizer_attention import (
+    SynthesizerAttentionMixin,
+    SynthesizerLogits,
+    resolve_cache,
+    update_self_attention_cache,
+)
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
-class BertSynthesizerSelfAttention(nn.Module):
+class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
     """BERT self-attention whose logits come from `self.synthesizer`; `query`/`key` exist only when a vanilla
     term uses them. Checkpoint names (`value`, `query`, `key`) are BERT's own."""
 
@@ -112,6 +117,17 @@ class BertSynthesizerSelfAttention(nn.Module):
         return attn_output, attn_weights
 
 
+class BertSynthesizerCrossAttention(SynthesizerAttentionMixin, BertCrossAttention):
+    """BERT's cross-attention, dot-product as in the paper and the reference code; a synthesizer module only so that it
+    runs under a synthesizer attn_implementation (its `synthesizer` is plain dot-product, with no parameters)."""
+
+    def __init__(self, config, is_causal=False, layer_idx=None):
+        super().__init__(config, is_causal=is_causal, layer_idx=layer_idx)
+        self.synthesizer = SynthesizerLogits(
+            config, ("vanilla",), config.hidden_size, self.num_attention_heads, self.attention_head_size
+        )
+
+
 class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedModel):
     config_class = BertSynthesizerConfig
     config: BertSynthesizerConfig
@@ -140,10 +156,7 @@ class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
         for i, layer in enumerate(self.encoder.layer):
             layer.attention.self = BertSynthesizerSelfAttention(config, is_causal=config.is_decoder, layer_idx=i)
             if hasattr(layer, "crossattention"):  # cross-attention stays dot-product (paper and reference code)
-                cross = layer.crossattention.self
-                cross.synthesizer = SynthesizerLogits(
-                    config, ("vanilla",), config.hidden_size, cross.num_attention_heads, cross.attention_head_size
-                )
+                layer.crossattention.self = BertSynthesizerCrossAttention(config, layer_idx=i)
             if not layer.attention.self.synthesizer.uses_dot_product:
                 ignored.append(rf"encoder\.layer\.{i}\.attention\.self\.(query|key)\.(weight|bias)$")
         # A stock checkpoint's query/key weights of layers that no longer use them are dropped without warnings.
@@ -183,6 +196,7 @@ class BertSynthesizerForQuestionAnswering(BertSynthesizerPreTrainedModel, BertFo
 
 
 __all__ = [
+    "BertSynthesizerCrossAttention",
     "BertSynthesizerForMaskedLM",
     "BertSynthesizerForMultipleChoice",
     "BertSynthesizerForNextSentencePrediction",

@@ -30,11 +30,16 @@ from transformers.models.t5.modeling_t5 import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_synthesizer import T5SynthesizerConfig
-from .synthesizer_attention import SynthesizerLogits, resolve_cache, update_self_attention_cache
+from .synthesizer_attention import (
+    SynthesizerAttentionMixin,
+    SynthesizerLogits,
+    resolve_cache,
+    update_self_attention_cache,
+)
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
-class T5SynthesizerAttention(T5Attention):
+class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
     """T5 attention whose logits come from `self.synthesizer`. For cross-attention and layers that stay vanilla
     the synthesizer is plain dot-product (`components == ("vanilla",)`, no parameters). `q`/`k` exist only when a
     vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own."""

@@ -115,12 +115,12 @@ class SynthesizerLogits(nn.Module):
     def component_logits(self, name, hidden_states, query, key, scaling, q0, lq, lk) -> torch.Tensor:
         if name == "vanilla":
             return vanilla_logits(query, key, scaling)
+        # Layers are called, parameters read as attributes: a PEFT/parametrize wrapper's effective weight is used.
         if name == "dense":
-            w1 = self.dense_w1
-            return dense_logits(hidden_states, w1.weight, w1.bias, self.dense_w2, self.dense_b2, self.num_heads, lk)
+            return dense_logits(self.dense_w1(hidden_states), self.dense_w2, self.dense_b2, self.num_heads, lk)
         if name == "factorized_dense":
-            fa, fb = self.factorized_dense_a, self.factorized_dense_b
-            return factorized_dense_logits(hidden_states, fa.weight, fa.bias, fb.weight, fb.bias, self.num_heads, lk)
+            a, b = self.factorized_dense_a(hidden_states), self.factorized_dense_b(hidden_states)
+            return factorized_dense_logits(a, b, self.num_heads, lk)
         if name == "random":
             return random_logits(self.random_r, q0, lq, lk)
         if name == "fixed_random":
@@ -233,76 +233,111 @@ def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mas
     return query_offset, key, value, attention_mask
 
 
-def synthesizer_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor | None,
-    key: torch.Tensor | None,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    synthesizer_inputs: torch.Tensor | None = None,
-    position_bias: torch.Tensor | None = None,
-    query_offset: int | None = None,
-    is_causal: bool | None = None,
-    output_attentions: bool | None = False,
-    **kwargs,
-):
-    """The function behind every `synthesizer_*` attn_implementation (registered with `AttentionInterface`).
+STOCK_MODULE_ERROR = (
+    "{name} has no synthesizer parameters, so a synthesizer attn_implementation cannot run on it: it is a stock "
+    "transformers model. Load the checkpoint with a synthesizer class, e.g. hf_synthesizer.BertSynthesizerModel / "
+    "T5SynthesizerForConditionalGeneration.from_pretrained(path, attn_implementation=...), or through the Auto classes "
+    "with config=hf_synthesizer.BertSynthesizerConfig / T5SynthesizerConfig.from_pretrained(path)."
+)
 
-    `module` is the attention module; its `synthesizer` (a `SynthesizerLogits`) holds the parameters.
-    query/key `(B, H, lq/lk, dh)` or None when no vanilla term reads them; value `(B, H, lk, dh)`;
-    `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`;
-    `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from them);
-    `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the first query
-    (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides `module.is_causal`.
-    Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
-    Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS) and ValueError past synthesizer_length.
+
+def synthesizer_attention_forward(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The function registered with `AttentionInterface` for every `synthesizer_*` attn_implementation: it hands the
+    call to the module's own `synthesizer_attention` (see `SynthesizerAttentionMixin`).
+
+    Several copies of this code can live in one process (the installed package, the remote code of any number of
+    checkpoints, of the same or other versions), and the registry is global: the last copy imported registers the
+    names. Handing over keeps every module on the code it was built with; modules are recognised by that method, not
+    by one copy's class. Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
     """
-    synthesizer = getattr(module, "synthesizer", None)
-    if not isinstance(synthesizer, SynthesizerLogits):
-        raise ValueError(
-            f"{type(module).__name__} has no synthesizer parameters, so a synthesizer attn_implementation cannot run "
-            f"on it: it is a stock transformers model. Load the checkpoint with a synthesizer class, e.g. "
-            f"hf_synthesizer.BertSynthesizerModel / T5SynthesizerForConditionalGeneration.from_pretrained(path, "
-            f"attn_implementation=...), or through the Auto classes with config=hf_synthesizer.BertSynthesizerConfig / "
-            f"T5SynthesizerConfig.from_pretrained(path)."
-        )
-    check_attention_keywords(kwargs)
-    lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
-    lk = value.shape[2]
-    q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
-    synthesizer.check_length(q0, lq, lk)
-    is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
-    if attention_mask is None and is_causal and lq > 1:
-        attention_mask = causal_mask(q0, lq, lk, value.device)
-    bias_synthesized = getattr(module, "bias_synthesized", True)
+    own = getattr(module, "synthesizer_attention", None)
+    if own is None:
+        raise ValueError(STOCK_MODULE_ERROR.format(name=type(module).__name__))
+    return own(query, key, value, attention_mask, **kwargs)
 
-    if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
-        output = fast_synthesizer_attention(
-            synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, module.training,
-            q0, lq, lk, position_bias, bias_synthesized,
+
+def synthesizer_of(module: nn.Module):
+    """The module's synthesizer, recognised by its interface (`components`), not by a class: another copy's
+    `SynthesizerLogits` or PEFT's `ModulesToSaveWrapper` (which forwards attribute reads and calls to the active
+    adapter's copy) both qualify. Raises ValueError for a wrapper that hides the interface, naming the supported recipe."""
+    synthesizer = getattr(module, "synthesizer", None)
+    if synthesizer is None:
+        raise ValueError(STOCK_MODULE_ERROR.format(name=type(module).__name__))
+    if not hasattr(synthesizer, "components"):
+        raise ValueError(
+            f"The synthesizer of {type(module).__name__} is wrapped in a {type(synthesizer).__name__}, which hides its "
+            f"parameters from synthesizer attention (PEFT's LoRA through `target_parameters` does this). Synthesizer "
+            f"parameters are small: train them fully with PEFT's `modules_to_save=[\"synthesizer\"]` (LoRA on "
+            f"`value`/`dense`, or `dense_w1` of dense synthesizers, works as usual), see docs/sharing.md."
         )
-        if output is not None:
-            return output, None
-    if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
-        if synthesizer.is_vanilla:
-            return sdpa_attention_forward(
-                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                is_causal=False, position_bias=position_bias,
+    return synthesizer
+
+
+class SynthesizerAttentionMixin:
+    """What makes an attention module a synthesizer one: it owns `self.synthesizer` (a `SynthesizerLogits`) and runs
+    attention with this copy's code. Put it first in the bases."""
+
+    def synthesizer_attention(
+        self,
+        query: torch.Tensor | None,
+        key: torch.Tensor | None,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        synthesizer_inputs: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        query_offset: int | None = None,
+        is_causal: bool | None = None,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ):
+        """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
+
+        query/key `(B, H, lq/lk, dh)` or None when no vanilla term reads them; value `(B, H, lk, dh)`;
+        `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`;
+        `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
+        them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
+        first query (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides
+        `self.is_causal`. Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
+        Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
+        """
+        synthesizer = synthesizer_of(self)
+        check_attention_keywords(kwargs)
+        lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
+        lk = value.shape[2]
+        q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
+        synthesizer.check_length(q0, lq, lk)
+        is_causal = getattr(self, "is_causal", False) if is_causal is None else is_causal
+        if attention_mask is None and is_causal and lq > 1:
+            attention_mask = causal_mask(q0, lq, lk, value.device)
+        bias_synthesized = getattr(self, "bias_synthesized", True)
+
+        if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
+            output = fast_synthesizer_attention(
+                synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
+                q0, lq, lk, position_bias, bias_synthesized,
             )
-        if synthesizer.uses_dot_product:
-            return _mixture_through_sdpa(
-                synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
-                module.training, q0, lq, lk, position_bias, bias_synthesized,
-            )
-    logits = synthesizer(synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized)
-    probs = attention_probabilities(logits, attention_mask)
-    probs = F.dropout(probs, p=dropout, training=module.training)
-    output = torch.matmul(probs.to(value.dtype), value)
-    if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
-        return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
-    return output.transpose(1, 2).contiguous(), None
+            if output is not None:
+                return output, None
+        if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
+            if synthesizer.is_vanilla:
+                return sdpa_attention_forward(
+                    self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                    is_causal=False, position_bias=position_bias,
+                )
+            if synthesizer.uses_dot_product:
+                return _mixture_through_sdpa(
+                    synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
+                    self.training, q0, lq, lk, position_bias, bias_synthesized,
+                )
+        logits = synthesizer(synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized)
+        probs = attention_probabilities(logits, attention_mask)
+        probs = F.dropout(probs, p=dropout, training=self.training)
+        output = torch.matmul(probs.to(value.dtype), value)
+        if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
+            return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
+        return output.transpose(1, 2).contiguous(), None
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -397,8 +432,7 @@ def fast_synthesizer_attention(
             qf.append((query * (alpha * scaling)).to(dtype))
             kf.append(key.to(dtype))
         elif name == "dense":
-            w1 = synthesizer.dense_w1
-            h = F.relu(F.linear(hidden_states, w1.weight, w1.bias)).view(batch, lq, heads, -1).transpose(1, 2)
+            h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
             w2 = synthesizer.dense_w2[..., :lk].transpose(-1, -2)[None].expand(batch, heads, -1, -1)
             b2 = synthesizer.dense_b2[:, :lk, None][None].expand(batch, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))

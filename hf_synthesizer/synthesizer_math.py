@@ -27,14 +27,14 @@ def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> to
     return torch.matmul(query, key.transpose(-1, -2)) * scaling
 
 
-def dense_logits(x, w1, b1, w2, b2, num_heads: int, key_length: int) -> torch.Tensor:
+def dense_logits(projected, w2, b2, num_heads: int, key_length: int) -> torch.Tensor:
     """Dense synthesizer: `S_i = W2 relu(W1 x_i + b1) + b2`, one row of length `L` per token, sliced to `lk`.
 
-    x: (B, lq, d); w1: (H*dh, d); b1: (H*dh,); w2: (H or 1, dh, L); b2: (H or 1, L). A leading 1 in `w2`/`b2`
-    shares the output layer across heads (as the reference code does).
+    projected: `W1 x + b1`, (B, lq, H*dh), computed by calling the layer (so that a wrapper's weight, e.g. LoRA, is
+    the one used); w2: (H or 1, dh, L); b2: (H or 1, L). A leading 1 in `w2`/`b2` shares the output layer across
+    heads (as the reference code does).
     """
-    batch, lq, _ = x.shape
-    hidden = F.relu(F.linear(x, w1, b1)).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, dh)
+    hidden = F.relu(projected).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, dh)
     return torch.matmul(hidden, w2[..., :key_length]) + b2[:, None, :key_length]
 
 
@@ -48,15 +48,14 @@ def factorized_random_logits(r1, r2, q0: int, query_length: int, key_length: int
     return torch.matmul(r1[:, q0 : q0 + query_length], r2[:, :key_length].transpose(-1, -2))[None]
 
 
-def factorized_dense_logits(x, wa, ba, wb, bb, num_heads: int, key_length: int) -> torch.Tensor:
+def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
     """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L`, and
     `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a times: each (p, q) pair once), sliced to `lk`.
 
-    F_A, F_B are one linear map per head. x: (B, lq, d); wa: (H*a, d); wb: (H*b, d).
+    F_A, F_B are one linear map per head, applied by the caller: a (B, lq, H*a), b (B, lq, H*b).
     """
-    batch, lq, _ = x.shape
-    a = F.linear(x, wa, ba).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
-    b = F.linear(x, wb, bb).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
+    a = a.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
+    b = b.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
     full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
     return full[..., :key_length]
 

@@ -5,7 +5,7 @@ renames an argument (5.24 passes the decoding cache as `cache=` where 5.23 passe
 that does not know the new name lets it fall into `**kwargs`, and the model silently decodes without a cache. These
 tests read the installed transformers (signatures, and the calls stock callers make in their source) and fail when
 ours no longer accepts what the stock code passes; `.ci/run` runs them on the lowest and the newest supported
-transformers. At run time `synthesizer_attention_forward` raises on any keyword it does not handle.
+transformers. At run time a synthesizer module's `synthesizer_attention` raises on any keyword it does not handle.
 """
 
 import ast
@@ -27,7 +27,7 @@ from hf_synthesizer import (
     BertSynthesizerSelfAttention,
     T5SynthesizerAttention,
     T5SynthesizerPreTrainedModel,
-    synthesizer_attention_forward,
+    SynthesizerAttentionMixin,
 )
 from hf_synthesizer.synthesizer_attention import IGNORED_KEYWORDS, PACKED_KEYWORDS
 
@@ -40,8 +40,8 @@ OVERRIDES = [
         [(modeling_t5.T5LayerSelfAttention, "SelfAttention"), (modeling_t5.T5LayerCrossAttention, "EncDecAttention")],
     ),
 ]
-# Modules whose `attention_interface(...)` calls reach synthesizer_attention_forward: the stock ones (through a
-# synthesizer attn_implementation on a stock cross-attention) and ours.
+# Modules whose `attention_interface(...)` calls reach a synthesizer module's `synthesizer_attention` (through the
+# registered `synthesizer_attention_forward`): the stock code our modules run (BERT's cross-attention) and ours.
 ATTENTION_CALLERS = [
     modeling_bert.BertSelfAttention,
     modeling_bert.BertCrossAttention,
@@ -115,7 +115,7 @@ def test_the_contract_check_catches_a_stale_signature():
 
 
 def test_attention_function_takes_every_keyword_the_modules_pass():
-    accepted = set(named_parameters(synthesizer_attention_forward))
+    accepted = set(named_parameters(SynthesizerAttentionMixin.synthesizer_attention))
     for module in ATTENTION_CALLERS:
         calls = calls_in(module.forward, lambda f: getattr(f, "id", None) == "attention_interface")
         assert calls, f"{module.__name__}.forward no longer calls attention_interface"
@@ -126,7 +126,7 @@ def test_attention_function_takes_every_keyword_the_modules_pass():
 
 def test_every_transformers_kwarg_is_handled_ignored_or_refused():
     """A keyword transformers adds to `TransformersKwargs` fails here first, not silently at a user's."""
-    known = set(named_parameters(synthesizer_attention_forward)) | set(IGNORED_KEYWORDS) | set(PACKED_KEYWORDS)
+    known = set(named_parameters(SynthesizerAttentionMixin.synthesizer_attention)) | set(IGNORED_KEYWORDS) | set(PACKED_KEYWORDS)
     assert set(TransformersKwargs.__annotations__) <= known, set(TransformersKwargs.__annotations__) - known
 
 
@@ -157,11 +157,11 @@ def test_attention_refuses_keywords_it_would_drop():
     value = torch.randn(1, 4, 3, 8)
     call = dict(synthesizer_inputs=hidden, scaling=1.0)
     with pytest.raises(TypeError, match="decoding cache as `cache=`"):
-        synthesizer_attention_forward(attention, None, value, value, None, cache=DynamicCache(), **call)
+        attention.synthesizer_attention(None, value, value, None, cache=DynamicCache(), **call)
     with pytest.raises(TypeError, match="unexpected keyword argument `layer_head_mask`"):
-        synthesizer_attention_forward(attention, None, value, value, None, layer_head_mask=None, **call)
+        attention.synthesizer_attention(None, value, value, None, layer_head_mask=None, **call)
     with pytest.raises(ValueError, match="packed sequences"):
-        synthesizer_attention_forward(attention, None, value, value, None, cu_seq_lens_q=torch.tensor([0, 3]), **call)
+        attention.synthesizer_attention(None, value, value, None, cu_seq_lens_q=torch.tensor([0, 3]), **call)
     # through the module: a keyword the module does not consume reaches the check too
     with pytest.raises(TypeError, match="decoding cache as `layer_past=`"):
         attention(hidden, layer_past=DynamicCache())
