@@ -1,7 +1,8 @@
 """Which projections LoRA (peft) can adapt in a synthesizer model.
 
-Pure synthesizer variants have no `query`/`key` projections (their logits do not come from QKᵀ), so the usual BERT
-LoRA targets `["query", "value"]` fail there with peft's "Target modules ... not found". `value` always exists;
+Pure synthesizer variants have no `query`/`key` projections (their logits do not come from QKᵀ): the usual BERT LoRA
+targets `["query", "value"]` silently adapt `value` alone there (peft fails only when no target exists at all; use
+`check_lora_targets`). `value` always exists;
 `query`/`key` exist in layers with a vanilla term; the dense synthesizers add linear layers of their own
 (`dense_w1`, `factorized_dense_a`, `factorized_dense_b`). Random matrices (`random_r`, `factorized_random_r1/r2`)
 are not linear layers: train them fully with `modules_to_save=["synthesizer"]` or leave them frozen.

@@ -82,7 +82,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
         value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
-        if self.synthesizer.uses_dot_product:
+        if hasattr(self, "query"):  # built only when a vanilla term reads it
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
         else:

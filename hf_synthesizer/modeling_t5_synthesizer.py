@@ -81,7 +81,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
         is_cross_attention = key_value_states is not None
-        uses_qk = self.synthesizer.uses_dot_product
+        uses_qk = hasattr(self, "q")  # built only when a vanilla term reads it
 
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2) if uses_qk else None
 

@@ -259,7 +259,8 @@ def synthesizer_attention_forward(module: nn.Module, query, key, value, attentio
 def synthesizer_of(module: nn.Module):
     """The module's synthesizer, recognised by its interface (`components`), not by a class: another copy's
     `SynthesizerLogits` or PEFT's `ModulesToSaveWrapper` (which forwards attribute reads and calls to the active
-    adapter's copy) both qualify. Raises ValueError for a wrapper that hides the interface, naming the supported recipe."""
+    adapter's copy) both qualify. Raises ValueError for a wrapper that hides the interface, naming the supported
+    recipe."""
     synthesizer = getattr(module, "synthesizer", None)
     if synthesizer is None:
         raise ValueError(STOCK_MODULE_ERROR.format(name=type(module).__name__))

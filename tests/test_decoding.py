@@ -1,6 +1,6 @@
 """Cached decoding on every supported transformers (issue 11): T5 and a BERT decoder, every named variant plus
-factorized random + vanilla, a gate mixture, vanilla and a mixture of every component, in float64 with synthesizer parameters far from uniform (std
-0.5) so that a wrong row, a lost cache entry or a dropped mask shows.
+factorized random + vanilla, a gate mixture, vanilla and a mixture of every component, in float64 with synthesizer
+parameters far from uniform (std 0.5) so that a wrong row, a lost cache entry or a dropped mask shows.
 
 - teacher forcing one token at a time through a dynamic and through a static cache equals the full forward;
 - the cache holds n positions after n steps;
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(family: str, variant: str):
-    """A tiny float64 T5 or BERT decoder of `variant` ("gate:" prefix: gate mixture), synthesizer tensors ~ N(0, 0.5)."""
+    """A tiny float64 T5 or BERT decoder of `variant` ("gate:" prefix: gate mixture), synthesizer tensors N(0, 0.5)."""
     fields = dict(synthesizer_variant=variant, synthesizer_length=LENGTH)
     if variant.startswith("gate:"):
         fields.update(synthesizer_variant=variant[5:], synthesizer_mixture="gate")
@@ -86,7 +86,8 @@ def caches(family, model, source_length):
                 StaticCache(config=model.config, max_cache_len=source_length),
             ),
         }
-    return {"dynamic": DynamicCache(config=model.config), "static": StaticCache(config=model.config, max_cache_len=LENGTH)}
+    static = StaticCache(config=model.config, max_cache_len=LENGTH)
+    return {"dynamic": DynamicCache(config=model.config), "static": static}
 
 
 @pytest.mark.parametrize("family", ["t5", "bert"])

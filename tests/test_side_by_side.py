@@ -89,7 +89,8 @@ else:
     load_remote()
 # Saving a remote-code model (which imports the package's card renderer) and a Trainer save, while all are live.
 models["dense"].save_pretrained(f"{{root}}/resaved-{{order}}")
-Trainer(model=models["mixture"], args=TrainingArguments(output_dir=f"{{root}}/trainer-{{order}}", report_to=[])).save_model()
+arguments = TrainingArguments(output_dir=f"{{root}}/trainer-{{order}}", report_to=[])
+Trainer(model=models["mixture"], args=arguments).save_model()
 
 expected = torch.load(f"{{root}}/expected.pt")
 report = {{}}

@@ -54,7 +54,8 @@ ATTENTION_CALLERS = [
 def named_parameters(function) -> list[str]:
     """Parameters a caller can pass by name (no self/cls, no *args/**kwargs), in order."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [n for n, p in inspect.signature(function).parameters.items() if p.kind in kinds and n not in ("self", "cls")]
+    parameters = inspect.signature(function).parameters.items()
+    return [n for n, p in parameters if p.kind in kinds and n not in ("self", "cls")]
 
 
 def calls_in(function, callee) -> list[ast.Call]:
@@ -126,7 +127,8 @@ def test_attention_function_takes_every_keyword_the_modules_pass():
 
 def test_every_transformers_kwarg_is_handled_ignored_or_refused():
     """A keyword transformers adds to `TransformersKwargs` fails here first, not silently at a user's."""
-    known = set(named_parameters(SynthesizerAttentionMixin.synthesizer_attention)) | set(IGNORED_KEYWORDS) | set(PACKED_KEYWORDS)
+    handled = set(named_parameters(SynthesizerAttentionMixin.synthesizer_attention))
+    known = handled | set(IGNORED_KEYWORDS) | set(PACKED_KEYWORDS)
     assert set(TransformersKwargs.__annotations__) <= known, set(TransformersKwargs.__annotations__) - known
 
 
