@@ -28,6 +28,30 @@ def tiny_bert_config(**kwargs) -> BertConfig:
     return BertConfig(**values)
 
 
+@torch.no_grad()
+def spread_synthesizer(model, std: float = 0.5, seed: int = 1):
+    """Synthesizer parameters and buffers far from their near-uniform init, so that a wrong row, column or mask shows."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if ".synthesizer." in n]
+    assert tensors, "the model has no synthesizer tensors"
+    for t in tensors:
+        t.copy_(torch.randn(t.shape, generator=gen) * std)
+    return model
+
+
+def padded_batch(side: str, lengths=(7, 4, 6), seed: int = 3, vocab: int = 40):
+    """Random token ids (2..vocab-1) padded with 0 on `side`, and their attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        cols = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[row, cols] = torch.randint(2, vocab, (n,), generator=gen)
+        mask[row, cols] = 1
+    return ids, mask
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run faster on one thread than on two contending ones; restored afterwards."""

@@ -15,7 +15,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import padded_batch, spread_synthesizer, tiny_bert_config
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache, T5ForConditionalGeneration
 
 from hf_synthesizer import (
@@ -55,25 +55,9 @@ def build(family: str, variant: str):
     else:
         config = BertSynthesizerConfig(**tiny_bert_config(is_decoder=True, pad_token_id=0).to_dict(), **fields)
         model = BertSynthesizerLMHeadModel(config)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if ".synthesizer." in name:
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
+    if variant != "vanilla":
+        spread_synthesizer(model)
     return model.double().eval()
-
-
-def padded(side: str, lengths=(5, 3, 4), vocab=40, seed=3):
-    """Token ids 2..vocab-1 padded with 0 on `side`, and their attention mask."""
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        cols = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[row, cols] = torch.randint(2, vocab, (n,), generator=gen)
-        mask[row, cols] = 1
-    return ids, mask
 
 
 def caches(family, model, source_length):
@@ -96,7 +80,7 @@ def test_teacher_forced_steps_through_each_cache_equal_the_full_forward(family, 
     """A 3-token prefix, then one token per step (no position_ids: the model takes positions from the cache)."""
     model = build(family, variant)
     n = 8
-    source, source_mask = padded("left", vocab=40)
+    source, source_mask = padded_batch("left", lengths=(5, 3, 4))
     target = torch.randint(2, 40, (3, n), generator=torch.Generator().manual_seed(5))
     inputs = dict(input_ids=source, attention_mask=source_mask) if family == "t5" else {}
     key = "decoder_input_ids" if family == "t5" else "input_ids"
@@ -137,7 +121,7 @@ def test_generate_with_dynamic_static_and_no_cache_gives_the_same_tokens(family,
         "sampling": dict(do_sample=True, top_k=0),
     }
     for side in ("left", "right"):
-        ids, mask = padded(side)
+        ids, mask = padded_batch(side, lengths=(5, 3, 4))
         for mode, kwargs in modes.items():
             out = {
                 cache: _generate(model, family, ids, mask, cache, max_new_tokens=new, min_new_tokens=new, **kwargs)
@@ -155,7 +139,7 @@ def test_generate_with_dynamic_static_and_no_cache_gives_the_same_tokens(family,
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "vanilla"])
 def test_decoding_past_the_synthesizer_length_raises(family, variant):
     model = build(family, variant)
-    ids, mask = padded("left")
+    ids, mask = padded_batch("left", lengths=(5, 3, 4))
     # New tokens whose decoding fills the length exactly: the last token generated is never fed back, T5's decoder
     # is fed its start token first, a BERT decoder its prompt.
     reach = LENGTH if family == "t5" else LENGTH - ids.shape[1] + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import spread_synthesizer, tiny_bert_config
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
@@ -24,22 +24,13 @@ MASK = (IDS != 0).long()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def spread(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if ".synthesizer." in name:
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     """A saved 3-label random+vanilla classifier: R and the mixture far from uniform."""
     path = tmp_path_factory.mktemp("peft_base")
     torch.manual_seed(0)
     config = BertSynthesizerConfig(**tiny_bert_config().to_dict(), synthesizer_variant="random+vanilla", num_labels=3)
-    spread(BertSynthesizerForSequenceClassification(config)).save_pretrained(path)
+    spread_synthesizer(BertSynthesizerForSequenceClassification(config)).save_pretrained(path)
     return path
 
 
@@ -111,7 +102,7 @@ def test_lora_on_the_dense_synthesizer_layer_is_what_attention_uses(tmp_path):
     directly would silently use the base weight). Checked on the fast route and on the reference route."""
     torch.manual_seed(0)
     config = BertSynthesizerConfig(**tiny_bert_config().to_dict(), synthesizer_variant="dense", num_labels=2)
-    base = spread(BertSynthesizerForSequenceClassification(config)).eval()
+    base = spread_synthesizer(BertSynthesizerForSequenceClassification(config)).eval()
     before = features(base)
     model = get_peft_model(base, LoraConfig(target_modules=["dense_w1"], r=4, init_lora_weights=False)).eval()
     for fast in (True, False):
@@ -155,7 +146,7 @@ def test_sentence_transformers_encodes_saves_and_reloads_a_remote_code_minilm(mi
 
     converted = tmp_path / "minilm-random"
     model = BertSynthesizerModel.from_pretrained(minilm_dir, attn_implementation="synthesizer_random")
-    spread(model).save_pretrained(converted)
+    spread_synthesizer(model).save_pretrained(converted)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(converted)
     script = tmp_path / "st.py"
     script.write_text(textwrap.dedent(SENTENCE_TRANSFORMERS))

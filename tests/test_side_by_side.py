@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import spread_synthesizer, tiny_bert_config
 
 import hf_synthesizer
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerForMaskedLM
@@ -36,11 +36,8 @@ def checkpoints(tmp_path_factory) -> Path:
     for seed, (name, variant) in enumerate({**REMOTE, **PACKAGE}.items()):
         torch.manual_seed(seed)
         config = BertSynthesizerConfig(**tiny_bert_config().to_dict(), synthesizer_variant=variant)
-        model = BertSynthesizerForMaskedLM(config).eval()
+        model = spread_synthesizer(BertSynthesizerForMaskedLM(config), seed=seed).eval()
         with torch.no_grad():
-            for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-                if ".synthesizer." in n:
-                    t.normal_(0.0, 0.5)
             expected[name] = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
         model.save_pretrained(root / name)
     # "Older" copy: the same code with a private helper renamed, as a later release might have it.

@@ -3,6 +3,7 @@ generation, round trips, bf16 and gradient checkpointing. Tiny configs, no Hub."
 
 import pytest
 import torch
+from conftest import padded_batch, spread_synthesizer
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -57,36 +58,12 @@ def tiny_synth_config(variant: str, **kwargs) -> T5SynthesizerConfig:
     return T5SynthesizerConfig(**tiny_t5_kwargs(synthesizer_variant=variant, synthesizer_length=LENGTH, **kwargs))
 
 
-@torch.no_grad()
-def spread_synthesizer(model, std: float = 0.5, seed: int = 1):
-    """Synthesizer parameters far from their near-uniform init, so that a wrong row, column or mask shows."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if ".synthesizer." in n]
-    assert tensors, "the model has no synthesizer tensors"
-    for t in tensors:
-        t.copy_(torch.randn(t.shape, generator=gen) * std)
-    return model
-
-
 def make_model(variant: str, seed: int = 0, **kwargs) -> T5SynthesizerForConditionalGeneration:
     torch.manual_seed(seed)
     model = T5SynthesizerForConditionalGeneration(tiny_synth_config(variant, **kwargs))
     if variant != "vanilla":
         spread_synthesizer(model)
     return model.eval()
-
-
-def padded_batch(side: str, lengths=(7, 4, 6), seed: int = 3):
-    """Random token ids (2..39) padded with 0 on `side`, and their attention mask."""
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        cols = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[row, cols] = torch.randint(2, 40, (n,), generator=gen)
-        mask[row, cols] = 1
-    return ids, mask
 
 
 @pytest.fixture(scope="module")
