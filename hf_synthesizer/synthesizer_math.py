@@ -98,10 +98,11 @@ def causal_mask(q0: int, query_length: int, key_length: int, device) -> torch.Te
 
 
 def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """`softmax(S + mask)` computed in fp32 whatever the autocast dtype; padding and causal masks apply
-    to synthesized logits exactly as to dot-product ones. Fully masked rows come out uniform, not NaN."""
-    logits = logits.float()
-    mask = additive_mask(attention_mask, torch.float32)
+    """`softmax(S + mask)` computed in (at least) fp32 whatever the autocast dtype; padding and causal masks apply
+    to synthesized logits exactly as to dot-product ones. Fully masked rows come out uniform, not NaN.
+    float64 stays float64 (exact comparisons in tests)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    mask = additive_mask(attention_mask, logits.dtype)
     if mask is not None:
-        logits = logits + mask.float()
+        logits = logits + mask.to(logits.dtype)
     return torch.softmax(logits, dim=-1)
