@@ -193,7 +193,10 @@ def record_teacher_attention(teacher: nn.Module, batches: Iterable[dict]) -> Tea
         )
     recorder = _Recorder({id(m): n for n, m in modules.items()})
     # Every config in the tree: T5's encoder and decoder stacks hold copies of the model's config.
-    configs = {id(m.config): m.config for m in teacher.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    configs = {
+        id(m.config): m.config for m in teacher.modules()
+        if hasattr(getattr(m, "config", None), "_attn_implementation")
+    }
     previous = {key: config._attn_implementation for key, config in configs.items()}
     was_training = teacher.training
     teacher.eval()

@@ -195,7 +195,8 @@ def resize_synthesizer_length(model: nn.Module, new_length: int, method: str = "
     config.synthesizer_length = new_length
     if split is not None:
         # Keep the field None when the new split is the default one, so that it follows the length.
-        config.synthesizer_factorized_dense_split = None if split == default_factorized_dense_split(new_length) else split
+        default = default_factorized_dense_split(new_length)
+        config.synthesizer_factorized_dense_split = None if split == default else split
     elif config.synthesizer_factorized_dense_split is not None:
         split = config.synthesizer_factorized_dense_split
         if split[0] * split[1] != new_length:

@@ -83,7 +83,8 @@ def test_converted_sentence_transformer_keeps_its_modules(minilm_dir, tmp_path):
     (tmp_path / "texts.txt").write_text("\n".join(texts[:64]) + "\n")
     common = ("--attn_implementation", "synthesizer_random", "--synthesizer_length", 128)
     assert run_cli("convert", minilm_dir, tmp_path / "plain", *common) == 0
-    assert run_cli("convert", minilm_dir, tmp_path / "calibrated", *common, "--calibrate_on", tmp_path / "texts.txt") == 0
+    texts_file = tmp_path / "texts.txt"
+    assert run_cli("convert", minilm_dir, tmp_path / "calibrated", *common, "--calibrate_on", texts_file) == 0
     heldout = texts[64:]
     stock = SentenceTransformer(str(minilm_dir), device="cpu").encode(heldout, convert_to_tensor=True)
     cosine = {}
