@@ -10,7 +10,10 @@ Single sentences or sentence pairs; data from the Hub (GLUE-style, when online) 
         --output_dir out/random
 
     # GLUE (needs network): python examples/run_classification.py --dataset_name nyu-mll/glue --dataset_config mrpc ...
-    # 2 processes: accelerate launch --num_processes 2 --cpu examples/run_classification.py ...
+    # 2 CPU processes (gloo DDP through torchrun): the script's --use_cpu true with accelerate's --multi_gpu launcher
+    accelerate launch --multi_gpu --num_processes 2 examples/run_classification.py --use_cpu true ...
+    # (`accelerate launch --num_processes 2 --cpu` starts 2 processes only through mpirun; without it, ONE process.)
+    # Each process logs "Running process i of N" at start: check N.
 
 Writes `train_results.json`, `eval_results.json` and `all_results.json` (accuracy, macro F1, loss; MSE and
 Pearson r for regression) and the model (safetensors) with its tokenizer into `--output_dir`. A synthesizer
@@ -158,6 +161,11 @@ def main(argv=None) -> dict:
     logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    # At every log level: a launcher may start fewer processes than asked for (see the docstring).
+    logger.warning(
+        "Running process %d of %d (%s, device %s)", training_args.process_index, training_args.world_size,
+        training_args.parallel_mode.value, training_args.device,
+    )
 
     raw = load_raw_datasets(data_args)
     do_train = training_args.do_train or not training_args.do_eval

@@ -27,6 +27,12 @@ is initialised in closed form:
 - mixtures: the weight of the vanilla component starts at `vanilla_weight` (default 0.9), the others share
   the rest; mixtures without vanilla keep equal weights (each component already approximates the teacher).
 
+T5: the teacher's logits include the relative position bias `B`. A student that adds `B` to its synthesized logits
+too (`synthesizer_position_bias=True`, the default) is fitted to the teacher minus `B` (`R = log mean P - B`, dense
+target `S - B`), so that `B` counts once. An encoder-decoder teacher reads each text on both sides (the decoder the
+same tokens shifted right, as for labels): encoder and decoder self-attention are calibrated, the decoder on its
+causal rows (entries above the diagonal are never read). Cross-attention stays dot-product and is not recorded.
+
 `calibrate_synthesizer(model, teacher, texts, tokenizer)` runs both steps; `record_teacher_attention` and
 `apply_calibration` are the two halves (record once, calibrate several students). `compare_to_teacher`
 measures how close a student is to the teacher (hidden-state cosine, masked-LM top-1 agreement).
@@ -34,6 +40,7 @@ measures how close a student is to the teacher (hidden-state cosine, masked-LM t
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Iterable
@@ -58,6 +65,7 @@ class LayerRecord:
     logits: list[torch.Tensor] = field(default_factory=list)  # (B, H, l, l) float32, unmasked
     queries: list[torch.Tensor] = field(default_factory=list)  # (B, H, l, dh)
     pairs: list[torch.Tensor] = field(default_factory=list)  # (B, l, l) bool: query i and key j both real
+    position_bias: list[torch.Tensor] = field(default_factory=list)  # (H, l, l) T5's relative bias, in `logits`
     query_weight: torch.Tensor | None = None  # (H*dh, d) the teacher's query projection
     query_bias: torch.Tensor | None = None  # (H*dh,)
 
@@ -80,6 +88,7 @@ class _Recorder:
         self.names = names
         self.records: dict[str, LayerRecord] = {}
         self.token_mask: torch.Tensor | None = None  # (B, l) of the current batch
+        self.decoder_token_mask: torch.Tensor | None = None  # (B, l') of an encoder-decoder's decoder inputs
 
 
 def _probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -101,12 +110,17 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
             keep = attention_mask[:, 0].expand(batch, lq, lk)
         else:
             keep = (attention_mask[:, 0] > torch.finfo(attention_mask.dtype).min / 2).expand(batch, lq, lk)
-        if recorder.token_mask is not None and recorder.token_mask.shape[-1] == lq:
-            keep = keep & recorder.token_mask[:, :, None].bool() & recorder.token_mask[:, None, :].bool()
+        token_mask = recorder.token_mask
+        if getattr(module, "is_decoder", False) and recorder.decoder_token_mask is not None:
+            token_mask = recorder.decoder_token_mask
+        if token_mask is not None and token_mask.shape[-1] == lq:
+            keep = keep & token_mask[:, :, None].bool() & token_mask[:, None, :].bool()
         rec = recorder.records.setdefault(name, LayerRecord())
         rec.logits.append(logits.detach().cpu())
         rec.queries.append(query.detach().float().cpu())
         rec.pairs.append(keep.detach().cpu())
+        if position_bias is not None:
+            rec.position_bias.append(position_bias.detach().float().expand(1, -1, lq, lk)[0].cpu())
     return output, (probs if kwargs.get("output_attentions") else None)
 
 
@@ -122,9 +136,17 @@ def _query_projection(module: nn.Module) -> nn.Linear | None:
     return None
 
 
+# Cross-attention modules of the stock models (BERT decoders, T5): their queries and keys come from different
+# sequences, and the synthesizer replaces self-attention only.
+CROSS_ATTENTION_NAMES = ("crossattention", "EncDecAttention")
+
+
 def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Self-attention modules that own a query projection (the teacher side), by qualified name."""
-    return {name: m for name, m in model.named_modules() if _query_projection(m) is not None}
+    return {
+        name: m for name, m in model.named_modules()
+        if _query_projection(m) is not None and not any(part in CROSS_ATTENTION_NAMES for part in name.split("."))
+    }
 
 
 def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_samples=None, text_column="text"):
@@ -158,7 +180,11 @@ def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_sa
 
 @torch.no_grad()
 def record_teacher_attention(teacher: nn.Module, batches: Iterable[dict]) -> TeacherAttention:
-    """Run the teacher on `batches` with the recording attention function and return what it attended to."""
+    """Run the teacher on `batches` with the recording attention function and return what it attended to.
+
+    An encoder-decoder teacher (T5) reads each text on both sides: the encoder gets it as is, the decoder the
+    same tokens shifted right behind the decoder start token (`teacher._shift_right`, as for labels), so that its
+    causal self-attention is recorded on the same text."""
     modules = _attention_modules(teacher)
     if not modules:
         raise ValueError(
@@ -166,22 +192,38 @@ def record_teacher_attention(teacher: nn.Module, batches: Iterable[dict]) -> Tea
             f"a teacher. Pass a stock checkpoint (its path, or a model with dot-product attention)."
         )
     recorder = _Recorder({id(m): n for n, m in modules.items()})
-    config = teacher.config
-    previous = config._attn_implementation
+    # Every config in the tree: T5's encoder and decoder stacks hold copies of the model's config.
+    configs = {
+        id(m.config): m.config for m in teacher.modules()
+        if hasattr(getattr(m, "config", None), "_attn_implementation")
+    }
+    previous = {key: config._attn_implementation for key, config in configs.items()}
     was_training = teacher.training
     teacher.eval()
-    config._attn_implementation = PROBE_NAME
+    for config in configs.values():
+        config._attn_implementation = PROBE_NAME
     _Recorder.active = recorder
     count = 0
     try:
         device = next(teacher.parameters()).device
+        takes_decoder_inputs = "decoder_input_ids" in inspect.signature(teacher.forward).parameters
         for batch in batches:
+            input_ids = batch["input_ids"].to(device)
             recorder.token_mask = batch["attention_mask"].to(device)
-            teacher(input_ids=batch["input_ids"].to(device), attention_mask=recorder.token_mask)
-            count += batch["input_ids"].shape[0]
+            inputs = {"input_ids": input_ids, "attention_mask": recorder.token_mask}
+            if takes_decoder_inputs:
+                # position 0 holds the start token; position i + 1 the i-th input token
+                recorder.decoder_token_mask = torch.cat(
+                    [torch.ones_like(recorder.token_mask[:, :1]), recorder.token_mask[:, :-1]], dim=1
+                )
+                inputs.update(decoder_input_ids=teacher._shift_right(input_ids),
+                              decoder_attention_mask=recorder.decoder_token_mask)
+            teacher(**inputs)
+            count += input_ids.shape[0]
     finally:
         _Recorder.active = None
-        config._attn_implementation = previous
+        for key, config in configs.items():
+            config._attn_implementation = previous[key]
         teacher.train(was_training)
     for name, rec in recorder.records.items():
         proj = _query_projection(modules[name])
@@ -191,8 +233,18 @@ def record_teacher_attention(teacher: nn.Module, batches: Iterable[dict]) -> Tea
 
 
 # ------------------------------------------------------------------------------------------------- fitting
-def mean_attention_log_probs(rec: LayerRecord, length: int, floor: float = 1e-6) -> torch.Tensor:
-    """`(H, L, L)`: log of the teacher's mean attention probabilities, rows centred, unseen entries filled."""
+def _recorded_position_bias(rec: LayerRecord, seen: int) -> torch.Tensor:
+    """`(H, seen, seen)`: the position bias the teacher added to its logits. T5's bias depends on `j - i` only, so
+    the longest batch's bias holds every shorter one's."""
+    return max(rec.position_bias, key=lambda b: b.shape[-1])[:, :seen, :seen]
+
+
+def mean_attention_log_probs(rec: LayerRecord, length: int, floor: float = 1e-6,
+                             without_position_bias: bool = False) -> torch.Tensor:
+    """`(H, L, L)`: log of the teacher's mean attention probabilities, rows centred, unseen entries filled.
+
+    `without_position_bias`: minus the position bias `B` the teacher added (T5), for a student that adds `B` to
+    `R` itself: `softmax(R + B)` is then the teacher's mean attention, not `B` counted twice."""
     heads = rec.logits[0].shape[1]
     seen = min(max(p.shape[-1] for p in rec.pairs), length)
     total = torch.zeros(heads, seen, seen)
@@ -206,6 +258,8 @@ def mean_attention_log_probs(rec: LayerRecord, length: int, floor: float = 1e-6)
     observed = count > 0
     mean = total / count.clamp_min(1)
     logm = mean.clamp_min(floor).log()
+    if without_position_bias and rec.position_bias:
+        logm = logm - _recorded_position_bias(rec, seen)
     # Centre each row over its observed entries.
     row_n = observed.sum(-1).clamp_min(1)
     logm = logm - ((logm * observed).sum(-1) / row_n)[..., None]
@@ -242,8 +296,12 @@ def best_rank_k(r: torch.Tensor, seen: int, rank: int) -> tuple[torch.Tensor, to
     return r1, r2
 
 
-def dense_fit(rec: LayerRecord, length: int, shared_w2: bool, ridge: float = 1e-3, quantile: float = 0.01):
-    """Closed-form dense synthesizer fit. Returns `(w1, b1, w2 (H or 1, dh, L), b2 (H or 1, L))`."""
+def dense_fit(rec: LayerRecord, length: int, shared_w2: bool, ridge: float = 1e-3, quantile: float = 0.01,
+              without_position_bias: bool = False):
+    """Closed-form dense synthesizer fit. Returns `(w1, b1, w2 (H or 1, dh, L), b2 (H or 1, L))`.
+
+    `without_position_bias`: the target is the teacher's logits minus the position bias it added (T5), for a
+    student that adds the bias to the dense logits itself."""
     heads, dh = rec.queries[0].shape[1], rec.queries[0].shape[-1]
     # Shift each hidden unit so the relu passes ~all of its calibration values.
     token_values = torch.cat(
@@ -257,7 +315,10 @@ def dense_fit(rec: LayerRecord, length: int, shared_w2: bool, ridge: float = 1e-
     gram = torch.zeros(heads, length, dim, dim, dtype=torch.float64)
     rhs = torch.zeros(heads, length, dim, dtype=torch.float64)
     count = torch.zeros(length, dtype=torch.float64)
-    for q, logits, pairs in zip(rec.queries, rec.logits, rec.pairs):
+    biases = rec.position_bias if without_position_bias and rec.position_bias else [None] * len(rec.logits)
+    for q, logits, pairs, bias in zip(rec.queries, rec.logits, rec.pairs, biases):
+        if bias is not None:
+            logits = logits - bias
         l = min(q.shape[2], length)
         q, logits, w = q[:, :, :l], logits[..., :l, :l], pairs[:, :l, :l].double()
         z = torch.relu(q + shift[None, :, None]).double()
@@ -335,11 +396,14 @@ def apply_calibration(
         rec = teacher_attention.layers[teacher_name]
         if rec.logits[0].shape[1] != module.num_heads:
             raise ValueError(f"{parent}: teacher has {rec.logits[0].shape[1]} heads, student {module.num_heads}.")
+        # T5: the teacher's logits include the relative position bias. A student that adds it to the synthesized
+        # logits as well (synthesizer_position_bias=True) is fitted to the teacher without it.
+        without_bias = bool(rec.position_bias) and getattr(model.get_submodule(parent), "bias_synthesized", True)
         done = []
         length = module.length
         seen = min(max(p.shape[-1] for p in rec.pairs), length)
         needs_r = {"random", "fixed_random", "factorized_random"} & set(module.components)
-        r = mean_attention_log_probs(rec, length, floor) if needs_r else None
+        r = mean_attention_log_probs(rec, length, floor, without_bias) if needs_r else None
         if "random" in module.components:
             _set(module, "random_r", r)
             done.append("random")
@@ -353,7 +417,7 @@ def apply_calibration(
             done.append("factorized_random")
         if "dense" in module.components:
             shared = module.dense_w2.shape[0] == 1 and module.num_heads > 1
-            w1, b1, w2, b2 = dense_fit(rec, length, shared, ridge)
+            w1, b1, w2, b2 = dense_fit(rec, length, shared, ridge, without_position_bias=without_bias)
             _set(module.dense_w1, "weight", w1)
             _set(module.dense_w1, "bias", b1)
             _set(module, "dense_w2", w2)

@@ -13,7 +13,7 @@ import hf_synthesizer
 # Special cases of the head names derived from Auto class names ("AutoModelForMaskedLM" -> "masked-lm").
 _HEAD_NAMES = {"AutoModel": "base", "AutoModelForPreTraining": "pretraining", "AutoModelForSeq2SeqLM": "seq2seq-lm"}
 
-# Tokenizer files copied next to a converted checkpoint (whichever the source has).
+# Tokenizer files: a source holding any of them has a tokenizer, re-saved next to the converted checkpoint.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -1,6 +1,7 @@
 """`hf-synthesizer convert SRC DST --attn_implementation synthesizer_<variant> [options]`: convert a stock BERT/T5
 checkpoint folder (or a synthesizer one, to another variant or head) into a synthesizer checkpoint: safetensors
-weights, config, the modeling code (trust_remote_code) and a model card, plus the source's tokenizer files."""
+weights, config, the modeling code (trust_remote_code) and a model card, plus the source's tokenizer and whatever else
+it holds besides weights (sentence-transformers modules, e.g. pooling and normalize)."""
 
 import argparse
 import dataclasses
@@ -147,19 +148,56 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
     model, loading_info = model_class.from_pretrained(src, config=config, output_loading_info=True)
     if resize_to is not None:
         model.resize_synthesizer_length(resize_to)
-    if calibrate_on is not None:
+    tokenizer = None
+    if any((src / name).is_file() for name in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    if calibrate_on is not None:
         from .calibration import calibrate_synthesizer
 
-        calibrate_synthesizer(model, src, Path(calibrate_on), AutoTokenizer.from_pretrained(src))
+        calibrate_synthesizer(model, src, Path(calibrate_on), tokenizer)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, model_card_kwargs={"base_model": base_model})
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dst)
     cap_tokenizer_length(dst / "tokenizer_config.json", config.synthesizer_length)
+    carry_over(src, dst, model.config)
     return model, loading_info
+
+
+# Weights of the source: the converted model's replace them.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".ot")
+
+
+def carry_over(src: Path, dst: Path, config) -> list[str]:
+    """Copy what `src` holds besides its weights and DST does not have yet (after `save_pretrained` and the
+    tokenizer): top-level files (sentence-transformers' `modules.json`, `sentence_bert_config.json`, ...) and the
+    module folders `modules.json` lists (pooling, normalize, ...), so that `SentenceTransformer(DST)` runs the same
+    pipeline. Other folders (exports such as `onnx/` hold the stock weights) stay behind. A sentence-transformers
+    `max_seq_length` above the converted model's limit is lowered to it. Returns the names copied."""
+    copied = []
+    for path in sorted(src.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and not (dst / path.name).exists() and not (
+            path.name.endswith(WEIGHT_SUFFIXES) or path.name.endswith(".index.json")
+        ):
+            shutil.copyfile(path, dst / path.name)
+            copied.append(path.name)
+    modules = src / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            folder = module.get("path") or ""
+            if folder and (src / folder).is_dir() and not (dst / folder).exists():
+                shutil.copytree(src / folder, dst / folder)
+                copied.append(folder)
+    settings = dst / "sentence_bert_config.json"
+    if settings.is_file():
+        limit = min(config.synthesizer_length, getattr(config, "max_position_embeddings", config.synthesizer_length))
+        data = json.loads(settings.read_text(encoding="utf-8"))
+        if isinstance(data.get("max_seq_length"), int) and data["max_seq_length"] > limit:
+            data["max_seq_length"] = limit  # sentence-transformers truncates there: never past the model's limit
+            settings.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return copied
 
 
 def cap_tokenizer_length(tokenizer_config: Path, length: int) -> None:

@@ -13,6 +13,7 @@ from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import (
     BertCrossAttention,
+    BertEmbeddings,
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForNextSentencePrediction,
@@ -34,6 +35,7 @@ from .synthesizer_attention import (
     resolve_cache,
     update_self_attention_cache,
 )
+from .synthesizer_math import check_input_length
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin
 
 
@@ -128,6 +130,24 @@ class BertSynthesizerCrossAttention(SynthesizerAttentionMixin, BertCrossAttentio
         )
 
 
+class BertSynthesizerEmbeddings(BertEmbeddings):
+    """BERT's embeddings, checking first that the input fits the model (`check_input_length`): with the default
+    `synthesizer_length = max_position_embeddings` an over-long input would otherwise fail in the position lookup
+    with a bare shape error before any synthesizer layer could name the limit."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.config = config
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, **kwargs):
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        past = kwargs.get("cache_length", kwargs.get("past_key_values_length", 0))  # transformers 5.24 / 5.23
+        synthesized = self.config.synthesizer_variant != "vanilla"
+        check_input_length(length, past, position_ids, self.config.synthesizer_length if synthesized else None,
+                           self.config.max_position_embeddings)
+        return super().forward(input_ids, token_type_ids, position_ids, inputs_embeds, **kwargs)
+
+
 class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedModel):
     config_class = BertSynthesizerConfig
     config: BertSynthesizerConfig
@@ -153,6 +173,7 @@ class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
     def _install_synthesizer_attention(self):
         ignored = []
         config = self.config
+        self.embeddings = BertSynthesizerEmbeddings(config)
         for i, layer in enumerate(self.encoder.layer):
             layer.attention.self = BertSynthesizerSelfAttention(config, is_causal=config.is_decoder, layer_idx=i)
             if hasattr(layer, "crossattention"):  # cross-attention stays dot-product (paper and reference code)

@@ -21,6 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 from .synthesizer_fast import (
     CHUNK_ELEMENTS,
+    MASKED,
     InputIndependentCache,
     feature_attention,
     general_bias,
@@ -377,7 +378,7 @@ def fast_synthesizer_attention(
             synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
             position_bias, bias_synthesized,
         )
-    if value.dtype != torch.float32 and any(c in FULL_RANK for c in components) and (
+    if value.dtype in (torch.float16, torch.bfloat16) and any(c in FULL_RANK for c in components) and (
         training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
     ):
         # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
@@ -451,13 +452,14 @@ def fast_synthesizer_attention(
     # query-major memory (B, lq, H, f): flash writes its output in the query's layout (see feature_attention)
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
     kf = torch.cat(kf, dim=-1) if kf else None
-    if shared or kind == "general" and qf is None:
-        if kind == "general":
-            bias = general_bias(attention_mask)
-        elif kind == "key":
+    bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    bias = general_bias(attention_mask, bias_dtype) if kind == "general" else None
+    # A query row that sees no key attends uniformly (reference). sdpa's backward recomputes its probabilities from
+    # a log-sum-exp that rounds to MASKED there (each key weighed 1, not 1/lk); the per-example route corrects that.
+    no_key_rows = bias is not None and bool((bias.amax(-1) <= MASKED / 2).any())
+    if shared or kind == "general" and (qf is None or no_key_rows):
+        if kind == "key":
             bias = key_bias[:, None, None, :]
-        else:
-            bias = None
         alphas = torch.stack(alphas) if alphas else None
         causal = causal and kind != "general"
         cached = None

@@ -66,9 +66,10 @@ def split_mask(attention_mask, lq: int, lk: int, q0: int):
     kind "none": no mask. kind "key": the mask is the same for every query row of an example (padding) up to a
     causal mask, which is detected exactly (mask == causal & last row) and returned as `causal=True`; `key_bias` is
     the additive fp32 key bias `(B or 1, lk)` (0 kept, MASKED padded, or the float mask's values).
-    kind "general": anything else -- per-head or arbitrary per-query masks, masks requiring grad, or an example
-    whose keys are all masked (the reference then attends uniformly, which the key-weight trick cannot reproduce);
-    the caller uses a route that adds the full mask.
+    kind "general": anything else -- per-head or arbitrary per-query masks, masks requiring grad, or a query row
+    that sees no key at all (an example whose keys are all masked, or left padding under a causal mask: the reference
+    then attends uniformly over all `lk` keys, which neither the key-weight trick nor a padding bias added to a causal
+    one reproduces); the caller uses a route that adds the full mask once (`general_bias`).
     """
     if attention_mask is None:
         return "none", None, False
@@ -92,6 +93,8 @@ def split_mask(attention_mask, lq: int, lk: int, q0: int):
         bias = last.float().clamp_min(MASKED)
         if not bool((bias > MASKED / 2).any(-1).all()):
             return "general", None, False
+    if causal and bool((bias[:, : q0 + 1] <= MASKED / 2).all(-1).any()):
+        return "general", None, False  # query 0 (position q0) sees only masked keys
     if not causal and not bool(bias.any()):
         return "none", None, False
     return "key", bias, causal
@@ -423,12 +426,18 @@ class _PerExampleAttention(torch.autograd.Function):
                 else:
                     grad_shared.append(None)
             grad_alphas = torch.zeros_like(alphas) if ctx.needs_input_grad[3] else None
+            # Rows that see no key (all logits MASKED) attend uniformly, but their log-sum-exp MASKED + log(lk)
+            # rounds to MASKED: recomputing exp(s - lse) would weigh each key 1 instead of 1/lk.
+            dead = lse.view(bh, lq, 1) <= MASKED / 2
+            dead = dead if bool(dead.any()) else None
             for c, start in enumerate(range(0, lq, step)):
                 rows = range(start, min(lq, start + step))
                 neg_lse = lse[:, :, rows.start : rows.stop, None].neg()
                 p = _PerExampleAttention._logits(
                     q3, k3, alphas, bias, shared, q0, rows, lk, causal, batch, heads, neg_lse
                 ).exp_()  # (B*H, rows, lk)
+                if dead is not None:
+                    p = p.masked_fill_(dead[:, rows.start : rows.stop], 1.0 / lk)
                 g_c = g[:, rows.start : rows.stop]
                 gp = _f32(torch.bmm(g_c, v3.transpose(1, 2)))
                 if dropout > 0:

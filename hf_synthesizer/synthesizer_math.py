@@ -22,6 +22,25 @@ def check_length(needed: int, limit: int, where: str = "") -> None:
         )
 
 
+def check_input_length(length: int, past: int, position_ids, synthesizer_length: int | None, max_positions: int):
+    """Before BERT's embeddings: a clear `ValueError` for an input the model cannot take, whichever limit it hits
+    first, instead of a shape error in the position lookup or an index error in the position embeddings.
+
+    length: tokens in this call; past: tokens already in the cache; position_ids: `(B or 1, length)` or None
+    (positions `past .. past + length - 1`); synthesizer_length: `L` when some layer is synthesized, else None;
+    max_positions: `config.max_position_embeddings`.
+    """
+    if synthesizer_length is not None:
+        check_length(past + length, synthesizer_length)
+    needed = past + length if position_ids is None or position_ids.numel() == 0 else int(position_ids.max()) + 1
+    if needed > max_positions:
+        raise ValueError(
+            f"The input needs {needed} positions but the model has max_position_embeddings={max_positions} "
+            f"(config.max_position_embeddings): its absolute position embeddings end there. Truncate the inputs "
+            f"(e.g. tokenizer(..., truncation=True, max_length={max_positions}))."
+        )
+
+
 def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
     """Dot-product logits `Q K^T * scaling` (BERT: 1/sqrt(dh); T5: 1)."""
     return torch.matmul(query, key.transpose(-1, -2)) * scaling
@@ -97,10 +116,11 @@ def causal_mask(q0: int, query_length: int, key_length: int, device) -> torch.Te
 
 
 def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """`softmax(S + mask)` computed in fp32 whatever the autocast dtype; padding and causal masks apply
-    to synthesized logits exactly as to dot-product ones. Fully masked rows come out uniform, not NaN."""
-    logits = logits.float()
-    mask = additive_mask(attention_mask, torch.float32)
+    """`softmax(S + mask)` computed in (at least) fp32 whatever the autocast dtype; padding and causal masks apply
+    to synthesized logits exactly as to dot-product ones. Fully masked rows come out uniform, not NaN.
+    float64 stays float64 (exact comparisons in tests)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    mask = additive_mask(attention_mask, logits.dtype)
     if mask is not None:
-        logits = logits + mask.float()
+        logits = logits + mask.to(logits.dtype)
     return torch.softmax(logits, dim=-1)

@@ -23,10 +23,10 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
     # (huggingface/transformers#47688).
     accepts_loss_kwargs = False
 
-    def resize_synthesizer_length(self, new_length: int, method: str = "interpolate", factorized_dense_split=None):
+    def resize_synthesizer_length(self, new_length: int, method: str = "interpolate"):
         """Resample every length-sized synthesizer parameter to `new_length` and update the config (see
         length_resizing.py); returns the model."""
-        return resize_synthesizer_length(self, new_length, method, factorized_dense_split)
+        return resize_synthesizer_length(self, new_length, method)
 
     def _synthesizer_init_std(self) -> float:
         """Standard deviation of R-like synthesizer parameters (small: attention close to uniform at init)."""

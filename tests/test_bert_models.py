@@ -246,6 +246,26 @@ def test_too_long_input_raises_a_clear_error(stock_bert_dir, variant):
         model(torch.ones(1, 17, dtype=torch.long))
 
 
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "vanilla"])
+def test_too_long_input_at_the_default_length_raises_a_clear_error(variant):
+    """With the default synthesizer_length = max_position_embeddings, BERT's position lookup is the first to meet an
+    over-long input: it must raise the documented ValueError naming the limit, not a bare shape error. The same
+    holds for explicit position ids past the position embeddings and for a model that synthesizes nothing."""
+    config = BertSynthesizerConfig(**tiny_bert_config().to_dict(), synthesizer_variant=variant)  # 24 positions
+    model = (BertSynthesizerForMaskedLM(config) if variant == "vanilla" else BertSynthesizerModel(config)).eval()
+    assert config.synthesizer_length == config.max_position_embeddings == 24
+    model(torch.ones(2, 24, dtype=torch.long))  # at the limit: fine
+    limit = (r"exceeds the synthesizer length 24 \(config.synthesizer_length\)" if variant != "vanilla"
+             else r"needs 25 positions but the model has max_position_embeddings=24")
+    with pytest.raises(ValueError, match=limit):
+        model(torch.ones(2, 25, dtype=torch.long))
+    with pytest.raises(ValueError, match=limit):
+        model(inputs_embeds=torch.zeros(1, 25, 32))
+    with pytest.raises(ValueError, match=r"needs 31 positions but the model has max_position_embeddings=24 "
+                                         r"\(config.max_position_embeddings\).*max_length=24"):
+        model(torch.ones(1, 8, dtype=torch.long), position_ids=torch.arange(23, 31)[None])
+
+
 def test_synthesizer_layers_keep_other_layers_vanilla(stock_bert_dir):
     config = BertSynthesizerConfig.from_pretrained(stock_bert_dir, synthesizer_layers=[1])
     model = load(BertSynthesizerModel, stock_bert_dir, "random", config=config)

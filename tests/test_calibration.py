@@ -156,3 +156,96 @@ def test_calibrate_minilm_from_text(minilm_dir):
     assert len(report) == 6 and all(v == ["random"] for v in report.values())
     calibrated = compare_to_teacher(model, teacher, heldout)["hidden_cosine"]
     assert 1 - calibrated < 0.7 * (1 - plain), (plain, calibrated)
+
+
+# ------------------------------------------------------------------------------------------------------- T5
+def biased_t5(model_class, zero_keys=False):
+    """A 1-layer stock T5 (d_model 32, 2 heads) whose relative position bias is drawn with std 3, so that attention
+    depends strongly on it. `zero_keys`: the key projection is 0, so the logits are the position bias alone."""
+    from transformers import T5Config
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=13, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, dropout_rate=0.0,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = model_class(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("relative_attention_bias.weight"):
+                param.normal_(0.0, 3.0)
+            if zero_keys and name.endswith("SelfAttention.k.weight"):
+                param.zero_()
+    return model
+
+
+def mean_self_attention(model, ids):
+    """Batch-mean attention probabilities of the encoder's (and decoder's) first self-attention layer; the decoder
+    reads `ids` shifted right, as in calibration."""
+    with torch.no_grad():
+        if hasattr(model, "decoder"):
+            out = model(input_ids=ids, decoder_input_ids=model._shift_right(ids), output_attentions=True)
+            return out.encoder_attentions[0].mean(0), out.decoder_attentions[0].mean(0)
+        return (model(input_ids=ids, output_attentions=True).attentions[0].mean(0),)
+
+
+@pytest.mark.parametrize("variant, position_bias, zero_keys", [
+    ("random", True, False), ("random", False, False), ("dense", True, True),
+])
+def test_t5_calibration_counts_the_position_bias_once(tmp_path, variant, position_bias, zero_keys):
+    """The teacher's logits already include T5's relative position bias B. A student that adds B to its synthesized
+    logits (synthesizer_position_bias=True, the default) must be fitted to the teacher minus B, or it counts B twice
+    (max |student mean P - teacher mean P| was 0.27 for random): calibrated, softmax(R + B) is the teacher's mean
+    attention whatever the flag says. Dense: with zero keys the teacher's logits are B alone, so the fit's target is
+    0 and dense + B reproduces the teacher exactly."""
+    from transformers import T5EncoderModel
+
+    biased_t5(T5EncoderModel, zero_keys).save_pretrained(tmp_path)
+    ids = torch.randint(2, 13, (8, 10), generator=torch.Generator().manual_seed(1))
+    student = hf_synthesizer.T5SynthesizerEncoderModel.from_pretrained(
+        tmp_path, attn_implementation=f"synthesizer_{variant}", synthesizer_length=10,
+        synthesizer_position_bias=position_bias).eval()
+    teacher = load_teacher(tmp_path, like=student)
+    calibrate_synthesizer(student, teacher, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
+    (taught,), (learned,) = mean_self_attention(teacher, ids), mean_self_attention(student, ids)
+    assert (learned - taught).abs().max() < 1e-5
+
+
+def test_seq2seq_t5_calibrates_encoder_and_decoder_self_attention(tmp_path):
+    """A T5ForConditionalGeneration teacher is recorded on both sides (the decoder reads the text shifted right):
+    the encoder's R and the decoder's R (its causal rows) reproduce the teacher's mean attention."""
+    from transformers import T5ForConditionalGeneration
+
+    biased_t5(T5ForConditionalGeneration).save_pretrained(tmp_path)
+    ids = torch.randint(2, 13, (8, 10), generator=torch.Generator().manual_seed(1))
+    student = hf_synthesizer.T5SynthesizerForConditionalGeneration.from_pretrained(
+        tmp_path, attn_implementation="synthesizer_random", synthesizer_length=10).eval()
+    teacher = load_teacher(tmp_path, like=student)
+    report = calibrate_synthesizer(student, teacher, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
+    assert sorted(report) == ["decoder.block.0.layer.0.SelfAttention.synthesizer",
+                              "encoder.block.0.layer.0.SelfAttention.synthesizer"]
+    for taught, learned in zip(mean_self_attention(teacher, ids), mean_self_attention(student, ids)):
+        assert (learned - taught).abs().max() < 1e-5
+    decoder_r = student.decoder.block[0].layer[0].SelfAttention.synthesizer.random_r
+    assert torch.isfinite(decoder_r).all()
+
+
+def test_convert_calibrates_seq2seq_t5_from_a_text_file(tmp_path):
+    """`hf-synthesizer convert T5 DST --calibrate_on texts.txt` on a seq2seq checkpoint: both stacks calibrated."""
+    from transformers import T5ForConditionalGeneration
+
+    from hf_synthesizer import cli
+    from test_t5_example import digit_tokenizer
+
+    src, dst = tmp_path / "stock", tmp_path / "random"
+    biased_t5(T5ForConditionalGeneration).save_pretrained(src)
+    tokenizer = digit_tokenizer()
+    tokenizer.save_pretrained(src)
+    generator = torch.Generator().manual_seed(2)
+    texts = [" ".join(str(d) for d in torch.randint(0, 10, (7,), generator=generator).tolist()) for _ in range(16)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    assert cli.main(["convert", str(src), str(dst), "--attn_implementation", "synthesizer_random",
+                     "--synthesizer_length", "16", "--calibrate_on", str(tmp_path / "texts.txt")]) == 0
+    student = hf_synthesizer.T5SynthesizerForConditionalGeneration.from_pretrained(dst).eval()
+    teacher = T5ForConditionalGeneration.from_pretrained(src, attn_implementation="eager").eval()  # stock class
+    ids = tokenizer(texts, return_tensors="pt")["input_ids"]  # 8 tokens each: no padding
+    for taught, learned in zip(mean_self_attention(teacher, ids), mean_self_attention(student, ids)):
+        assert (learned - taught).abs().max() < 1e-5

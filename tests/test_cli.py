@@ -22,6 +22,9 @@ from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
 
 CODE_FILES = BERT_CODE_FILES
 MINILM_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
+# What else the sentence-transformers checkpoint holds besides its weights (and README.md, replaced by our card).
+MINILM_SENTENCE_TRANSFORMERS_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                                      "data_config.json", "1_Pooling"}
 
 
 def run_cli(*argv) -> int:
@@ -43,7 +46,10 @@ def minilm_random(minilm_dir, tmp_path_factory) -> Path:
 
 def test_convert_real_minilm_checkpoint(minilm_dir, minilm_random, capsys):
     files = {p.name for p in minilm_random.iterdir()}
-    assert files == {"config.json", "model.safetensors", "README.md"} | CODE_FILES | MINILM_TOKENIZER_FILES
+    assert files == ({"config.json", "model.safetensors", "README.md"} | CODE_FILES | MINILM_TOKENIZER_FILES
+                     | MINILM_SENTENCE_TRANSFORMERS_FILES)
+    # sentence-transformers would feed up to 256 tokens: lowered to the converted model's limit.
+    assert json.loads((minilm_random / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
     config = config_of(minilm_random)
     assert config["model_type"] == "bert_synthesizer"
     assert config["synthesizer_variant"] == "random" and config["synthesizer_length"] == 64
@@ -63,6 +69,34 @@ def test_convert_real_minilm_checkpoint(minilm_dir, minilm_random, capsys):
     card = ModelCard.load(minilm_random / "README.md")
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert card.data.pipeline_tag == "fill-mask"
+
+
+def test_converted_sentence_transformer_keeps_its_modules(minilm_dir, tmp_path):
+    """all-MiniLM-L6-v2 is a sentence-transformers checkpoint: Transformer -> mean Pooling -> Normalize, 256 tokens.
+    Converted, it must load as the same pipeline (unit-norm embeddings, not 4.95), and --calibrate_on must bring its
+    embeddings closer to the stock model's than a plain conversion."""
+    from sentence_transformers import SentenceTransformer
+
+    words = "the a cat dog sat ran on under mat house quickly slowly near big small red".split()
+    generator = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[i] for i in torch.randint(0, len(words), (9,), generator=generator)) for _ in range(96)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts[:64]) + "\n")
+    common = ("--attn_implementation", "synthesizer_random", "--synthesizer_length", 128)
+    assert run_cli("convert", minilm_dir, tmp_path / "plain", *common) == 0
+    texts_file = tmp_path / "texts.txt"
+    assert run_cli("convert", minilm_dir, tmp_path / "calibrated", *common, "--calibrate_on", texts_file) == 0
+    heldout = texts[64:]
+    stock = SentenceTransformer(str(minilm_dir), device="cpu").encode(heldout, convert_to_tensor=True)
+    cosine = {}
+    for name in ("plain", "calibrated"):
+        model = SentenceTransformer(str(tmp_path / name), device="cpu")
+        assert [type(module).__name__ for module in model] == ["Transformer", "Pooling", "Normalize"]
+        assert model.max_seq_length == 128  # the source's 256, lowered to synthesizer_length
+        embeddings = model.encode(heldout, convert_to_tensor=True)
+        torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(len(heldout)))
+        cosine[name] = (embeddings * stock).sum(-1).mean().item()
+    print(cosine)
+    assert cosine["calibrated"] > cosine["plain"] + 0.05, cosine
 
 
 def test_every_synthesizer_field_is_an_option_with_its_name():

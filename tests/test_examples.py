@@ -290,10 +290,12 @@ def test_accelerate_two_processes_matches_single_process(tiny_bert_with_tokenize
     # --cpu without mpirun never starts a 2-process group: at per-device batch 8 the total is 8, one process
     # training the whole batch, so its losses are the single-process reference.
     assert _total_batch(cpu_stdout) and set(_total_batch(cpu_stdout)) == {8}
+    assert "Running process 0 of 1 " in cpu_stdout and " of 2 " not in cpu_stdout  # the script says so itself
     ddp_stdout = launch(["--multi_gpu", "--num_processes", "2"], tmp_path / "ddp", 4)
     # Per-device batch 4 and a total of 8: a 2-process group. (Counting log lines is not a process count: the
     # same line can reach both stdout and stderr, as it did in CI's clean run.)
     assert _total_batch(ddp_stdout) and set(_total_batch(ddp_stdout)) == {8}
+    assert "Running process 0 of 2 " in ddp_stdout and "Running process 1 of 2 " in ddp_stdout
 
     single_losses, single_final = _losses(tmp_path / "cpu")
     ddp_losses, ddp_final = _losses(tmp_path / "ddp")
@@ -304,3 +306,12 @@ def test_accelerate_two_processes_matches_single_process(tiny_bert_with_tokenize
     assert diff <= ACCELERATE_ATOL, message
     assert abs(single_final - ddp_final) <= ACCELERATE_ATOL, message
     assert single_losses[0] != single_losses[-1]  # training moved the weights
+
+
+def test_classification_example_documents_a_launch_that_runs_two_processes():
+    """The docstring's 2-process command is the one the test above measures as two processes, not `--cpu` (one)."""
+    doc = (ROOT / "examples" / "run_classification.py").read_text()
+    doc = doc.split('"""')[1]
+    launch = next(line.strip() for line in doc.splitlines() if line.strip().startswith("accelerate launch"))
+    assert launch.startswith("accelerate launch --multi_gpu --num_processes 2 examples/run_classification.py")
+    assert "--use_cpu true" in launch and "--cpu " not in launch

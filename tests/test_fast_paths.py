@@ -428,3 +428,46 @@ def test_torch_compile_traces_every_route(variant):
 def test_torch_compile_inductor(variant):
     """The default inductor backend too. Run with `pytest -m slow`."""
     _compile_and_compare(variant, "inductor")
+
+
+def far_from_uniform(model, std=0.7):
+    """Every synthesizer weight (R, R1/R2, W2/b2, mixture logits, factorized dense factors) drawn with `std`, so that a
+    wrong weighting of keys shows in the outputs and gradients."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, sa.SynthesizerLogits):
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    tensor.normal_(0.0, std)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rows_that_see_no_key_match_reference(variant, dtype):
+    """Left padding + a causal mask leaves the padded queries at the start seeing no key at all; the reference
+    (synthesizer_math.attention_probabilities) attends uniformly there. The fast routes must give the same outputs and
+    gradients on those rows too (a loss over every position, as token classification with unmasked labels or MLM on
+    padding has): their saved log-sum-exp `MASKED + log lk` rounds to `MASKED`, which once weighed each key 1 instead
+    of 1/lk in backward. float64: the reference is then exact."""
+    model = far_from_uniform(
+        make_model(variant, cls=BertSynthesizerLMHeadModel, is_decoder=True, synthesizer_vanilla_backend="eager",
+                   synthesizer_factorized_dense_split=[4, 6])
+    ).to(dtype)
+    ids = torch.randint(0, 50, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, :3] = 0  # left padding: queries 0..2 of example 1 see only padded keys
+    mask[2, :1] = 0
+    proj = torch.randn(3, 8, 50, dtype=dtype)
+    results = {}
+    for fast in (True, False):
+        set_fast(model, fast)
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * proj).sum().backward()  # every position, padded ones included
+        results[fast] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(results[True][0], results[False][0], **tol)
+    assert results[True][1].keys() == results[False][1].keys()
+    for name, ref in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], ref, **tol, msg=lambda m, n=name: f"{n}: {m}")

@@ -97,20 +97,111 @@ def test_saved_model_reloads_at_new_length_and_error_names_new_limit(tmp_path):
         reloaded(torch.randint(5, 100, (1, 21)))
 
 
-def test_factorized_dense_split_is_recomputed():
-    model = model_for("factorized_dense+vanilla", length=16)
-    resize_synthesizer_length(model, 24)
-    assert model.config.factorized_dense_split == [4, 6] and model.config.synthesizer_factorized_dense_split is None
+def factorized_dense_logits_of(model, hidden):
+    from hf_synthesizer.synthesizer_math import factorized_dense_logits
+
     synthesizer = model.bert.encoder.layer[1].attention.self.synthesizer
-    assert synthesizer.factorized_dense_a.out_features == 4 * 4 and synthesizer.factorized_dense_b.out_features == 4 * 6
+    fa, fb = synthesizer.factorized_dense_a, synthesizer.factorized_dense_b
+    return factorized_dense_logits(hidden, fa.weight, fa.bias, fb.weight, fb.bias, 4, synthesizer.length)
+
+
+def test_factorized_dense_refuses_resampling_and_extends_exactly():
+    """S_ij = A_i[j mod a] B_i[j // a] has no resampled form along the key axis j: interpolation (and a length that is
+    not a multiple of a) raise and say what to do; 'extend' to a multiple of a keeps every key below min(L, L')."""
+    model = model_for("factorized_dense+vanilla", length=16).double()  # split [4, 4]
+    before = snapshot(model)
+    for length, method in ((24, "interpolate"), (17, "interpolate"), (18, "extend"), (17, "extend")):
+        with pytest.raises(ValueError, match=r"cannot be resampled along the key axis j.*method='extend' to a multiple "
+                                             r"of a=4 \(e\.g\. (24|16 or 20)\)"):
+            resize_synthesizer_length(model, length, method=method)
+    for key, value in before.items():  # a refused resize changes nothing
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    hidden = torch.randn(2, 5, 32, dtype=torch.float64)
+    original = factorized_dense_logits_of(model, hidden)
+    ids = torch.randint(5, 100, (2, 16))
+    out = model(ids).logits
+    resize_synthesizer_length(model, 24, method="extend")
+    assert model.config.factorized_dense_split == [4, 6] and model.config.synthesizer_factorized_dense_split is None
+    torch.testing.assert_close(factorized_dense_logits_of(model, hidden)[..., :16], original, rtol=0, atol=0)
+    torch.testing.assert_close(model(ids).logits, out, rtol=0, atol=0)
     assert model(torch.randint(5, 100, (2, 24))).logits.shape == (2, 24, 101)
-    resize_synthesizer_length(model, 24 * 1, factorized_dense_split=[3, 8])  # same length: split unchanged
-    resize_synthesizer_length(model, 12, factorized_dense_split=[2, 6])
-    assert model.config.synthesizer_factorized_dense_split == [2, 6]
-    with pytest.raises(ValueError, match="a \\* b == new_length"):
-        resize_synthesizer_length(model, 10, factorized_dense_split=[2, 6])
-    with pytest.raises(ValueError, match="only be resized with method='interpolate'"):
-        resize_synthesizer_length(model, 10, method="extend")
+    resize_synthesizer_length(model, 12, method="extend")
+    assert model.config.synthesizer_factorized_dense_split == [4, 3]  # not the default [3, 4]: a stays 4
+    torch.testing.assert_close(factorized_dense_logits_of(model, hidden), original[..., :12], rtol=0, atol=0)
+    torch.testing.assert_close(model(ids[:, :12]).logits, model_for("factorized_dense+vanilla", length=16).double()(
+        ids[:, :12]).logits, rtol=0, atol=0)
+
+
+def causal_pair(variant, family):
+    """Two float64 causal models equal everywhere except above the diagonal of R (never attended to in a causal
+    model; std 3 there). Factorized random with rank L: R1 = I, R2 = R^T, so its R is any matrix."""
+    length = 16
+    torch.manual_seed(0)
+    if family == "bert":
+        config = hf_synthesizer.BertSynthesizerConfig(
+            **tiny_bert_config(max_position_embeddings=64, is_decoder=True).to_dict(), synthesizer_variant=variant,
+            synthesizer_length=length, synthesizer_factorized_rank=length,
+        )
+        model = hf_synthesizer.BertSynthesizerLMHeadModel(config)
+    else:
+        config = hf_synthesizer.T5SynthesizerConfig(
+            vocab_size=101, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4, dropout_rate=0.0,
+            synthesizer_variant=variant, synthesizer_length=length, synthesizer_stacks=["decoder"],
+        )
+        model = hf_synthesizer.T5SynthesizerForConditionalGeneration(config)
+    models = []
+    for upper_seed in (1, 2):
+        copy = type(model)(config).double().eval()
+        copy.load_state_dict(model.state_dict())
+        torch.manual_seed(0)  # the same lower triangle in both
+        upper = torch.ones(length, length).triu(1).bool()
+        with torch.no_grad():
+            for module in copy.modules():
+                if not isinstance(module, hf_synthesizer.SynthesizerLogits) or module.is_vanilla:
+                    continue
+                r = torch.randn(module.num_heads, length, length, dtype=torch.float64)
+                r[:, upper] = torch.randn(module.num_heads, int(upper.sum()), dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(upper_seed)) * 3
+                for name in ("random_r", "fixed_random_r"):
+                    if hasattr(module, name):
+                        getattr(module, name).copy_(r)
+                if hasattr(module, "factorized_random_r1"):
+                    module.factorized_random_r1.copy_(torch.eye(length, dtype=torch.float64).expand_as(r))
+                    module.factorized_random_r2.copy_(r.transpose(1, 2))
+        models.append(copy)
+    return models
+
+
+def causal_outputs(model, ids):
+    if isinstance(model, hf_synthesizer.BertSynthesizerLMHeadModel):
+        return model(ids).logits
+    return model(input_ids=ids, decoder_input_ids=ids).logits
+
+
+@pytest.mark.parametrize(
+    "variant, family",
+    [("random", "bert"), ("fixed_random", "bert"), ("factorized_random", "bert"), ("random", "t5")],
+)
+def test_causal_resize_reads_only_the_attended_triangle(variant, family):
+    """A causal model never reads R above the diagonal, so two causal models that differ only there must stay equal
+    after any resize (bilinear interpolation across the diagonal once moved up to 0.36 of attention probability).
+    Growing then shrinking back with (L-1) | (L'-1) still returns the used triangle exactly."""
+    first, second = causal_pair(variant, family)
+    ids = torch.randint(5, 100, (2, 16))
+    torch.testing.assert_close(causal_outputs(first, ids), causal_outputs(second, ids), rtol=0, atol=1e-12)
+    original = causal_outputs(first, ids)
+    for length in (23, 11, 31, 16):
+        for model in (first, second):
+            resize_synthesizer_length(model, length)
+        ids_new = torch.randint(5, 100, (2, length))
+        torch.testing.assert_close(
+            causal_outputs(first, ids_new), causal_outputs(second, ids_new), rtol=0, atol=1e-12,
+            msg=lambda m, n=length: f"after resizing to {n}: {m}",
+        )
+    round_trip, _ = causal_pair(variant, family)
+    resize_synthesizer_length(round_trip, 31)
+    resize_synthesizer_length(round_trip, 16)
+    torch.testing.assert_close(causal_outputs(round_trip, ids), original, rtol=0, atol=1e-10)
 
 
 def test_cannot_grow_past_absolute_position_embeddings():
