@@ -4,16 +4,22 @@ accuracy, train time relative to vanilla in the same run, and trainable paramete
 
 Everything is offline and deterministic for a given `--seed` (same data, same initialisation for every variant).
 
-    python -m hf_synthesizer compare                      # defaults: a few minutes on 2 CPU cores
+    python -m hf_synthesizer compare                      # defaults: minutes on 2 CPU cores (README: measured)
     python -m hf_synthesizer compare --quick              # seconds: a smoke test of the whole pipeline
-    python -m hf_synthesizer compare --variants vanilla,random,dense --max_steps 300
+    python -m hf_synthesizer compare --variants vanilla,random,factorized_random --max_steps 300
+
+It prints an estimate first (from a measured training step), a progress bar per variant, the table, and a closing
+"Finding:" line that says which variants lead, which trail by more than the evaluation noise, and how they compare
+with the majority class.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +29,9 @@ import numpy as np
 from .configuration_synthesizer import attn_implementation_name, canonical_variant
 from .listops import ListOpsSpec, generate, write_vocab
 
-DEFAULT_VARIANTS = "vanilla,random,factorized_random,dense,random+vanilla"
+# The paper's main contrast: dot-product, input-independent, per-token, and the mixture. (factorized_random behaved
+# like random in every run here; add it with --variants.)
+DEFAULT_VARIANTS = "vanilla,random,dense,random+vanilla"
 
 # The models `--model_name_or_path` knows by name; anything else is a path to a stock BERT or synthesizer checkpoint.
 BUILTIN_MODELS = {
@@ -33,10 +41,18 @@ BUILTIN_MODELS = {
     "(6 layers, hidden 384, 12 heads, 22.7M parameters)",
 }
 # Measured here (2 shared CPU cores, 1 thread, batch 32, <= 64 tokens): MiniLM trains at ~1.4-1.8 s per step, the
-# built-in model at ~0.28 s. The default run (5 variants x 300 steps) would take ~40 minutes with MiniLM, and after
-# 20 steps MiniLM vanilla and random both sat at the majority-class accuracy (0.130): a few minutes of MiniLM
-# compares nothing. Default: "tiny"; `--model_name_or_path minilm` converts the real checkpoint.
+# built-in model at ~0.28 s, and after 20 steps MiniLM vanilla and random both sat at the majority-class accuracy
+# (0.130): a few minutes of MiniLM compares nothing. Default: "tiny"; `--model_name_or_path minilm` converts the real
+# checkpoint.
 DEFAULT_MODEL = "tiny"
+
+# Task and budget (seed 42, built-in model, batch 32, lr 1e-3; accuracy on 1000 held-out examples, majority 0.135):
+#   depth 3, <= 64 tokens, 300 steps (the old default): every variant 0.21-0.23, nothing separates;
+#   depth 2, <= 32 tokens, 300 steps: vanilla 0.291, random 0.267 (within the noise, +-0.04);
+#   depth 2, <= 32 tokens, 600 steps: vanilla 0.353, random+vanilla 0.287, dense 0.273, random 0.273;
+#   depth 2, <= 24 tokens, 600 steps: vanilla 0.282, random 0.291 (too short for nesting to matter);
+#   depth 2, <= 32 tokens, 600 steps, lr 2e-3: vanilla 0.195 (too high).
+# So: depth 2, <= 32 tokens, 600 steps, and 2000 evaluation examples (noise +-0.03; evaluation is cheap).
 
 QUICK = dict(
     max_steps=8, batch_size=8, eval_examples=64, max_length=32, variants="vanilla,random,factorized_random,dense"
@@ -62,20 +78,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="comma-separated variants ('vanilla' = the stock model; others as in attn_implementation "
         "synthesizer_<variant>, e.g. 'random+vanilla') (default: %(default)s)",
     )
-    parser.add_argument("--max_steps", type=int, default=300, help="training steps per variant (default: %(default)s)")
+    parser.add_argument("--max_steps", type=int, default=600, help="training steps per variant (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=32, help="training batch size (default: %(default)s)")
     parser.add_argument(
         "--learning_rate", type=float, default=None, help="peak learning rate (default: 1e-3 for tiny, 1e-4 otherwise)"
     )
-    parser.add_argument("--eval_examples", type=int, default=1000, help="held-out examples (default: %(default)s)")
+    parser.add_argument("--eval_examples", type=int, default=2000, help="held-out examples (default: %(default)s)")
     parser.add_argument(
         "--max_length",
         type=int,
-        default=64,
+        default=32,
         help="tokens per example including [CLS]/[SEP]; also the converted models' synthesizer_length "
         "(default: %(default)s)",
     )
-    parser.add_argument("--max_depth", type=int, default=3, help="nesting depth of expressions (default: %(default)s)")
+    parser.add_argument("--max_depth", type=int, default=2, help="nesting depth of expressions (default: %(default)s)")
     parser.add_argument("--max_args", type=int, default=4, help="arguments per operator (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed of data and initialisation (default: %(default)s)")
     parser.add_argument(
@@ -93,7 +109,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "and on a busy machine 2 OpenMP threads were measured 5x slower per step than 1)",
     )
     parser.add_argument("--output_dir", default=None, help="if given, write compare_results.json there")
-    parser.add_argument("--progress", action="store_true", help="show Trainer's progress bars")
     parser.set_defaults(func=run, parser_defaults={key: parser.get_default(key) for key in QUICK})
     return parser
 
@@ -149,15 +164,30 @@ class _Encoded:
         return self.items[i]
 
 
-def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir) -> dict:
-    """Convert `checkpoint` to `variant`, fine-tune it on `train`, return accuracy, time and parameter counts."""
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
-    from transformers import set_seed
+def _progress_callback(description: str):
+    """Trainer's progress bar with the variant as its label; no metrics dict printed under it, no evaluation bar."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class VariantProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(description)
+
+        def on_prediction_step(self, *args, **kwargs):
+            pass
+
+        def on_log(self, *args, **kwargs):
+            pass
+
+    return VariantProgress()
+
+
+def _load_variant(variant, checkpoint, args):
+    from transformers import AutoModelForSequenceClassification
 
     from .loading import load_synthesizer_model
 
-    set_seed(args.seed)  # every variant starts from the same initialisation of the shared (stock) weights
     if variant == "vanilla":
         model = load_synthesizer_model(
             AutoModelForSequenceClassification, str(checkpoint), "sdpa", config_kwargs={"num_labels": 10}
@@ -171,6 +201,36 @@ def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workd
             synthesizer_length=args.max_length,
         )
     model.accepts_loss_kwargs = False  # BERT averages its loss per batch (see examples/run_classification.py)
+    return model
+
+
+def seconds_per_step(checkpoint, tokenizer, train, args, steps: int = 3) -> float:
+    """Measured time of one training step (forward, backward, AdamW) of the vanilla model on a real batch: the basis
+    of the upfront estimate (the variants run at 0.8-1.3x of it, see the table's last run)."""
+    import torch
+    from transformers import DataCollatorWithPadding, set_seed
+
+    set_seed(args.seed)
+    model = _load_variant("vanilla", checkpoint, args).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    batch = DataCollatorWithPadding(tokenizer)([train[i] for i in range(min(args.batch_size, len(train)))])
+    times = []
+    for _ in range(steps + 1):  # the first step warms up allocations
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir, description="") -> dict:
+    """Convert `checkpoint` to `variant`, fine-tune it on `train`, return accuracy, time and parameter counts."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    set_seed(args.seed)  # every variant starts from the same initialisation of the shared (stock) weights
+    model = _load_variant(variant, checkpoint, args)
     training_args = TrainingArguments(
         output_dir=str(workdir / "runs" / variant),
         max_steps=args.max_steps,
@@ -187,7 +247,7 @@ def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workd
         seed=args.seed,
         data_seed=args.seed,
         use_cpu=True,
-        disable_tqdm=not args.progress,
+        disable_tqdm=False,
         dataloader_num_workers=0,
     )
     trainer = Trainer(
@@ -196,7 +256,8 @@ def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workd
         train_dataset=train,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
-    trainer.remove_callback(PrinterCallback)  # its metrics dicts would interleave with the table
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_progress_callback(description or variant))
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
@@ -237,6 +298,57 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _names(rows) -> str:
+    names = [r["variant"] for r in rows]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def finding(rows: list[dict], majority: float, num_eval: int) -> str:
+    """The comparison in words: which variants lead, which trail by more than the evaluation noise (two standard
+    errors of the difference of two accuracies on `num_eval` examples), how they compare with the majority class,
+    and which trains fastest."""
+
+    def noise(a: float, b: float) -> float:
+        return 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / num_eval)
+
+    def accuracies(group) -> str:
+        return ", ".join(f"{r['accuracy']:.2f}" for r in group)
+
+    best = max(r["accuracy"] for r in rows)
+    lead = [r for r in rows if best - r["accuracy"] <= noise(best, r["accuracy"])]
+    trail = [r for r in rows if r not in lead]
+    if not trail:
+        parts = [f"no variant is clearly ahead of another: all are within the noise of {num_eval} evaluation examples "
+                 f"(±{noise(best, best):.2f}); train longer (--max_steps) to separate them"]
+    else:
+        gaps = sorted(best - r["accuracy"] for r in trail)
+        spread = f"{gaps[0]:.2f}" if len(gaps) == 1 else f"{gaps[0]:.2f}-{gaps[-1]:.2f}"
+        parts = [f"{_names(lead)} lead{'s' * (len(lead) == 1)} ({accuracies(lead)}); {_names(trail)} trail by "
+                 f"{spread}, beyond the noise of {num_eval} evaluation examples (±{noise(best, best):.2f})"]
+        dot_product = {r["variant"] for r in rows if "vanilla" in r["variant"].split("+")}
+        if {r["variant"] for r in lead} <= dot_product and not {r["variant"] for r in trail} & dot_product:
+            parts.append("the leaders are the variants with a dot-product term, whose attention weights depend on "
+                         "the other tokens (where the brackets are): random synthesizers ignore the input and dense "
+                         "ones see only the token itself")
+    learned = [r for r in rows if r["accuracy"] - majority > noise(r["accuracy"], majority)]
+    if len(learned) == len(rows):
+        parts.append(f"all beat the majority class ({majority:.2f})")
+    else:
+        stuck = [r for r in rows if r not in learned]
+        parts.append(f"{_names(stuck)} did not beat the majority class ({majority:.2f}) clearly")
+    vanilla = next((r for r in rows if r["variant"] == "vanilla"), None)
+    if vanilla is not None and len(rows) > 1:
+        fastest = min(rows, key=lambda r: r["train_seconds"])
+        if fastest is not vanilla:
+            parts.append(f"{fastest['variant']} trained fastest "
+                         f"({fastest['train_seconds'] / vanilla['train_seconds']:.2f}x vanilla's time)")
+    return "Finding: " + "; ".join(parts) + "."
+
+
 def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -252,10 +364,13 @@ def run(args) -> int:
     if args.learning_rate is None:
         args.learning_rate = 1e-3 if args.model_name_or_path == "tiny" else 1e-4
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    variants = ["vanilla" if v == "vanilla" else canonical_variant(v) for v in variants]
+    try:
+        variants = ["vanilla" if v == "vanilla" else canonical_variant(v) for v in variants]
+    except ValueError as e:
+        print(f"hf-synthesizer compare: error: {e}", file=sys.stderr)
+        return 2
     hf_logging.set_verbosity_error()  # load reports of the converted models would bury the table
-    if not args.progress:
-        hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # loading bars; each variant's training has its own bar (Trainer's)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -273,9 +388,8 @@ def run(args) -> int:
         if args.model_name_or_path == "tiny":
             print(
                 "  (default because MiniLM is too slow for a few-minute run: measured ~1.4-1.8 s per batch-32 "
-                "training step here vs ~0.28 s for this model, so the default 5 variants x 300 steps would take "
-                "~40 minutes; "
-                "use --model_name_or_path minilm to convert the real all-MiniLM-L6-v2 checkpoint)"
+                "training step vs ~0.28 s for this model at 64 tokens; use --model_name_or_path minilm to convert "
+                "the real all-MiniLM-L6-v2 checkpoint)"
             )
         print(
             f"task: ListOps-style expressions, depth <= {args.max_depth}, <= {args.max_args} args, "
@@ -287,19 +401,27 @@ def run(args) -> int:
             f"{torch.get_num_threads()} CPU threads",
             flush=True,
         )
+        step = seconds_per_step(checkpoint, tokenizer, train, args)
+        total = len(variants) * args.max_steps * step
+        print(
+            f"estimate: ~{_duration(total)} of training ({len(variants)} variants x {args.max_steps} steps x "
+            f"{step:.2f} s, the step time measured just now; variants run at 0.8-1.3x vanilla's pace), plus a few "
+            f"seconds per variant to convert and evaluate",
+            flush=True,
+        )
         rows = []
-        for variant in variants:
-            row = train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir)
+        for index, variant in enumerate(variants, 1):
+            row = train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir,
+                                description=f"[{index}/{len(variants)}] {variant}")
             rows.append(row)
-            print(
-                f"  {variant}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True
-            )
+            print(f"  {variant}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True)
     print()
     print(format_table(rows))
     print(
         "\ntime vs vanilla: wall-clock training time of the variant / of vanilla in this run. params: trainable "
         "parameters (fixed_random's frozen R is a buffer, not counted). 'vanilla' is the unconverted stock model."
     )
+    print(finding(rows, majority, len(evaluation)))
     if args.output_dir:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """`hf-synthesizer compare` (the README's main job) in its quick mode, and the ListOps data generator."""
 
 import json
+import re
 
 import pytest
 
 from hf_synthesizer import cli, listops
+from hf_synthesizer.compare import finding
 
 
 def test_listops_values_and_determinism():
@@ -30,8 +32,17 @@ def test_listops_word_count_matches_a_wordpiece_tokenizer(minilm_dir):
 def test_compare_quick_prints_table_for_requested_variants(tmp_path, capsys):
     variants = ["vanilla", "random", "factorized_random", "dense"]
     assert cli.main(["compare", "--quick", "--variants", ",".join(variants), "--output_dir", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "model: a small BERT built from scratch" in printed and "MiniLM is too slow" in printed
+    # Not silent: an estimate before training, from a step measured just now ...
+    estimate = re.search(r"^estimate: ~\d+ s of training \(4 variants x 8 steps x (\d\.\d\d) s, the step time "
+                         r"measured just now", printed, re.M)
+    assert estimate and float(estimate.group(1)) > 0, printed
+    # ... Trainer's progress bar per variant, labelled ...
+    assert all(f"[{i}/4] {v}:" in progress and "8/8" in progress for i, v in enumerate(variants, 1))
+    # ... and a closing line saying what to conclude (at this budget: nothing).
+    assert printed.rstrip().splitlines()[-1].startswith("Finding: no variant is clearly ahead of another: all are "
+                                                         "within the noise of 64 evaluation examples")
     table = [line for line in printed.splitlines() if line.startswith("| ")]
     assert table[0].split("|")[1:6] == [" variant           ", " accuracy ", " train s ", " time vs vanilla ",
                                         " params (trainable) "]
@@ -62,6 +73,27 @@ def test_compare_quick_prints_table_for_requested_variants(tmp_path, capsys):
     again = json.loads((tmp_path / "again" / "compare_results.json").read_text())["results"][0]
     assert again["accuracy"] == rows["random"]["accuracy"]
     assert again["train_loss"] == pytest.approx(rows["random"]["train_loss"], rel=1e-4)
+
+
+def test_finding_states_what_separates_beyond_the_noise():
+    def rows(**accuracies):
+        return [{"variant": v.replace("_plus_", "+"), "accuracy": a, "train_seconds": 10.0 - i}
+                for i, (v, a) in enumerate(accuracies.items())]
+
+    # The figures of the README's run shape: the dot-product variants lead, the pure synthesizers trail.
+    text = finding(rows(vanilla=0.36, random_plus_vanilla=0.35, dense=0.28, random=0.27), 0.135, 2000)
+    assert text.startswith("Finding: vanilla and random+vanilla lead (0.36, 0.35); dense and random trail by "
+                           "0.08-0.09, beyond the noise of 2000 evaluation examples (±0.03); the leaders are the "
+                           "variants with a dot-product term")
+    assert "all beat the majority class (0.14)" in text and "random trained fastest (0.70x vanilla's time)" in text
+    # A mixture that trails with the pure variants: no claim about dot-product terms.
+    text = finding(rows(vanilla=0.36, random_plus_vanilla=0.29, dense=0.28), 0.135, 2000)
+    assert "vanilla leads (0.36); random+vanilla and dense trail by 0.07-0.08" in text and "dot-product" not in text
+    # Differences within the noise, one variant at the majority class.
+    text = finding(rows(vanilla=0.30, random=0.28), 0.27, 1000)
+    assert text.startswith("Finding: no variant is clearly ahead of another: all are within the noise of 1000 "
+                           "evaluation examples (±0.04)")
+    assert "random did not beat the majority class (0.27) clearly" in text
 
 
 def test_compare_help_lists_flags(capsys):
