@@ -8,7 +8,7 @@ Everything is offline and deterministic for a given `--seed` (same data, same in
     python -m hf_synthesizer compare --quick              # seconds: a smoke test of the whole pipeline
     python -m hf_synthesizer compare --variants vanilla,random,factorized_random --max_steps 300
 
-It prints an estimate first (from a measured training step), a progress bar per variant, the table, and a closing
+It prints an estimate (from the first variant's timed steps), a progress bar per variant, the table, and a closing
 "Finding:" line that says which variants lead, which trail by more than the evaluation noise, and how they compare
 with the majority class.
 """
@@ -164,8 +164,9 @@ class _Encoded:
         return self.items[i]
 
 
-def _progress_callback(description: str):
-    """Trainer's progress bar with the variant as its label; no metrics dict printed under it, no evaluation bar."""
+def _progress_callback(description: str, on_pace=None):
+    """Trainer's progress bar with the variant as its label; no metrics dict printed under it, no evaluation bar.
+    `on_pace(seconds_per_step, first, last, write)` is called once the steps `first`..`last` are timed."""
     from transformers.trainer_callback import ProgressCallback
 
     class VariantProgress(ProgressCallback):
@@ -173,6 +174,19 @@ def _progress_callback(description: str):
             super().on_train_begin(args, state, control, **kwargs)
             if self.training_bar is not None:
                 self.training_bar.set_description(description)
+            # Time a stretch of steps after the first few (which warm up allocations).
+            self.first, self.last = min(5, state.max_steps // 4), min(25, state.max_steps)
+            self.started = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            super().on_step_end(args, state, control, **kwargs)
+            if on_pace is None or self.last <= self.first:
+                return
+            if state.global_step == self.first:
+                self.started = time.perf_counter()
+            elif state.global_step == self.last and self.started is not None:
+                pace = (time.perf_counter() - self.started) / (self.last - self.first)
+                on_pace(pace, self.first, self.last, self.training_bar.write if self.training_bar else print)
 
         def on_prediction_step(self, *args, **kwargs):
             pass
@@ -204,28 +218,10 @@ def _load_variant(variant, checkpoint, args):
     return model
 
 
-def seconds_per_step(checkpoint, tokenizer, train, args, steps: int = 3) -> float:
-    """Measured time of one training step (forward, backward, AdamW) of the vanilla model on a real batch: the basis
-    of the upfront estimate (the variants run at 0.8-1.3x of it, see the table's last run)."""
-    import torch
-    from transformers import DataCollatorWithPadding, set_seed
-
-    set_seed(args.seed)
-    model = _load_variant("vanilla", checkpoint, args).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    batch = DataCollatorWithPadding(tokenizer)([train[i] for i in range(min(args.batch_size, len(train)))])
-    times = []
-    for _ in range(steps + 1):  # the first step warms up allocations
-        start = time.perf_counter()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
-
-
-def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir, description="") -> dict:
-    """Convert `checkpoint` to `variant`, fine-tune it on `train`, return accuracy, time and parameter counts."""
+def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir, description="",
+                  on_pace=None) -> dict:
+    """Convert `checkpoint` to `variant`, fine-tune it on `train`, return accuracy, time and parameter counts.
+    `on_pace`: see `_progress_callback`."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import ProgressCallback
 
@@ -257,7 +253,7 @@ def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workd
         data_collator=DataCollatorWithPadding(tokenizer),
     )
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_progress_callback(description or variant))
+    trainer.add_callback(_progress_callback(description or variant, on_pace))
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
@@ -401,18 +397,18 @@ def run(args) -> int:
             f"{torch.get_num_threads()} CPU threads",
             flush=True,
         )
-        step = seconds_per_step(checkpoint, tokenizer, train, args)
-        total = len(variants) * args.max_steps * step
-        print(
-            f"estimate: ~{_duration(total)} of training ({len(variants)} variants x {args.max_steps} steps x "
-            f"{step:.2f} s, the step time measured just now; variants run at 0.8-1.3x vanilla's pace), plus a few "
-            f"seconds per variant to convert and evaluate",
-            flush=True,
-        )
+
+        def estimate(pace, first, last, write):
+            total = len(variants) * args.max_steps * pace
+            write(f"estimate: ~{_duration(total)} of training for the {len(variants)} variants ({pace:.2f} s per "
+                  f"step, timed over steps {first}-{last} of {variants[0]}; the others run at 0.8-1.3x its pace), "
+                  f"plus a few seconds each to convert and evaluate")
+
         rows = []
         for index, variant in enumerate(variants, 1):
             row = train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workdir,
-                                description=f"[{index}/{len(variants)}] {variant}")
+                                description=f"[{index}/{len(variants)}] {variant}",
+                                on_pace=estimate if index == 1 else None)
             rows.append(row)
             print(f"  {variant}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True)
     print()

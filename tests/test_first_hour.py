@@ -136,7 +136,7 @@ def test_exact_match_is_not_fooled_by_unknown_tokens():
 
 
 # ------------------------------------------------------- 3. tokenizers saved beside a synthesizer keep its length
-def test_every_saved_tokenizer_cuts_where_the_model_accepts(bert_with_tokenizer, sentiment_csv, minilm_dir, tmp_path):
+def test_every_saved_tokenizer_cuts_where_the_model_accepts(bert_with_tokenizer, sentiment_csv, tmp_path):
     # run_classification (Trainer.save_model saves the tokenizer): model_max_length 24 -> the synthesizer length 20
     out = tmp_path / "cls"
     load_example("run_classification").main(classification_args(
@@ -146,18 +146,18 @@ def test_every_saved_tokenizer_cuts_where_the_model_accepts(bert_with_tokenizer,
     assert tokenizer.model_max_length == 20
     assert len(tokenizer("the cat " * 40, truncation=True)["input_ids"]) == 20
     # convert, then resize up and down with convert: the tokenizer follows the model both ways
-    assert run_cli("convert", minilm_dir, tmp_path / "l32", "--attn_implementation", "synthesizer_random",
-                   "--synthesizer_length", 32, "--head", "base") == 0
-    assert run_cli("convert", tmp_path / "l32", tmp_path / "l64", "--synthesizer_length", 64) == 0
-    assert run_cli("convert", tmp_path / "l64", tmp_path / "l16", "--synthesizer_length", 16) == 0
-    for name, length in (("l32", 32), ("l64", 64), ("l16", 16)):
+    assert run_cli("convert", bert_with_tokenizer, tmp_path / "l12", "--attn_implementation", "synthesizer_random",
+                   "--synthesizer_length", 12, "--head", "base") == 0
+    assert run_cli("convert", tmp_path / "l12", tmp_path / "l20", "--synthesizer_length", 20) == 0
+    assert run_cli("convert", tmp_path / "l20", tmp_path / "l8", "--synthesizer_length", 8) == 0
+    for name, length in (("l12", 12), ("l20", 20), ("l8", 8)):
         assert AutoTokenizer.from_pretrained(tmp_path / name).model_max_length == length, name
     # Python API: resizing a live model, then the helper
     from hf_synthesizer.loading import set_model_max_length
 
-    model = hf_synthesizer.BertSynthesizerModel.from_pretrained(tmp_path / "l32")
-    model.resize_synthesizer_length(48)
-    assert set_model_max_length(AutoTokenizer.from_pretrained(tmp_path / "l32"), model).model_max_length == 48
+    model = hf_synthesizer.BertSynthesizerModel.from_pretrained(tmp_path / "l12")
+    model.resize_synthesizer_length(16)
+    assert set_model_max_length(AutoTokenizer.from_pretrained(tmp_path / "l12"), model).model_max_length == 16
 
 
 # ----------------------------------------------------------------------------------------- 4. calibration feedback
