@@ -199,8 +199,8 @@ def check_tokenizer_covers(tokenizer, raw, data_args: "DataArguments", name: str
             hint = (f"{name} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so transformers built a "
                     f"placeholder tokenizer. " if os.path.isdir(name) and not files else "")
             raise ValueError(
-                f"The tokenizer maps {rate:.0%} of the words of column {column!r} to {tokenizer.unk_token!r}: it cannot "
-                f"represent this data, and training or exact match on it would be meaningless. {hint}Pass "
+                f"The tokenizer maps {rate:.0%} of the words of column {column!r} to {tokenizer.unk_token!r}: it "
+                f"cannot represent this data, and training or exact match on it would be meaningless. {hint}Pass "
                 f"--tokenizer_name_or_path with the tokenizer the model was trained with."
             )
 
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.generation_max_length = max_target_length
 
     raw = load_raw_datasets(data_args, cache_dir=None)
-    check_tokenizer_covers(tokenizer, raw, data_args, model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+    tokenizer_name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    check_tokenizer_covers(tokenizer, raw, data_args, tokenizer_name)
 
     def preprocess(batch):
         sources = [data_args.source_prefix + str(s) for s in batch[data_args.source_column]]

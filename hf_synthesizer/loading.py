@@ -22,10 +22,12 @@ dispatch on `model_type` in one place.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from transformers import AutoConfig, PretrainedConfig
@@ -221,6 +223,7 @@ def quiet_logs(verbose: bool = False):
 
 _QUERY_KEY = re.compile(r"\.(query|key|q|k)\.(weight|bias)$")
 _HEAD = re.compile(r"(^|\.)(cls|classifier|qa_outputs|lm_head|pooler|classification_head)\.")
+_COMPONENT = re.compile(r"\.synthesizer\.(factorized_dense|factorized_random|fixed_random|random|dense|mixture)")
 
 
 def _kinds(keys) -> dict[str, list[str]]:
@@ -237,14 +240,8 @@ def _kinds(keys) -> dict[str, list[str]]:
     return kinds
 
 
-_COMPONENT = re.compile(r"\.synthesizer\.(factorized_dense|factorized_random|fixed_random|random|dense|mixture)")
-
-
 def checkpoint_keys(path) -> set[str] | None:
     """The tensor names of a local checkpoint's safetensors files (headers only), or None when it has none."""
-    import json
-    from pathlib import Path
-
     from safetensors import safe_open
 
     path = Path(path)
@@ -272,14 +269,15 @@ def describe_loading(model, info: dict, calibrated=(), source_keys=None) -> str:
     loaded = total - len(info.get("missing_keys", ()))
     new = []
     if missing["synthesizer"]:
+        count = len(missing["synthesizer"])
         done = sum(bool(m) and m.group(1) in calibrated for m in map(_COMPONENT.search, missing["synthesizer"]))
-        if done == len(missing["synthesizer"]):
+        if done == count:
             how = "calibrated from the stock model's attention"
         elif done:
-            how = f"{done} calibrated from the stock model's attention, {len(missing['synthesizer']) - done} near-uniform"
+            how = f"{done} calibrated from the stock model's attention, {count - done} near-uniform"
         else:
             how = "near-uniform start"
-        new.append(f"{len(missing['synthesizer'])} synthesizer parameters (new in {name}: {how})")
+        new.append(f"{count} synthesizer parameters (new in {name}: {how})")
     if missing["query/key"]:
         new.append(f"{len(missing['query/key'])} query/key weights (new: the vanilla term of {variant})")
     if missing["head"]:

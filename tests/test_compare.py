@@ -77,15 +77,15 @@ def test_compare_quick_prints_table_for_requested_variants(tmp_path, capsys):
 
 def test_finding_states_what_separates_beyond_the_noise():
     def rows(**accuracies):
-        return [{"variant": v.replace("_plus_", "+"), "accuracy": a, "train_seconds": 10.0 - i}
-                for i, (v, a) in enumerate(accuracies.items())]
+        return [{"variant": v.replace("_plus_", "+"), "accuracy": a, "train_seconds": 10.0}
+                for v, a in accuracies.items()]
 
-    # The figures of the README's run shape: the dot-product variants lead, the pure synthesizers trail.
+    # A run in which the mixture keeps up with vanilla: the dot-product variants lead, the pure synthesizers trail.
     text = finding(rows(vanilla=0.36, random_plus_vanilla=0.35, dense=0.28, random=0.27), 0.135, 2000)
     assert text.startswith("Finding: vanilla and random+vanilla lead (0.36, 0.35); dense and random trail by "
                            "0.08-0.09, beyond the noise of 2000 evaluation examples (±0.03); the leaders are the "
                            "variants with a dot-product term")
-    assert "all beat the majority class (0.14)" in text and "random trained fastest (0.70x vanilla's time)" in text
+    assert text.endswith("; all beat the majority class (0.14).")
     # A mixture that trails with the pure variants: no claim about dot-product terms.
     text = finding(rows(vanilla=0.36, random_plus_vanilla=0.29, dense=0.28), 0.135, 2000)
     assert "vanilla leads (0.36); random+vanilla and dense trail by 0.07-0.08" in text and "dot-product" not in text

@@ -4,7 +4,6 @@ the model card's loading code, attention maps of a stock or untrained checkpoint
 Item 5 (`hf-synthesizer compare`) is in test_compare.py; item 8 (every snippet of the docs runs) in test_docs.py."""
 
 import importlib.util
-import json
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hub_fakes import run_without_package
-from test_t5_example import digit_tokenizer, reversal_rows, write_csv
+from test_t5_example import digit_tokenizer, write_csv
 from transformers import AutoTokenizer, BertTokenizerFast, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
