@@ -27,7 +27,7 @@ from hf_synthesizer import cli
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-NOT_CODE = {"bibtex"}  # fenced blocks that are data to copy, not commands
+NOT_CODE = {"bibtex", "text"}  # fenced blocks that are data (a citation, a program's output), not commands
 
 # Shell commands that are not run here, and why.
 NOT_RUN = {
@@ -153,7 +153,15 @@ def test_pages_have_code_blocks_and_known_languages():
 
 
 @pytest.mark.slow
-def test_readme_main_job_runs_in_full(reader):
-    """The README's main job as written (minutes: see the README for the measured time)."""
+def test_readme_main_job_runs_in_full_and_prints_what_the_readme_shows(reader, capsys):
+    """The README's main job as written (minutes: see the README for the measured time); its accuracies and Finding
+    are deterministic, so they must be the ones the README shows."""
     [block] = [code for lang, code in code_blocks("README.md") if lang == "bash"]
     assert run_shell(block, reader, full_main_job=True) == [MAIN_JOB]
+    printed = capsys.readouterr().out
+    [shown] = [code for lang, code in code_blocks("README.md") if lang == "text"]
+    accuracies = re.findall(r"^  \S+: accuracy \d\.\d{3},", printed, re.M)  # the seconds are the machine's
+    stated = [line for line in printed.splitlines() if line.startswith(("task: ", "Finding: "))]
+    assert len(accuracies) == 4 and len(stated) == 2, printed
+    for text in accuracies + stated:
+        assert text in shown, text
