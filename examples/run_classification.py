@@ -40,7 +40,12 @@ from transformers import (
     set_seed,
 )
 
-from hf_synthesizer.loading import SynthesizerArguments, describe_attention, load_synthesizer_model
+from hf_synthesizer.loading import (
+    SynthesizerArguments,
+    describe_attention,
+    load_synthesizer_model,
+    set_model_max_length,
+)
 from hf_synthesizer.model_card import use_synthesizer_model_card
 
 logger = logging.getLogger(__name__)
@@ -167,6 +172,14 @@ def main(argv=None) -> dict:
         training_args.parallel_mode.value, training_args.device,
     )
 
+    model_type = transformers.PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0].get("model_type")
+    if model_type in ("t5", "t5_synthesizer"):
+        raise ValueError(
+            f"{model_args.model_name_or_path} holds a T5 checkpoint; this script fine-tunes BERT checkpoints. For T5 "
+            f"use examples/run_seq2seq.py (labels as target text), or load the checkpoint with "
+            f"T5SynthesizerForSequenceClassification (AutoModelForSequenceClassification picks it) in your own script."
+        )
+
     raw = load_raw_datasets(data_args)
     do_train = training_args.do_train or not training_args.do_eval
     do_eval = training_args.do_eval or not training_args.do_train
@@ -179,7 +192,8 @@ def main(argv=None) -> dict:
     text_columns = choose_text_columns(data_args, reference.column_names)
     if data_args.label_column not in reference.column_names:
         raise ValueError(
-            f"Label column {data_args.label_column!r} not in the data (columns: {reference.column_names})."
+            f"Label column {data_args.label_column!r} not in the data (columns: {reference.column_names}); "
+            f"name it with --label_column."
         )
 
     label_feature = reference.features[data_args.label_column]
@@ -209,12 +223,10 @@ def main(argv=None) -> dict:
     # (a known upstream problem: huggingface/transformers#47688; tests/test_examples.py measures the DDP case).
     model.accepts_loss_kwargs = False
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+    set_model_max_length(tokenizer, model)  # saved with the model: truncation=True then cuts at the model's limit
     logger.info("Model: %s, attention %s", type(model).__name__, describe_attention(model))
 
-    limits = [data_args.max_seq_length, model.config.max_position_embeddings]
-    if getattr(model.config, "synthesizer_variant", "vanilla") != "vanilla":
-        limits.append(model.config.synthesizer_length)  # longer inputs would raise: truncate to L
-    max_length = min(limits)
+    max_length = min(data_args.max_seq_length, tokenizer.model_max_length)  # longer inputs would raise
 
     if not is_regression and not isinstance(label_feature, datasets.ClassLabel):
         to_id = {x: i for i, x in enumerate(label_list)}

@@ -34,7 +34,12 @@ from transformers import (
     set_seed,
 )
 
-from hf_synthesizer.loading import SynthesizerArguments, describe_attention, load_synthesizer_model
+from hf_synthesizer.loading import (
+    SynthesizerArguments,
+    describe_attention,
+    load_synthesizer_model,
+    set_model_max_length,
+)
 from hf_synthesizer.model_card import use_synthesizer_model_card
 
 logger = logging.getLogger(__name__)
@@ -112,12 +117,10 @@ def main(argv=None) -> dict:
     # (a known upstream problem: huggingface/transformers#47688; tests/test_examples.py measures the DDP case).
     model.accepts_loss_kwargs = False
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+    set_model_max_length(tokenizer, model)  # saved with the model: truncation=True then cuts at the model's limit
     logger.info("Model: %s, attention %s", type(model).__name__, describe_attention(model))
 
-    limits = [data_args.max_seq_length, model.config.max_position_embeddings]
-    if getattr(model.config, "synthesizer_variant", "vanilla") != "vanilla":
-        limits.append(model.config.synthesizer_length)  # longer inputs would raise: cut blocks to L
-    max_length = min(limits)
+    max_length = min(data_args.max_seq_length, tokenizer.model_max_length)  # longer inputs would raise
 
     if data_args.line_by_line:
         def tokenize(batch):

@@ -38,6 +38,8 @@ from transformers import (
 )
 
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
+from hf_synthesizer.checkpoints import TOKENIZER_FILES
+from hf_synthesizer.loading import set_model_max_length
 from hf_synthesizer.model_card import use_synthesizer_model_card
 from hf_synthesizer import T5SynthesizerConfig
 
@@ -150,7 +152,10 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None):
 
 
 def exact_match_metric(tokenizer):
-    """`compute_metrics` for generated ids: exact match of whitespace-normalised decoded text, with numpy."""
+    """`compute_metrics` for generated ids: exact match of whitespace-normalised decoded text, with numpy.
+
+    A prediction or reference holding the unknown token never matches: decoding drops `<unk>`, so a tokenizer that
+    maps everything to it would decode every text to the same string and "match" everywhere."""
 
     def normalise(text: str) -> str:
         return " ".join(text.split())
@@ -164,9 +169,40 @@ def exact_match_metric(tokenizer):
         decoded_preds = tokenizer.batch_decode(preds, skip_special_tokens=True)
         decoded_labels = tokenizer.batch_decode(labels, skip_special_tokens=True)
         matches = np.array([normalise(p) == normalise(t) for p, t in zip(decoded_preds, decoded_labels)])
+        if tokenizer.unk_token_id is not None and len(matches):
+            matches &= ~((preds == tokenizer.unk_token_id).any(-1) | (labels == tokenizer.unk_token_id).any(-1))
         return {"exact_match": float(matches.mean()) if len(matches) else 0.0}
 
     return compute_metrics
+
+
+def unknown_word_rate(tokenizer, texts: list[str]) -> float:
+    """Fraction of the whitespace-separated words of `texts` that `tokenizer` maps (partly) to its unknown token."""
+    words = [w for text in texts for w in text.split()]
+    if tokenizer.unk_token_id is None or not words:
+        return 0.0
+    encoded = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return sum(tokenizer.unk_token_id in ids for ids in encoded) / len(words)
+
+
+def check_tokenizer_covers(tokenizer, raw, data_args: "DataArguments", name: str, rows: int = 200) -> None:
+    """Refuse a tokenizer that cannot represent the data (e.g. the placeholder transformers builds for a folder
+    without tokenizer files, which maps every word to `<unk>`): nothing trained or scored with it means anything."""
+    split = next(iter(raw.values()))
+    sample = split.select(range(min(rows, len(split))))
+    for column in (data_args.source_column, data_args.target_column):
+        if column not in sample.column_names:
+            continue
+        rate = unknown_word_rate(tokenizer, [str(t) for t in sample[column]])
+        if rate > 0.5:
+            files = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(name, f))]
+            hint = (f"{name} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so transformers built a "
+                    f"placeholder tokenizer. " if os.path.isdir(name) and not files else "")
+            raise ValueError(
+                f"The tokenizer maps {rate:.0%} of the words of column {column!r} to {tokenizer.unk_token!r}: it "
+                f"cannot represent this data, and training or exact match on it would be meaningless. {hint}Pass "
+                f"--tokenizer_name_or_path with the tokenizer the model was trained with."
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -177,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     model = load_model(model_args)
+    set_model_max_length(tokenizer, model)  # saved with the model: truncation=True then cuts at the model's limit
     length = model.config.synthesizer_length
     max_source_length = data_args.max_source_length or length
     max_target_length = data_args.max_target_length or length
@@ -189,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.generation_max_length = max_target_length
 
     raw = load_raw_datasets(data_args, cache_dir=None)
+    tokenizer_name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    check_tokenizer_covers(tokenizer, raw, data_args, tokenizer_name)
 
     def preprocess(batch):
         sources = [data_args.source_prefix + str(s) for s in batch[data_args.source_column]]

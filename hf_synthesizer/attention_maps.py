@@ -20,9 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transformers.utils import logging
+
 from .synthesizer_attention import SynthesizerLogits
 
+logger = logging.get_logger(__name__)
+
 INPUT_INDEPENDENT = {"random", "fixed_random", "factorized_random"}
+# Every probability within this fraction of uniform attention (1 / number of keys): the map draws as one colour.
+NEAR_UNIFORM = 0.25
+NEAR_UNIFORM_NOTE = (
+    "near-uniform attention (every weight within 25% of 1/n), hence one flat colour: the synthesizer is still at its "
+    "initialisation, which starts close to uniform on purpose. Calibrate it (hf-synthesizer convert ... "
+    "--calibrate_on texts.txt) or fine-tune it to see a pattern."
+)
 
 
 def _synthesizer_layers(model: nn.Module) -> list[tuple[str, SynthesizerLogits]]:
@@ -86,6 +97,12 @@ def synthesized_attention(model: nn.Module, length: int | None = None, input_ids
     return {name: maps[name] for name, _ in layers}
 
 
+def is_near_uniform(probs: torch.Tensor) -> bool:
+    """True when every row of `probs` (H, n, n) is within `NEAR_UNIFORM` of uniform over its keys."""
+    keys = (probs > 0).sum(-1, keepdim=True).clamp_min(1)
+    return bool(((probs * keys - 1).abs() * (probs > 0)).max() < NEAR_UNIFORM)
+
+
 def mixture_weight_table(model: nn.Module) -> tuple[list[str], tuple[str, ...], torch.Tensor] | None:
     """`(layer names, components, weights (layers, n, H))` of the mixtures in `model`, or None."""
     rows, components = [], None
@@ -117,7 +134,6 @@ def write_attention_maps(model: nn.Module, out_dir, *, tokenizer=None, texts=Non
     from matplotlib.colors import PowerNorm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     input_ids = attention_mask = None
     if texts:
         if tokenizer is None:
@@ -126,8 +142,9 @@ def write_attention_maps(model: nn.Module, out_dir, *, tokenizer=None, texts=Non
                         max_length=length or 64, return_tensors="pt")
         input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
     maps = synthesized_attention(model, length, input_ids, attention_mask, num_inputs, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to draw
     variant = getattr(model.config, "synthesizer_variant", "")
-    written = []
+    written, flat_files = [], []
     for index, (name, (probs, how)) in enumerate(maps.items()):
         heads = probs.shape[0]
         cols = min(heads, 4)
@@ -148,12 +165,20 @@ def write_attention_maps(model: nn.Module, out_dir, *, tokenizer=None, texts=Non
                 ax.set_ylabel("query", fontsize=8)
             if h // cols == rows - 1:
                 ax.set_xlabel("key", fontsize=8)
-        fig.suptitle(f"{_short(name)} — {variant}: {how}", fontsize=10)
+        flat = is_near_uniform(probs)
+        title = f"{_short(name)} — {variant}: {how}"
+        if flat:
+            title += "\nnear-uniform (still at its initialisation: calibrate or fine-tune to see a pattern)"
+        fig.suptitle(title, fontsize=10)
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention probability (square-root scale)")
         path = out_dir / f"layer_{index:02d}.png"
+        if flat:
+            flat_files.append(path.name)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
         written.append(path)
+    if flat_files:
+        logger.warning(f"{', '.join(flat_files)}: {NEAR_UNIFORM_NOTE}")
     table = mixture_weight_table(model)
     if table is not None:
         names, components, weights = table
@@ -196,15 +221,31 @@ def add_parser(subparsers) -> None:
                         "default: random token ids")
     parser.add_argument("--length", type=int, default=64, help="positions drawn (default 64, at most L)")
     parser.add_argument("--num-inputs", type=int, default=8, help="inputs averaged for input-dependent layers")
+    parser.add_argument("--verbose", action="store_true", help="show transformers' load report and progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from transformers import AutoModel, AutoTokenizer
+    import sys
 
-    import hf_synthesizer  # noqa: F401  (registers the synthesizer configs and models)
+    from transformers import AutoTokenizer
 
-    model = AutoModel.from_pretrained(args.model)
+    from .checkpoints import CheckpointError, default_head, load_config
+    from .loading import quiet_logs
+
+    try:
+        family, config = load_config(args.model)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"hf-synthesizer attention-maps: error: {e}", file=sys.stderr)
+        return 2
+    if config.synthesizer_variant == "vanilla":
+        print(f"hf-synthesizer attention-maps: error: {args.model} is a stock {family.name} checkpoint (dot-product "
+              f"attention): it has no synthesized attention to draw. Convert it first, e.g. `hf-synthesizer convert "
+              f"{args.model} DST --attn_implementation synthesizer_random --calibrate_on texts.txt`, and draw DST.",
+              file=sys.stderr)
+        return 2
+    with quiet_logs(args.verbose):  # loaded as the head it was saved with: no weight is missing or left over
+        model = family.heads[default_head(family, config)].from_pretrained(args.model)
     tokenizer = texts = None
     if args.texts:
         with open(args.texts, encoding="utf-8") as handle:

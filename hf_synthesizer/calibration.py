@@ -50,11 +50,13 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
+from transformers.utils import logging
 
 from .synthesizer_attention import SynthesizerLogits, synthesizer_mask
 from .synthesizer_math import attention_probabilities
 
 PROBE_NAME = "attention_transfer_probe"
+logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- recording
@@ -152,11 +154,19 @@ def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
 def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_samples=None, text_column="text"):
     """Calibration batches from a list of strings, a text file (one example per line), a `datasets` dataset
     (column `text_column`) or an iterable of already tokenized dicts with `input_ids` (and `attention_mask`)."""
+    source = None
     if isinstance(texts, (str, os.PathLike)):
+        source = f"The file {os.fspath(texts)}"
         with open(texts, encoding="utf-8") as handle:
             texts = [line.strip() for line in handle if line.strip()]
     elif hasattr(texts, "column_names"):  # datasets.Dataset
+        source = f"Column {text_column!r} of the dataset"
         texts = list(texts[text_column])
+    if isinstance(texts, (list, tuple)) and not any(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError(
+            f"{source or 'The calibration sample'} has no text: calibration runs the stock model on unlabeled text "
+            f"(one example per line) and needs at least one non-empty line."
+        )
     if isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str):
         if tokenizer is None:
             raise ValueError("Calibration on raw text needs the tokenizer of the teacher checkpoint.")
@@ -375,10 +385,11 @@ def apply_calibration(
     vanilla_weight: float = 0.9,
     ridge: float = 1e-3,
     floor: float = 1e-6,
-) -> dict[str, list[str]]:
+) -> "CalibrationReport":
     """Initialise every `SynthesizerLogits` of `model` from the recorded teacher attention (in place).
 
-    Returns, per synthesizer module name, the components that were calibrated."""
+    Returns a `CalibrationReport`: per synthesizer module name, the components that were calibrated (a dict), with
+    the agreement of the calibrated attention with the teacher's and the components left uncalibrated (logged)."""
     if not 0.0 < vanilla_weight < 1.0:
         raise ValueError(f"vanilla_weight must be in (0, 1), got {vanilla_weight}.")
     report = {}
@@ -434,7 +445,123 @@ def apply_calibration(
                 _set(module, "mixture_logits", logits)
             done.append("mixture")
         report[name] = done
+    report = CalibrationReport(report, model, teacher_attention)
+    if report.skipped:
+        logger.warning("; ".join(report.skipped_lines()))
     return report
+
+
+# Components without a closed-form calibration, and why.
+NOT_CALIBRATED = {
+    "factorized_dense": "bilinear in its parameters (A_i[j mod a] * B_i[j // a]): no closed form",
+}
+
+
+def _overlap(student: torch.Tensor, logits: torch.Tensor, pairs: torch.Tensor) -> tuple[float, float, float]:
+    """Summed over real query rows and heads: `sum_j min(p_student, p_teacher)` for `student` logits, the same for
+    uniform attention over the real keys, and the number of rows."""
+    keep = pairs[:, None]  # (B, 1, l, l)
+    teacher = torch.softmax(logits.masked_fill(~keep, -torch.inf), -1).nan_to_num(0.0)
+    probs = torch.softmax(student.float().masked_fill(~keep, -torch.inf), -1).nan_to_num(0.0)
+    uniform = keep / keep.sum(-1, keepdim=True).clamp_min(1)
+    rows = keep.any(-1).expand(-1, logits.shape[1], -1)  # (B, H, l)
+    return (
+        torch.minimum(probs, teacher).sum(-1)[rows].sum().item(),
+        torch.minimum(uniform, teacher).sum(-1)[rows].sum().item(),
+        rows.sum().item(),
+    )
+
+
+@torch.no_grad()
+def _component_logits(module: nn.Module, name: str, rec: LayerRecord, batch: int) -> torch.Tensor | None:
+    """What component `name` of a calibrated `module` synthesizes for recorded batch `batch`, from the recording alone
+    (dense: `W1 = W_q` after calibration, so `relu(W1 x + b1) = relu(q + b1 - b_q)`); None when it cannot be known."""
+    l = rec.logits[batch].shape[-1]
+    if name == "vanilla":
+        return rec.logits[batch]  # the stock query/key weights: exactly the teacher's logits
+    if name in ("random", "fixed_random"):
+        return getattr(module, f"{name}_r")[None, :, :l, :l].detach().float().cpu()
+    if name == "factorized_random":
+        r1, r2 = module.factorized_random_r1.detach().float().cpu(), module.factorized_random_r2.detach().float().cpu()
+        return (r1[:, :l] @ r2[:, :l].transpose(-1, -2))[None]
+    if name == "dense":
+        q = rec.queries[batch]  # (B, H, l, dh)
+        bias = rec.query_bias if rec.query_bias is not None else torch.zeros(q.shape[1] * q.shape[-1])
+        shift = (module.dense_w1.bias.detach().float().cpu() - bias).view(q.shape[1], 1, q.shape[-1])
+        w2, b2 = module.dense_w2.detach().float().cpu(), module.dense_b2.detach().float().cpu()
+        return torch.relu(q + shift) @ w2[..., :l] + b2[:, None, :l]
+    return None
+
+
+class CalibrationReport(dict):
+    """`{synthesizer module name: [components calibrated]}` (what `apply_calibration` returns), plus how close the
+    calibrated attention comes to the teacher's on the calibration texts, and what was left as it was and why.
+
+    agreement: `{component or "mixture": (calibrated, uniform)}`: `sum_j min(p_student, p_teacher)` averaged over the
+    real query positions, heads and layers (1 = the teacher's attention; `uniform` is what near-uniform attention,
+    the plain initialisation, scores). T5's relative position bias is not part of the synthesized logits compared.
+    """
+
+    def __init__(self, calibrated: dict[str, list[str]], model: nn.Module, teacher_attention: TeacherAttention):
+        super().__init__(calibrated)
+        self.num_examples = teacher_attention.num_examples
+        self.skipped: dict[str, list[str]] = {}  # component -> module names
+        sums: dict[str, list[float]] = {}
+        names = list(teacher_attention.layers)
+        for name, module in model.named_modules():
+            if name not in calibrated:
+                continue
+            for component in module.components:
+                if component in NOT_CALIBRATED:
+                    self.skipped.setdefault(component, []).append(name)
+            rec = teacher_attention.layers[_match_teacher_name(name.rsplit(".", 1)[0] if "." in name else "", names)]
+            weights = module.mixture_weights().detach().float().cpu()  # (n, H or 1)
+            for b in range(len(rec.logits)):
+                parts = {c: _component_logits(module, c, rec, b) for c in module.components}
+                for c, logits in parts.items():
+                    if logits is not None and c != "vanilla":
+                        self._add(sums, c, _overlap(logits, rec.logits[b], rec.pairs[b]))
+                if len(parts) > 1 and all(v is not None for v in parts.values()):
+                    mixed = sum(w[None, :, None, None] * parts[c] for w, c in zip(weights, module.components))
+                    self._add(sums, "mixture", _overlap(mixed, rec.logits[b], rec.pairs[b]))
+        self.agreement = {c: (v[0] / max(v[2], 1), v[1] / max(v[2], 1)) for c, v in sums.items()}
+
+    @staticmethod
+    def _add(sums, key, values):
+        total = sums.setdefault(key, [0.0, 0.0, 0.0])
+        for i, v in enumerate(values):
+            total[i] += v
+
+    def calibrated_lines(self) -> list[str]:
+        layers = {}
+        for components in self.values():
+            for c in components:
+                layers[c] = layers.get(c, 0) + 1
+        lines = []
+        for c, n in layers.items():
+            what = "mixture weights (vanilla starts at 0.9)" if c == "mixture" else c
+            line = f"calibrated {what} in {n} layer{'s' * (n != 1)}"
+            if c in self.agreement:
+                calibrated, uniform = self.agreement[c]
+                kind = "mixed attention" if c == "mixture" else "attention"
+                line += f": {kind} agreement with the stock model {calibrated:.2f} (near-uniform start: {uniform:.2f})"
+            lines.append(line)
+        if "mixture" in self.agreement and "mixture" not in layers:
+            calibrated, uniform = self.agreement["mixture"]
+            lines.append(f"mixture weights kept equal: mixed attention agreement {calibrated:.2f} "
+                         f"(near-uniform start: {uniform:.2f})")
+        return lines
+
+    def skipped_lines(self) -> list[str]:
+        return [
+            f"not calibrated: {c} in {len(names)} layer{'s' * (len(names) != 1)} ({NOT_CALIBRATED[c]}); it keeps its "
+            f"plain near-uniform initialisation"
+            for c, names in self.skipped.items()
+        ]
+
+    def summary(self) -> str:
+        """What was calibrated (with the agreement figures) and what was not, one clause per component."""
+        return f"Calibration on {self.num_examples} texts: " + "; ".join(self.calibrated_lines() + self.skipped_lines())
 
 
 def load_teacher(stock_path, like: nn.Module | None = None, **kwargs) -> nn.Module:
@@ -459,12 +586,13 @@ def calibrate_synthesizer(
     text_column: str = "text",
     vanilla_weight: float = 0.9,
     ridge: float = 1e-3,
-) -> dict[str, list[str]]:
+) -> "CalibrationReport":
     """Attention-transfer initialisation of a converted synthesizer `model` (in place).
 
     teacher: the stock model (or the path of the stock checkpoint) `model` was converted from.
     texts: a list of strings, a text file, a `datasets` dataset (`text_column`) or tokenized batches.
-    Returns, per synthesizer module, the components calibrated.
+    Returns a `CalibrationReport` (see `apply_calibration`); `report.summary()` says what was calibrated, how close
+    it comes to the teacher, and what was not.
     """
     if isinstance(teacher, (str, os.PathLike)):
         teacher = load_teacher(teacher, like=model)

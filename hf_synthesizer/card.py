@@ -54,8 +54,8 @@ def write_card(path, output=None, model_name=None, base_model=None, datasets=Non
         eval_results = path / "eval_results.json"
     results = read_eval_results(eval_results) if eval_results else None
     model = empty_model(family, config)
-    text = render_model_card(model, model_name=model_name or path.resolve().name, base_model=base_model,
-                             datasets=datasets, eval_results=results, license=license)
+    text = render_model_card(model, model_name=model_name or path.resolve().name, repo_id=model_name or str(path),
+                             base_model=base_model, datasets=datasets, eval_results=results, license=license)
     output.write_text(text, encoding="utf-8")
     return output
 

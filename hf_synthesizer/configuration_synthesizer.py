@@ -7,6 +7,7 @@ same variant without the user repeating the choice.
 This file ships with saved checkpoints (trust_remote_code): it imports only transformers and siblings.
 """
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -41,13 +42,20 @@ def parse_variant(variant: str) -> tuple[str, ...]:
     unknown = [p for p in parts if p not in COMPONENTS]
     if unknown:
         raise ValueError(
-            f"Unknown synthesizer component(s) {unknown} in variant {variant!r}. Components: {', '.join(COMPONENTS)}; "
+            f"Unknown synthesizer component(s) {unknown} in variant {variant!r}{did_you_mean(unknown, COMPONENTS)}. "
+            f"Components: {', '.join(COMPONENTS)}; "
             f"join several with '+' for a mixture (e.g. 'random+vanilla'). Registered attn_implementation names: "
             f"{', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)}."
         )
     if len(set(parts)) != len(parts):
         raise ValueError(f"Variant {variant!r} names a component twice.")
     return tuple(c for c in COMPONENTS if c in parts)
+
+
+def did_you_mean(words: list[str], valid) -> str:
+    """`" (did you mean 'random'?)"` for misspelled `words` close to a `valid` name, else `""`."""
+    guesses = [g for w in words for g in difflib.get_close_matches(w, list(valid), n=1, cutoff=0.6)]
+    return f" (did you mean {' or '.join(repr(g) for g in guesses)}?)" if guesses else ""
 
 
 def canonical_variant(variant: str) -> str:
@@ -111,10 +119,16 @@ class SynthesizerConfigMixin:
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
-        """Loading a stock checkpoint is the intended conversion, not a model-type mismatch worth a warning."""
+        """Loading a stock checkpoint is the intended conversion, not a model-type mismatch worth a warning; a
+        checkpoint of the other family (T5 into BERT, BERT into T5) is an error: none of its weights would load."""
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == cls.stock_model_type:
+        model_type = config_dict.get("model_type")
+        if model_type == cls.stock_model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
+        right = next((c for c in SYNTHESIZER_CONFIGS if model_type in (c.stock_model_type, c.model_type)), None)
+        if right is not None and right.model_type != cls.model_type:
+            raise CheckpointFamilyError(args[0] if args else kwargs.get("pretrained_model_name_or_path"), model_type,
+                                        cls, right)
         return config_dict, kwargs
 
     @classmethod
@@ -233,8 +247,10 @@ class SynthesizerConfigMixin:
             self.synthesizer_variant = variant
             self.check_synthesizer_fields()
             return attn_implementation_name(variant)
+        valid = [*VANILLA_BACKENDS, *(attn_implementation_name(v) for v in NAMED_VARIANTS)]
         raise ValueError(
-            f"attn_implementation={requested!r} is not supported by synthesizer models. Use 'sdpa', 'eager' or "
+            f"attn_implementation={requested!r} is not supported by synthesizer models"
+            f"{did_you_mean([requested], valid)}. Use 'sdpa', 'eager' or "
             f"one of {', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)} "
             f"(any other combination: synthesizer_<component>+<component>)."
         )
@@ -344,3 +360,62 @@ class T5SynthesizerConfig(SynthesizerConfigMixin, T5Config, T5SynthesizerFields,
         if stack not in self.synthesizer_stacks:
             return ("vanilla",)
         return self.components_for_layer(layer_idx)
+
+
+SYNTHESIZER_CONFIGS = (BertSynthesizerConfig, T5SynthesizerConfig)
+
+
+class CheckpointFamilyError(ValueError):
+    """A checkpoint of the other family: a T5 folder read by a BERT synthesizer class, or the reverse. Raised by the
+    config (which reads config.json first); `for_model` names the model class of the same head that loads it."""
+
+    def __init__(self, path, model_type: str, reader: type, right: type, model_class: type | None = None):
+        self.path, self.model_type, self.reader, self.right = path, model_type, reader, right
+        family, reader_family = right.stock_model_type.upper(), reader.stock_model_type.upper()
+        reader_name = (model_class or reader).__name__
+        same_head = _same_head(model_class, right) if model_class is not None else None
+        if same_head is not None:
+            use = (f"Use {same_head[1]}.from_pretrained(path) instead, or {same_head[0]}.from_pretrained(path), which "
+                   f"picks the class from config.json")
+        else:
+            classes = ", ".join(_registered_models(right)) or f"the {right.__name__.removesuffix('Config')}* classes"
+            use = f"Use {right.__name__} and the {family} synthesizer models ({classes}) instead"
+        super().__init__(
+            f"{path} holds a {family} checkpoint (model_type {model_type!r}), but {reader_name} reads {reader_family} "
+            f"checkpoints (model_type {reader.stock_model_type!r} or {reader.model_type!r}): none of its weights "
+            f"would load. {use}."
+        )
+
+    def for_model(self, model_class: type) -> "CheckpointFamilyError":
+        return CheckpointFamilyError(self.path, self.model_type, self.reader, self.right, model_class)
+
+
+def _auto_mappings():
+    import transformers.models.auto as auto
+
+    for name in dir(auto):
+        mapping = getattr(getattr(auto, name), "_model_mapping", None)
+        if name.startswith("AutoModel") and mapping is not None:
+            yield name, mapping
+
+
+def _lookup(mapping, config_class):
+    try:
+        return mapping[config_class]
+    except (KeyError, ValueError):
+        return None
+
+
+def _same_head(model_class: type, config_class: type) -> tuple[str, str] | None:
+    """`(auto class, model class)` names of `config_class`'s model for the head `model_class` has (registered with
+    the same Auto class), or None."""
+    for name, mapping in _auto_mappings():
+        if _lookup(mapping, model_class.config_class) is model_class:
+            target = _lookup(mapping, config_class)
+            if target is not None:
+                return name, target.__name__
+    return None
+
+
+def _registered_models(config_class: type) -> list[str]:
+    return sorted({t.__name__ for _, m in _auto_mappings() if (t := _lookup(m, config_class)) is not None})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, families, family_of, load_config
 from .configuration_synthesizer import ATTN_PREFIX, MIXTURES, NAMED_VARIANTS, VANILLA_BACKENDS, canonical_variant
+from .loading import checkpoint_keys, describe_loading, quiet_logs
 
 
 # Choices of string fields (the rest are validated by the config itself, with its own messages).
@@ -97,6 +98,8 @@ def add_parser(subparsers) -> None:
         help="Attention-transfer initialisation: run the stock model on this text file (one text per line) and "
         "initialise the synthesizer to reproduce its attention (docs/conversion.md). Stock sources only.",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show transformers' own load report (every missing and unexpected key) and progress bars.")
     parser.set_defaults(func=run)
 
 
@@ -106,7 +109,8 @@ def synthesizer_overrides(args) -> dict:
 
 def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base_model=None, overwrite=False,
             seed=0, calibrate_on=None, **synthesizer_options):
-    """Convert `src` into `dst`; returns `(model, loading_info)`. Raises `CheckpointError`/`ValueError` with a fix."""
+    """Convert `src` into `dst`; returns `(model, loading_info)` (with `loading_info["calibration"]`, the
+    `CalibrationReport`, when calibrated). Raises `CheckpointError`/`ValueError` with a fix."""
     import torch
 
     src, dst = Path(src), Path(dst)
@@ -156,12 +160,12 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
     if calibrate_on is not None:
         from .calibration import calibrate_synthesizer
 
-        calibrate_synthesizer(model, src, Path(calibrate_on), tokenizer)
+        loading_info["calibration"] = calibrate_synthesizer(model, src, Path(calibrate_on), tokenizer)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, model_card_kwargs={"base_model": base_model})
     if tokenizer is not None:
         tokenizer.save_pretrained(dst)
-    cap_tokenizer_length(dst / "tokenizer_config.json", config.synthesizer_length)
+    cap_tokenizer_length(dst / "tokenizer_config.json", model.config.synthesizer_length)  # after any resizing
     carry_over(src, dst, model.config)
     return model, loading_info
 
@@ -201,34 +205,34 @@ def carry_over(src: Path, dst: Path, config) -> list[str]:
 
 
 def cap_tokenizer_length(tokenizer_config: Path, length: int) -> None:
-    """Lower the tokenizer's `model_max_length` to the synthesizer length, so `truncation=True` (and pipelines
-    called with it) cut inputs where the model's limit is instead of failing on them."""
+    """Set the tokenizer's `model_max_length` to the synthesizer length (lower when converting, higher after growing
+    a resized model), so `truncation=True` (and pipelines called with it) cut inputs where the model's limit is:
+    neither failing on them nor cutting them shorter than needed."""
     if not tokenizer_config.is_file():
         return
     data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-    current = data.get("model_max_length")
-    if not isinstance(current, (int, float)) or current > length:
+    if data.get("model_max_length") != length:
         data["model_max_length"] = length
         tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def run(args) -> int:
     try:
-        model, info = convert(
-            args.src, args.dst, attn_implementation=args.attn_implementation, head=args.head,
-            num_labels=args.num_labels, base_model=args.base_model, overwrite=args.overwrite, seed=args.seed,
-            calibrate_on=args.calibrate_on, **synthesizer_overrides(args),
-        )
+        with quiet_logs(args.verbose):
+            model, info = convert(
+                args.src, args.dst, attn_implementation=args.attn_implementation, head=args.head,
+                num_labels=args.num_labels, base_model=args.base_model, overwrite=args.overwrite, seed=args.seed,
+                calibrate_on=args.calibrate_on, **synthesizer_overrides(args),
+            )
     except (CheckpointError, ValueError, OSError) as e:
         print(f"hf-synthesizer convert: error: {e}", file=sys.stderr)
         return 2
     config = model.config
-    print(f"Saved {type(model).__name__} (variant {config.synthesizer_variant}, "
-          f"synthesizer_length {config.synthesizer_length}) to {args.dst}")
-    if info["missing_keys"]:
-        print(f"Newly initialised ({len(info['missing_keys'])}): {', '.join(sorted(info['missing_keys']))}")
-    if info["unexpected_keys"]:
-        print(f"Dropped from the source ({len(info['unexpected_keys'])}): {', '.join(sorted(info['unexpected_keys']))}")
-    if info.get("mismatched_keys"):
-        print(f"Re-initialised, shape changed: {', '.join(sorted(str(k) for k in info['mismatched_keys']))}")
+    calibration = info.get("calibration")
+    calibrated = {c for done in (calibration or {}).values() for c in done}
+    print(f"Converted {args.src} to {args.dst} ({type(model).__name__}, variant {config.synthesizer_variant}, "
+          f"synthesizer_length {config.synthesizer_length}): "
+          f"{describe_loading(model, info, calibrated, checkpoint_keys(args.src))}.")
+    if calibration is not None:
+        print(calibration.summary() + ".")
     return 0

@@ -119,6 +119,9 @@ class SynthesizerHubMixin:
             card_kwargs = dict(model_card_kwargs or {})
             if push:
                 card_kwargs.setdefault("model_name", repo_id)
+            else:  # the card's title and loading code name this folder, as it was given
+                card_kwargs.setdefault("model_name", os.path.basename(os.path.normpath(save_directory)))
+                card_kwargs.setdefault("repo_id", os.fspath(save_directory))
             self._write_model_card(save_directory, **card_kwargs)
         if push and is_main_process:
             self._upload_modified_files(

@@ -29,17 +29,24 @@ TASK_WORDS = ["[", "]", "max", "min", "med", "sm"] + [str(d) for d in range(10)]
 @dataclass(frozen=True)
 class ListOpsSpec:
     """Shape of the generated expressions. `max_words` counts words as a WordPiece tokenizer splits them
-    ("[MAX" is two: "[" and "max"), i.e. tokens without [CLS]/[SEP]."""
+    ("[MAX" is two: "[" and "max"), i.e. tokens without [CLS]/[SEP]. `operators`: a subset of `OPERATORS`."""
 
     max_depth: int = 3
     max_args: int = 4
     max_words: int = 62
     min_words: int = 8
+    operators: tuple[str, ...] = tuple(OPERATORS)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.operators) - set(OPERATORS))
+        if unknown or not self.operators:
+            raise ValueError(f"ListOps operators must be a non-empty subset of {list(OPERATORS)}, got "
+                             f"{list(self.operators)}.")
 
 
 def _expression(rng: random.Random, depth: int, spec: ListOpsSpec) -> list:
     """A random tree: an operator with 2..max_args arguments, each a digit or (while depth allows) a subtree."""
-    op = rng.choice(list(OPERATORS))
+    op = rng.choice(spec.operators)
     args = []
     for _ in range(rng.randint(2, spec.max_args)):
         if depth < spec.max_depth and rng.random() < 0.35:

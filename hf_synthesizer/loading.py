@@ -22,10 +22,16 @@ dispatch on `model_type` in one place.
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import logging as hf_logging
 
 from .checkpoints import families
 from .configuration_synthesizer import (
@@ -107,6 +113,26 @@ def load_synthesizer_model(
     return auto_class.from_pretrained(path, config=config, **kwargs)
 
 
+def accepted_length(config) -> int | None:
+    """The longest input `config`'s model accepts: `synthesizer_length` for a synthesizer, BERT's
+    `max_position_embeddings` when lower (or alone, for vanilla BERT); None when nothing bounds it (vanilla T5)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if getattr(config, "synthesizer_variant", "vanilla") != "vanilla":
+        limits.append(config.synthesizer_length)
+    limits = [n for n in limits if isinstance(n, int)]
+    return min(limits) if limits else None
+
+
+def set_model_max_length(tokenizer, model):
+    """Make `tokenizer.model_max_length` the length `model` accepts, so `truncation=True` (pipelines included) cuts
+    inputs exactly there, and a tokenizer saved beside the model (`Trainer` saves it, checkpoints included) keeps it.
+    Call it again after `resize_synthesizer_length`. Returns the tokenizer."""
+    length = accepted_length(model.config)
+    if length is not None:
+        tokenizer.model_max_length = length
+    return tokenizer
+
+
 def describe_attention(model) -> str:
     """`"synthesizer_random"`, `"vanilla (sdpa)"`, ...: what a loaded model runs, for logs and tables."""
     variant = getattr(model.config, "synthesizer_variant", None)
@@ -169,3 +195,108 @@ class SynthesizerArguments:
     def options(self) -> dict[str, Any]:
         """The synthesizer config fields the user set."""
         return {k: v for k, v in asdict(self).items() if k.startswith("synthesizer_") and v is not None}
+
+
+@contextmanager
+def quiet_logs(verbose: bool = False):
+    """Inside: transformers and hf_synthesizer log errors only and transformers shows no progress bars, so the per-key
+    load report (the MISSING/UNEXPECTED table, tied-weight warnings) and warnings a command sums up itself do not
+    bury what it prints; `verbose=True` shows them (at least warnings, whatever TRANSFORMERS_VERBOSITY says)."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    ours = logging.getLogger("hf_synthesizer")
+    level = ours.level
+    if verbose:
+        hf_logging.set_verbosity(min(verbosity, logging.WARNING))
+        hf_logging.enable_progress_bar()
+        ours.setLevel(logging.WARNING)
+    else:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        ours.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        ours.setLevel(level)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+
+
+_QUERY_KEY = re.compile(r"\.(query|key|q|k)\.(weight|bias)$")
+_HEAD = re.compile(r"(^|\.)(cls|classifier|qa_outputs|lm_head|pooler|classification_head)\.")
+_COMPONENT = re.compile(r"\.synthesizer\.(factorized_dense|factorized_random|fixed_random|random|dense|mixture)")
+
+
+def _kinds(keys) -> dict[str, list[str]]:
+    kinds = {"synthesizer": [], "query/key": [], "head": [], "other": []}
+    for key in keys:
+        if ".synthesizer." in key:
+            kinds["synthesizer"].append(key)
+        elif _QUERY_KEY.search(key):
+            kinds["query/key"].append(key)
+        elif _HEAD.search(key):
+            kinds["head"].append(key)
+        else:
+            kinds["other"].append(key)
+    return kinds
+
+
+def checkpoint_keys(path) -> set[str] | None:
+    """The tensor names of a local checkpoint's safetensors files (headers only), or None when it has none."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    if not (path / "model.safetensors").is_file():
+        return None
+    with safe_open(path / "model.safetensors", framework="pt") as f:
+        return set(f.keys())
+
+
+def describe_loading(model, info: dict, calibrated=(), source_keys=None) -> str:
+    """One line for a model loaded with `output_loading_info=True`: how many weights loaded, what was initialised and
+    what was ignored, and why each is expected when converting (anything that is not expected is named).
+    `calibrated`: the synthesizer components (and "mixture") set by calibration after loading. `source_keys`: the
+    checkpoint's tensor names (`checkpoint_keys`), to count the query/key weights the model drops without a report."""
+    variant = getattr(model.config, "synthesizer_variant", "vanilla")
+    name = describe_attention(model)
+    silently = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    ignored = [k for k in source_keys or () if any(p.search(k) for p in silently)]
+    missing = _kinds(info.get("missing_keys", ()))
+    unexpected = _kinds([*info.get("unexpected_keys", ()), *ignored])
+    total = len(model.state_dict())
+    loaded = total - len(info.get("missing_keys", ()))
+    new = []
+    if missing["synthesizer"]:
+        count = len(missing["synthesizer"])
+        done = sum(bool(m) and m.group(1) in calibrated for m in map(_COMPONENT.search, missing["synthesizer"]))
+        if done == count:
+            how = "calibrated from the stock model's attention"
+        elif done:
+            how = f"{done} calibrated from the stock model's attention, {count - done} near-uniform"
+        else:
+            how = "near-uniform start"
+        new.append(f"{count} synthesizer parameters (new in {name}: {how})")
+    if missing["query/key"]:
+        new.append(f"{len(missing['query/key'])} query/key weights (new: the vanilla term of {variant})")
+    if missing["head"]:
+        new.append(f"{len(missing['head'])} head/pooler weights of {type(model).__name__} (the source has none)")
+    if missing["other"]:
+        new.append(f"{len(missing['other'])} other weights, NOT expected: {', '.join(sorted(missing['other']))}")
+    dropped = []
+    if unexpected["query/key"]:
+        dropped.append(f"{len(unexpected['query/key'])} query/key weights ({name} has no dot-product term)")
+    if unexpected["head"]:
+        dropped.append(f"{len(unexpected['head'])} head/pooler weights {type(model).__name__} does not have")
+    if unexpected["synthesizer"] or unexpected["other"]:
+        rest = sorted(unexpected["synthesizer"] + unexpected["other"])
+        dropped.append(f"{len(rest)} other weights, NOT expected: {', '.join(rest)}")
+    text = f"loaded {loaded} of {total} weights"
+    if new:
+        text += "; initialised " + ", ".join(new)
+    if dropped:
+        text += "; ignored " + ", ".join(dropped)
+    if info.get("mismatched_keys"):
+        text += f"; re-initialised (shape changed): {', '.join(sorted(str(k) for k in info['mismatched_keys']))}"
+    return text

@@ -7,7 +7,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 
 import torch
 
-from .configuration_synthesizer import ATTN_PREFIX, canonical_variant
+from .configuration_synthesizer import ATTN_PREFIX, CheckpointFamilyError, canonical_variant
 from .hub_mixin import SynthesizerHubMixin
 from .length_resizing import resize_synthesizer_length
 from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
@@ -59,6 +59,8 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
         output_loading_info = kwargs.pop("output_loading_info", False)
         try:
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except CheckpointFamilyError as error:  # e.g. a T5 folder into a BERT class: name the class that loads it
+            raise error.for_model(cls) from None
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise

@@ -142,7 +142,8 @@ def test_convert_synthesizer_checkpoint_to_another_variant_and_head(stock_bert_d
     key = "bert.encoder.layer.1.attention.self.synthesizer.random_r"
     torch.testing.assert_close(mixed[key], source[key], rtol=0, atol=0)  # learned R carried over
     assert "bert.encoder.layer.1.attention.self.query.weight" in mixed  # new, reported as initialised
-    assert "Newly initialised" in out and "attention.self.query.weight" in out
+    assert "initialised 2 synthesizer parameters" in out  # the mixture weights (R came along)
+    assert "8 query/key weights (new: the vanilla term of random+vanilla)" in out
     assert config_of(tmp_path / "mixed")["synthesizer_variant"] == "random+vanilla"
     # Without --attn_implementation a synthesizer checkpoint keeps its variant (here: re-saved as another head).
     assert run_cli("convert", tmp_path / "random", tmp_path / "same", "--head", "base") == 0
