@@ -102,7 +102,7 @@ def factorized_dense_logits_of(model, hidden):
 
     synthesizer = model.bert.encoder.layer[1].attention.self.synthesizer
     fa, fb = synthesizer.factorized_dense_a, synthesizer.factorized_dense_b
-    return factorized_dense_logits(hidden, fa.weight, fa.bias, fb.weight, fb.bias, 4, synthesizer.length)
+    return factorized_dense_logits(fa(hidden), fb(hidden), 4, synthesizer.length)
 
 
 def test_factorized_dense_refuses_resampling_and_extends_exactly():
