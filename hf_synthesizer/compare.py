@@ -327,6 +327,11 @@ def finding(rows: list[dict], majority: float, num_eval: int) -> str:
     def accuracies(group) -> str:
         return ", ".join(f"{r['accuracy']:.2f}" for r in group)
 
+    learned = [r for r in rows if r["accuracy"] - majority > noise(r["accuracy"], majority)]
+    if not learned:  # nothing was learned: an order among the variants would be noise presented as a result
+        return (f"Finding: none: no variant beat the majority class ({majority:.2f}) clearly, so this run's budget is "
+                f"too small to compare them (--quick is a smoke test of the pipeline; run without it, or raise "
+                f"--max_steps).")
     best = max(r["accuracy"] for r in rows)
     lead = [r for r in rows if best - r["accuracy"] <= noise(best, r["accuracy"])]
     trail = [r for r in rows if r not in lead]
@@ -346,7 +351,6 @@ def finding(rows: list[dict], majority: float, num_eval: int) -> str:
                      f"{min(dot_product) - max(pure):.2f} or more: its attention weights depend on the other tokens "
                      f"(where the brackets are), while random synthesizers ignore the input and dense ones see only "
                      f"the token itself")
-    learned = [r for r in rows if r["accuracy"] - majority > noise(r["accuracy"], majority)]
     if len(learned) == len(rows):
         parts.append(f"all beat the majority class ({majority:.2f})")
     else:
@@ -427,9 +431,10 @@ def run(args) -> int:
             print(f"  {variant}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True)
     print()
     print(format_table(rows))
+    frozen = " (fixed_random's frozen R is a buffer, not counted)" if any("fixed_random" in v for v in variants) else ""
     print(
         "\ntime vs vanilla: wall-clock training time of the variant / of vanilla in this run. params: trainable "
-        "parameters (fixed_random's frozen R is a buffer, not counted). 'vanilla' is the unconverted stock model."
+        f"parameters{frozen}. 'vanilla' is the unconverted stock model."
     )
     print(finding(rows, majority, len(evaluation)))
     if args.output_dir:

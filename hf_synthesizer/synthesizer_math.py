@@ -18,7 +18,9 @@ def check_length(needed: int, limit: int, where: str = "") -> None:
         raise ValueError(
             f"Sequence length {needed} exceeds the synthesizer length {limit} (config.synthesizer_length){where}: "
             f"the synthesizer parameters are sized by it. Truncate the inputs (e.g. tokenizer(..., truncation=True, "
-            f"max_length={limit})) or use a model converted with a larger synthesizer_length."
+            f"max_length={limit})); when generating, the prompt and the generated tokens count together, so keep "
+            f"prompt length + max_new_tokens within {limit} (a T5 decoder: max_new_tokens <= {limit}); or use a model "
+            f"converted with a larger synthesizer_length."
         )
 
 
