@@ -162,7 +162,8 @@ def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_sa
     elif hasattr(texts, "column_names"):  # datasets.Dataset
         source = f"Column {text_column!r} of the dataset"
         texts = list(texts[text_column])
-    if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts) and not any(t.strip() for t in texts):
+    strings = isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts)
+    if strings and not any(t.strip() for t in texts):
         raise ValueError(
             f"{source or 'The calibration sample'} has no text: calibration runs the stock model on unlabeled text "
             f"(one example per line) and needs at least one non-empty line."
