@@ -119,8 +119,8 @@ class SynthesizerLogits(nn.Module):
         raw = self.mixture_gate if self.mixture == "gate" else self.mixture_logits
         return mixture_weights(self.mixture, raw)
 
-    def _device(self):
-        return next(iter(self.parameters()), torch.empty(0)).device
+    def _device(self):  # fixed random has a buffer and no parameter
+        return next(iter(self.parameters()), next(iter(self.buffers()), torch.empty(0))).device
 
     def component_logits(self, name, hidden_states, query, key, scaling, q0, lq, lk) -> torch.Tensor:
         if name == "vanilla":

@@ -263,7 +263,7 @@ def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=Non
     if probs is None:
         s = _f32(logits).reshape(heads, -1, lk)
         if causal:
-            s = s + causal_bias(q0, range(0, s.shape[1]), lk, s.device)
+            s = s + causal_bias(q0, slice(0, s.shape[1]), lk, s.device)
         probs = torch.softmax(s, dim=-1)
     p = probs.reshape(heads, -1, lk).to(value.dtype)
     if key_bias is None:
@@ -307,7 +307,7 @@ def shared_probabilities(r, q0, lq, lk, causal):
     """softmax(R[:, q0:q0+lq, :lk] + causal), fp32 `(H, lq, lk)`."""
     s = _f32(r[:, q0 : q0 + lq, :lk])
     if causal:
-        s = s + causal_bias(q0, range(0, lq), lk, s.device)
+        s = s + causal_bias(q0, slice(0, lq), lk, s.device)
     return torch.softmax(s, dim=-1)
 
 
@@ -523,7 +523,7 @@ def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, 
     if bias is not None:
         mask = bias if mask is None else mask + bias
     if causal:
-        c = causal_bias(q0, range(0, lq), lk, value.device)
+        c = causal_bias(q0, slice(0, lq), lk, value.device)
         mask = c if mask is None else mask + c
     if qf is None:
         qf, kf = value.new_zeros(batch, heads, lq, 1), value.new_zeros(batch, heads, lk, 1)

@@ -431,7 +431,7 @@ def _compile_and_compare(variant, backend):
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0
     expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     out = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
     out.sum().backward()
     torch.testing.assert_close(out * mask[..., None], expected * mask[..., None], atol=2e-5, rtol=1e-4)
@@ -440,15 +440,9 @@ def _compile_and_compare(variant, backend):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_compile_traces_every_route(variant):
-    """torch.compile(model) traces every route (dynamo + AOT autograd, custom Functions included), forward and
-    backward; the `aot_eager` backend skips inductor's C++ code generation so that this runs in the default suite."""
-    _compile_and_compare(variant, "aot_eager")
-
-
 @pytest.mark.slow  # ~4 min on 2 cores: ~45 s for the first inductor compile, 5-20 s per further variant
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torch_compile_inductor(variant):
-    """The default inductor backend too. Run with `pytest -m slow`."""
+    """The default inductor backend (aot_eager, every variant, padded and causal: tests/test_portable.py).
+    Run with `pytest -m slow`."""
     _compile_and_compare(variant, "inductor")
