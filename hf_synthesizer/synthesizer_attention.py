@@ -104,6 +104,12 @@ class SynthesizerLogits(nn.Module):
             else:
                 self.mixture_logits = nn.Parameter(torch.empty(len(self.components), heads))
 
+    def train(self, mode: bool = True):
+        """Switching mode (`model.train()` / `model.eval()`) empties the input-independent cache: weights written
+        through `.data`, which PyTorch does not version, are seen from the next evaluation on."""
+        self.input_independent_cache.clear()
+        return super().train(mode)
+
     @property
     def uses_dot_product(self) -> bool:
         return "vanilla" in self.components

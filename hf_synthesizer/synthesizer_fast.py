@@ -279,10 +279,17 @@ class InputIndependentCache:
     softmax(R[q0:q0+lq, :lk] + causal) of random / fixed random (`shared_probabilities`), or the mixed logits
     `sum_n alpha_n R_n + causal` of a mixture with per-example terms, e.g. random + vanilla (`shared_logits`).
 
-    Valid while every source tensor is the same tensor with the same contents: keyed on each source's `_version`
-    (bumped by every in-place update: optimizer steps, `load_state_dict`, `copy_`, `init`), `data_ptr` (a new
-    tensor after `.to()`), dtype and device, plus the caller's key (slice and causal flag). One entry per layer
-    (the last slice used). A value built under `inference_mode` is not reused outside it.
+    Valid while every source tensor is the same tensor with the same contents, as far as PyTorch tracks them: keyed on
+    each source's `_version` (bumped by every in-place update through the tensor or a view or `.detach()` of it:
+    optimizer steps, `load_state_dict`, `copy_`, `init`, EMA/SWA tools), its storage (held by the key, so that a
+    new tensor -- `.to()`, `param.data = ...`, ZeRO-style swaps -- never matches even when the allocator hands out the
+    old address again), data pointer, dtype and device, plus the caller's key (slice and causal flag). One entry per
+    layer (the last slice used). A value built under `inference_mode` is not reused outside it.
+
+    Not tracked by PyTorch, hence not seen here: in-place writes through `param.data` (its `.data` tensor has a
+    version counter of its own). The cache is emptied by every `model.train()` / `model.eval()` (evaluation loops,
+    Trainer's included, call them) and by `clear()`; after writing weights through `.data` in the middle of an
+    evaluation, call one of them, or set `cache_input_independent = False`.
     """
 
     def __init__(self):
@@ -290,14 +297,25 @@ class InputIndependentCache:
         self.value = None
 
     def get(self, sources, key, compute):
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources) + tuple(key)
+        key = tuple((t._version, t.untyped_storage(), t.data_ptr(), t.dtype, t.device) for t in sources) + tuple(key)
         value = self.value
-        if self.key == key and value is not None and (not value.is_inference() or torch.is_inference_mode_enabled()):
+        if self._same(key) and value is not None and (not value.is_inference() or torch.is_inference_mode_enabled()):
             return value
         with torch.no_grad():
             value = compute()
         self.key, self.value = key, value
         return value
+
+    def _same(self, key) -> bool:
+        if self.key is None or len(self.key) != len(key):
+            return False
+        for old, new in zip(self.key, key):
+            if isinstance(old, tuple):  # a source: storages compared by identity (both alive: no address reuse)
+                if old[1]._cdata != new[1]._cdata or old[:1] + old[2:] != new[:1] + new[2:]:
+                    return False
+            elif old != new:
+                return False
+        return True
 
     def clear(self):
         self.key = self.value = None

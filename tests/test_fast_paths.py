@@ -240,6 +240,41 @@ def test_softmax_cache_invalidated_when_weights_change():
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["random", "fixed_random", "random+vanilla"])
+def test_cache_sees_every_supported_weight_change(variant):
+    """The supported ways to change weights each invalidate the softmax(R) / mixed-R cache (RESULTS.md, "Input-
+    independent cache"): an in-place op on the parameter, through `.detach()` (EMA/SWA tools), a new tensor assigned
+    to `.data` even at the old address (storage identity, not the address), and a write through `.data` (which
+    PyTorch does not version) followed by `model.eval()` -- what evaluation loops call."""
+    model = make_model(variant).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    layer = model.encoder.layer[0].attention.self.synthesizer
+    r = layer.random_r if hasattr(layer, "random_r") else layer.fixed_random_r
+
+    def check():
+        with torch.no_grad():
+            fast = model(input_ids=ids).last_hidden_state
+            set_fast(model, False)
+            ref = model(input_ids=ids).last_hidden_state
+            set_fast(model, True)
+        torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
+        assert layer.input_independent_cache.value is not None
+
+    check()
+    with torch.no_grad():
+        r.detach().mul_(2.0)
+    check()
+    storage_copy = r.detach().clone()
+    with torch.no_grad():
+        r.data = storage_copy.neg()  # a new storage; the old one is held by the cache key, so it cannot be reused
+    check()
+    r.data.normal_()  # not versioned by PyTorch ...
+    model.eval()  # ... seen from the next evaluation on
+    check()
+    model.train()
+    assert layer.input_independent_cache.value is None
+
+
 @pytest.mark.parametrize("variant", ["random+vanilla", "fixed_random+vanilla", "dense+random"])
 def test_mixture_cache_of_shared_logits(variant):
     """Inference caches the mixed R terms of a mixture with per-example terms; padding rides on top of the cache;
