@@ -51,6 +51,7 @@ from .synthesizer_math import (
     mix_logits,
     mixture_weights,
     random_logits,
+    take,
     vanilla_logits,
 )
 
@@ -428,8 +429,10 @@ def fast_synthesizer_attention(
     ):
         return None
 
-    small_batch = value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
-    features_faster = components == ("factorized_random",) and small_batch and position_bias is None and tuned
+    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
+        tuned and components == ("factorized_random",) and position_bias is None
+        and value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
+    )
     if input_independent and dropout == 0.0 and kind != "general" and not features_faster:
         if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
             r = getattr(synthesizer, components[0] + "_r")
@@ -465,17 +468,17 @@ def fast_synthesizer_attention(
             kf.append(key.to(dtype))
         elif name == "dense":
             h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
-            w2 = synthesizer.dense_w2[..., :lk].transpose(-1, -2)[None].expand(batch, heads, -1, -1)
-            b2 = synthesizer.dense_b2[:, :lk, None][None].expand(batch, heads, -1, -1)
+            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(batch, heads, -1, -1)
+            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(batch, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))
             qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
             kf.append(w2.to(dtype))
             kf.append(b2.to(dtype))
         elif name == "factorized_random":
-            r1 = synthesizer.factorized_random_r1[:, q0 : q0 + lq][None]
+            r1 = take(synthesizer.factorized_random_r1, 1, q0, lq)[None]
             r1 = r1 if single else r1 * alpha
             qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
-            kf.append(synthesizer.factorized_random_r2[:, :lk][None].to(dtype).expand(batch, heads, -1, -1))
+            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype).expand(batch, heads, -1, -1))
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])

@@ -20,11 +20,13 @@ Three routes, chosen per variant by measurement (benchmarks/RESULTS.md):
   the query side). Runs on sdpa's flash CPU kernel (O(l) memory); all features and the values are zero-padded
   to one head dim because the kernel falls back to the slow math path when q/k and v head dims differ.
 
-This file ships with saved checkpoints (trust_remote_code): it imports only torch.
+This file ships with saved checkpoints (trust_remote_code): it imports only torch and its sibling synthesizer_math.
 """
 
 import torch
 from torch.nn import functional as F
+
+from .synthesizer_math import take
 
 # Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
 # instead of page-faulted afresh (DESIGN.md section 4).
@@ -257,15 +259,15 @@ def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2
 def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=None):
     """The device-generic form of `shared_logits_attention`, public ops only (autograd does the backward):
     `P = softmax(logits + causal)` `(H, lq, lk)` once per batch, `out_b = (P @ (w_b V_b)) / (P @ w_b)` with key weights
-    `w_b = exp(m_b - max m_b)`. `logits` `(1 or H.., H, lq, lk)` fp32 (sliced), or `probs` the softmax already taken.
+    `w_b = exp(m_b - max m_b)`. `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
     value `(B, H, lk, dh)` -> `(B, lq, H, dh)`."""
     batch, heads, lk, dh = value.shape
     if probs is None:
-        s = _f32(logits).reshape(heads, -1, lk)
+        s = _f32(logits)  # no reshape: its view check would guard on lk == L under torch.export
         if causal:
-            s = s + causal_bias(q0, slice(0, s.shape[1]), lk, s.device)
+            s = s + causal_bias(q0, slice(0, s.shape[-2]), lk, s.device)
         probs = torch.softmax(s, dim=-1)
-    p = probs.reshape(heads, -1, lk).to(value.dtype)
+    p = probs.to(value.dtype)
     if key_bias is None:
         return torch.matmul(p, value).transpose(1, 2)
     w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)[:, None, :, None]
@@ -536,7 +538,7 @@ def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, 
     batch, heads, lk, dh = value.shape
     mask = None
     for n, r in enumerate(shared):
-        term = _f32(alphas[n]).view(1, -1, 1, 1) * _f32(r[None, :, q0 : q0 + lq, :lk])
+        term = _f32(alphas[n]).view(1, -1, 1, 1) * _f32(take(take(r, 1, q0, lq), 2, 0, lk))
         mask = term if mask is None else mask + term
     if bias is not None:
         mask = bias if mask is None else mask + bias
@@ -552,7 +554,10 @@ def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, 
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=None if mask is None else mask.to(value.dtype), dropout_p=dropout, scale=1.0
     )
-    return out[..., :dh].transpose(1, 2)
+    # A copy in (B, lq, H, dh) order, always recorded: `.contiguous()` is dropped from an exported graph where sdpa's
+    # kernel already returned that layout, and ONNX's decomposition of sdpa returns another, which the caller's
+    # `reshape` (recorded as a view) then cannot view.
+    return out[..., :dh].transpose(1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached=None):

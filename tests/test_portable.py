@@ -143,3 +143,69 @@ def test_torch_compile_dynamic_lengths(variant, causal):
             out.sum().backward()
         torch.testing.assert_close(out * mask[..., None], outputs(model, ids, mask) * mask[..., None], atol=2e-5, rtol=1e-4)
     torch._dynamo.reset()
+
+
+def _export_inputs():
+    ids, mask = padded_batch(3, 16)
+    batch, length = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("length", min=2, max=24)
+    shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
+    other = padded_batch(2, 24, seed=1)  # another batch size, and the full synthesizer_length
+    return dict(input_ids=ids, attention_mask=mask), shapes, dict(zip(("input_ids", "attention_mask"), other))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_export_dynamic_batch_and_length(variant):
+    """`torch.export` of a converted encoder for inference (the README's command), dynamic batch and length up to
+    `synthesizer_length`: the exported program matches eager on another batch size and length."""
+    model = make_model(variant).eval()
+    inputs, shapes, other = _export_inputs()
+    program = torch.export.export(model, (), inputs, dynamic_shapes=shapes)
+    with torch.no_grad():
+        expected = model(**other).last_hidden_state
+    out = program.module()(**other).last_hidden_state
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+ONNX_DEFAULT = ("random", "random+vanilla")
+
+
+@pytest.mark.parametrize(
+    "variant", [v if v in ONNX_DEFAULT else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
+def test_onnx_export_runs_in_onnxruntime(variant, tmp_path):
+    """`torch.onnx.export(..., dynamo=True)` with dynamic batch and length; ONNX Runtime runs the file and matches
+    eager within 1e-4 (every variant with `-m slow`)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = make_model(variant).eval()
+    inputs, shapes, other = _export_inputs()
+    program = torch.onnx.export(model, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True)
+    program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {k: v.numpy() for k, v in other.items()})[0]
+    with torch.no_grad():
+        expected = model(**other).last_hidden_state
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_t5_torch_compile_fullgraph(variant):
+    """T5 (encoder + causal decoder with the relative position bias, padding on both sides): one graph, as stock T5,
+    forward and backward equal to eager."""
+    from hf_synthesizer import T5SynthesizerConfig, T5SynthesizerForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5SynthesizerConfig(
+        vocab_size=50, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, synthesizer_variant=variant, synthesizer_length=16,
+    )
+    model = T5SynthesizerForConditionalGeneration(config)
+    ids, mask = padded_batch(3, 12)
+    labels, decoder_mask = padded_batch(3, 7, seed=1)
+    kwargs = dict(input_ids=ids, attention_mask=mask, labels=labels, decoder_attention_mask=decoder_mask)
+    expected = model(**kwargs).loss
+    torch._dynamo.reset()
+    loss = torch.compile(model, fullgraph=True, backend="aot_eager")(**kwargs).loss
+    loss.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
