@@ -323,6 +323,9 @@ def run_compile(args, results):
     inference, in one process; after each model's first (compiling) calls, every compiled and eager function is timed
     round-robin (`interleaved`), so that load from other processes hits all rows alike."""
     shape, length, batch = args.compile_shape, args.compile_length, args.compile_batch
+    # Every model's forward is one code object (transformers' decorator) to dynamo: without a higher limit, the
+    # models compiled after the 8th graph would silently run eager.
+    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 1024
     fns, first_call, models = {}, {}, []
     for impl in ["sdpa"] + list(args.compile_variants):
         torch.manual_seed(0)

@@ -209,3 +209,27 @@ def test_t5_torch_compile_fullgraph(variant):
     loss.backward()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+def test_dynamic_cache_decoding_compiles_to_one_graph():
+    """A decoding step with a DynamicCache (the offset is the cache's length, a Python int) compiles fullgraph and
+    gives eager's logits. (A StaticCache's offset is a tensor read with `int()`: one host read per layer, left.)"""
+    from transformers import DynamicCache
+
+    model = make_model("random+vanilla", BertSynthesizerLMHeadModel, is_decoder=True).eval()
+    ids, mask = padded_batch(2, 6)
+
+    def step(model, ids, mask, cache):
+        return model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    logits = {}
+    with torch.no_grad():
+        for name, fn in (("compiled", compiled), ("eager", step)):
+            cache = DynamicCache()
+            first = fn(model, ids, mask, cache)
+            next_ids = first[:, -1:].argmax(-1)
+            logits[name] = fn(model, next_ids, torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), cache)
+    torch.testing.assert_close(logits["compiled"], logits["eager"], atol=2e-5, rtol=1e-4)
+    torch._dynamo.reset()
