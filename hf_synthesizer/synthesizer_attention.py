@@ -313,7 +313,9 @@ class SynthesizerAttentionMixin:
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
 
         query/key `(B, H, lq/lk, dh)` or None when no vanilla term reads them; value `(B, H, lk, dh)`;
-        `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`;
+        `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`: a key mask
+        `(B, 1, 1, lk)` (what `synthesizer_mask` gives) gets the causal mask added when the module is causal, a full
+        mask is used as given;
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides
