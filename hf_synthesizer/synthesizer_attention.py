@@ -413,7 +413,7 @@ def fast_synthesizer_attention(
             synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
             scaling, dropout, training, q0, lq, lk, position_bias, bias_synthesized, chunked=tuned,
         )
-    if value.dtype != torch.float32 and any(c in FULL_RANK for c in components) and (
+    if value.dtype in (torch.float16, torch.bfloat16) and any(c in FULL_RANK for c in components) and (
         training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
     ):
         # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
@@ -490,6 +490,11 @@ def fast_synthesizer_attention(
     if shared or kind == "general" and qf is None:
         if kind == "general":
             bias = general_bias(attention_mask)
+        elif kind == "key" and causal:
+            # Padding and causality as one full bias (B, 1, lq, lk), built on-device: a row that sees no kept key
+            # (left padding) is then MASKED throughout and attends uniformly, as in the reference; the two biases
+            # added would leave it attending to the padded keys only.
+            bias, causal = general_bias(with_causal(attention_mask, True, q0, lq, lk, value.device)), False
         elif kind == "key":
             bias = key_bias[:, None, None, :]
         else:

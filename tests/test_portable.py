@@ -91,6 +91,14 @@ def test_generic_routes_match_reference(variant, causal, monkeypatch):
         results[name] = out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     (out, grads), (ref, ref_grads) = results["generic"], results["reference"]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # the reference softmax runs in fp32
+    if causal:  # rows that see no kept key (left padding) attend uniformly in both, padded rows included
+        monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
+        with torch.no_grad():
+            set_fast(model, True)
+            generic = outputs(model, ids, mask)
+            set_fast(model, False)
+            reference = outputs(model, ids, mask)
+        torch.testing.assert_close(generic, reference, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
