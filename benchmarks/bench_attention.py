@@ -14,7 +14,9 @@ the same row and section, so > 1 means faster than stock sdpa):
           Trainer default with torch >= 2.8), "infer" = no_grad forward; BERT-base shape (12 x 768) and MiniLM shape
           (6 x 384); a small-hidden (4 x 256) encoder at l = 4096 for inference; a T5-small-shaped encoder-decoder
           (6 + 6 x 512, 8 heads) at encoder/decoder length 512/128 (synthesizer in both stacks, relative position
-          bias added as configured by default); `torch.compile(model)` rows.
+          bias added as configured by default).
+  compile `torch.compile(model)` (inductor) of every variant against compiled sdpa, train and infer, timed
+          round-robin with the eager models (`--compile-shape/-length/-batch`, MiniLM l = 128 b = 8 by default).
   memory  peak of live CPU tensor memory allocated during the measured call, above the level at its start, from
           the torch profiler's memory events (each op's own allocations at its start, frees as they happen;
           allocator-independent -- RSS is not: glibc keeps freed blocks resident). Measured on an extra call after
@@ -317,28 +319,42 @@ def run_model(args, results):
 
 
 def run_compile(args, results):
-    shape, length, batch = "minilm", 128, 8
+    """`torch.compile(model)` (inductor) of every `--compile-variants` against compiled sdpa, training step and
+    inference, in one process; after each model's first (compiling) calls, every compiled and eager function is timed
+    round-robin (`interleaved`), so that load from other processes hits all rows alike."""
+    shape, length, batch = args.compile_shape, args.compile_length, args.compile_batch
+    # Every model's forward is one code object (transformers' decorator) to dynamo: without a higher limit, the
+    # models compiled after the 8th graph would silently run eager.
+    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 1024
+    fns, first_call, models = {}, {}, []
     for impl in ["sdpa"] + list(args.compile_variants):
         torch.manual_seed(0)
         model = build_model(impl, length, shape)
         ids = torch.randint(0, 30522, (batch, length))
         eager_train, eager_infer = model_fns(model, ids, "fp32")
-        compiled = torch.compile(model)
-        train, infer = model_fns(compiled, ids, "fp32")
+        train, infer = model_fns(torch.compile(model), ids, "fp32")
         for mode, fn, ref in (("infer", infer, eager_infer), ("train", train, eager_train)):
             t0 = time.perf_counter()
             fn()
-            compile_s = time.perf_counter() - t0
-            t, all_t = median_time(fn, args.repeats)
-            t_ref, _ = median_time(ref, args.repeats)
+            first_call[impl, mode] = time.perf_counter() - t0
+            fns[impl, mode, "compiled"], fns[impl, mode, "eager"] = fn, ref
+            print(f"compile {shape} l={length} b={batch} {impl:28s} {mode:5s} first call {first_call[impl, mode]:6.1f} s",
+                  flush=True)
+        models.append(model)
+    for mode in ("infer", "train"):
+        timed = interleaved({k: f for k, f in fns.items() if k[1] == mode}, args.repeats)
+        for (impl, _, kind), (t, all_t) in timed.items():
+            if kind != "compiled":
+                continue
+            t_ref = timed[impl, mode, "eager"][0]
             results.append(dict(section="compile", shape=shape, dtype="fp32", length=length, batch=batch, impl=impl,
                                 mode=mode, seconds=t, all_seconds=all_t, uncompiled_seconds=t_ref,
-                                first_call_seconds=compile_s))
+                                first_call_seconds=first_call[impl, mode]))
             print(f"compile {shape} l={length} b={batch} {impl:28s} {mode:5s} {t * 1e3:9.1f} ms "
-                  f"(uncompiled {t_ref * 1e3:9.1f} ms, first call {compile_s:6.1f} s)", flush=True)
-        del model, compiled
-        torch._dynamo.reset()
-        gc.collect()
+                  f"(uncompiled {t_ref * 1e3:9.1f} ms)", flush=True)
+    del fns, models
+    torch._dynamo.reset()
+    gc.collect()
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -420,7 +436,10 @@ def main(argv=None):
     p.add_argument("--model-variants", nargs="+",
                    default=["random", "fixed_random", "factorized_random", "dense", "random+vanilla"])
     p.add_argument("--model-dtypes", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--compile-variants", nargs="+", default=["random", "factorized_random", "dense"])
+    p.add_argument("--compile-variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--compile-shape", default="minilm", choices=list(SHAPES) + ["t5-small"])
+    p.add_argument("--compile-length", type=int, default=128)
+    p.add_argument("--compile-batch", type=int, default=8)
     p.add_argument("--eager-max", type=int, default=2048, help="skip stock eager above this length")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=9,

@@ -66,7 +66,9 @@ def main(path):
         out.append(table(rows, title, show_mem=dtype == "fp32"))
     comp = [r for r in results if r["section"] == "compile"]
     if comp:
-        out.append("**torch.compile(model)**, MiniLM shape, l=128, fp32 (median ms; x vs compiled sdpa)\n")
+        c = comp[0]
+        out.append(f"**torch.compile(model)** (inductor), {c['shape']} shape, l={c['length']}, b={c['batch']}, fp32 "
+                   f"(median ms; x vs compiled sdpa)\n")
         out.append("| impl | mode | compiled | uncompiled | first call (compile) s | x vs compiled sdpa |")
         out.append("|---|---|---|---|---|---|")
         for r in comp:

@@ -16,15 +16,26 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers import initialization as init
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    bidirectional_mask_function,
+    causal_mask_function,
+    is_tracing,
+    prepare_padding_mask,
+    sdpa_mask,
+)
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 from .synthesizer_fast import (
     CHUNK_ELEMENTS,
     MASKED,
     InputIndependentCache,
+    cpu_tuned,
     feature_attention,
     general_bias,
+    generic_per_example_attention,
+    generic_shared_attention,
+    no_key_rows,
     per_example_attention,
     shared_logits,
     shared_logits_attention,
@@ -42,6 +53,7 @@ from .synthesizer_math import (
     mix_logits,
     mixture_weights,
     random_logits,
+    take,
     vanilla_logits,
 )
 
@@ -95,6 +107,12 @@ class SynthesizerLogits(nn.Module):
             else:
                 self.mixture_logits = nn.Parameter(torch.empty(len(self.components), heads))
 
+    def train(self, mode: bool = True):
+        """Switching mode (`model.train()` / `model.eval()`) empties the input-independent cache: weights written
+        through `.data`, which PyTorch does not version, are seen from the next evaluation on."""
+        self.input_independent_cache.clear()
+        return super().train(mode)
+
     @property
     def uses_dot_product(self) -> bool:
         return "vanilla" in self.components
@@ -110,8 +128,8 @@ class SynthesizerLogits(nn.Module):
         raw = self.mixture_gate if self.mixture == "gate" else self.mixture_logits
         return mixture_weights(self.mixture, raw)
 
-    def _device(self):
-        return next(iter(self.parameters()), torch.empty(0)).device
+    def _device(self):  # fixed random has a buffer and no parameter
+        return next(iter(self.parameters()), next(iter(self.buffers()), torch.empty(0))).device
 
     def component_logits(self, name, hidden_states, query, key, scaling, q0, lq, lk) -> torch.Tensor:
         if name == "vanilla":
@@ -297,7 +315,9 @@ class SynthesizerAttentionMixin:
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
 
         query/key `(B, H, lq/lk, dh)` or None when no vanilla term reads them; value `(B, H, lk, dh)`;
-        `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`;
+        `attention_mask` boolean keep-mask or additive float mask broadcastable to `(B, H, lq, lk)`: a key mask
+        `(B, 1, 1, lk)` (what `synthesizer_mask` gives) gets the causal mask added when the module is causal, a full
+        mask is used as given;
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides
@@ -311,17 +331,19 @@ class SynthesizerAttentionMixin:
         q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
         synthesizer.check_length(q0, lq, lk)
         is_causal = getattr(self, "is_causal", False) if is_causal is None else is_causal
-        if attention_mask is None and is_causal and lq > 1:
-            attention_mask = causal_mask(q0, lq, lk, value.device)
+        # The causal part is added here unless the mask is a full one (which holds it): `synthesizer_mask` hands over
+        # padding as a `(B, 1, 1, lk)` key mask, so that the routes know the mask's structure from its shape.
+        causal = bool(is_causal) and lq > 1 and (attention_mask is None or attention_mask.shape[-2] == 1)
         bias_synthesized = getattr(self, "bias_synthesized", True)
 
         if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
             output = fast_synthesizer_attention(
                 synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
-                q0, lq, lk, position_bias, bias_synthesized,
+                q0, lq, lk, position_bias, bias_synthesized, causal,
             )
             if output is not None:
                 return output, None
+        attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
         if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
             if synthesizer.is_vanilla:
                 return sdpa_attention_forward(
@@ -350,9 +372,23 @@ FULL_RANK = ("random", "fixed_random")
 SHARED_ROUTE_MIN_BATCH_HEAD_DIM = 128
 
 
+def with_causal(attention_mask, causal: bool, q0: int, lq: int, lk: int, device):
+    """The full mask: `attention_mask` (None, a `(B, 1, 1, lk)` key mask or a full mask) AND, when `causal`, the
+    causal mask `(1, 1, lq, lk)` where query `q0 + i` sees keys `0..q0 + i`. Boolean stays boolean; a float mask gets
+    `finfo.min` at the causally hidden entries."""
+    if not causal:
+        return attention_mask
+    keep = causal_mask(q0, lq, lk, device)
+    if attention_mask is None:
+        return keep
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & keep
+    return attention_mask.masked_fill(~keep, torch.finfo(attention_mask.dtype).min)
+
+
 def fast_synthesizer_attention(
     synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-    position_bias=None, bias_synthesized=True,
+    position_bias=None, bias_synthesized=True, causal=False,
 ):
     """The fastest measured route for a synthesizer layer (see synthesizer_fast and benchmarks/RESULTS.md), or
     None when none applies (T5's position bias together with per-example logits, dropout or an arbitrary mask: the
@@ -373,10 +409,11 @@ def fast_synthesizer_attention(
     components = synthesizer.components
     if value.shape[0] == 0:
         return None
+    tuned = cpu_tuned(value)  # CPU-only kernels and Functions below run only where this holds
     if "factorized_dense" in components:
         return chunked_reference_attention(
-            synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-            position_bias, bias_synthesized,
+            synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
+            scaling, dropout, training, q0, lq, lk, position_bias, bias_synthesized, chunked=tuned,
         )
     if value.dtype in (torch.float16, torch.bfloat16) and any(c in FULL_RANK for c in components) and (
         training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
@@ -385,43 +422,48 @@ def fast_synthesizer_attention(
         # extreme inputs: low precision runs the reference.
         return None
     dropout = dropout if training else 0.0
-    kind, key_bias, causal = split_mask(attention_mask, lq, lk, q0)
+    kind, key_bias, causal = split_mask(attention_mask, causal)
+    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask) takes the exact
+    # per-example route (the reference with T5's position bias). The shared and feature routes give such a row its
+    # uniform forward but not the reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the
+    # device-generic routes (GPU, compile, export) do not check it.
+    keyless = tuned and kind == "key" and bool(no_key_rows(key_bias, causal, q0, lq).any())
     weights = synthesizer.mixture_weights()  # (n, H or 1)
     heads = synthesizer.num_heads
     input_independent = all(c in INPUT_INDEPENDENT for c in components)
     if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
         position_bias = None  # only a vanilla term would read it
     if position_bias is not None and not (
-        input_independent and dropout == 0.0 and kind != "general" and position_bias.shape[0] == 1
+        input_independent and dropout == 0.0 and kind != "general" and position_bias.shape[0] == 1 and not keyless
     ):
         return None
 
-    small_batch = value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
-    features_faster = components == ("factorized_random",) and small_batch and position_bias is None
-    if input_independent and dropout == 0.0 and kind != "general" and not features_faster:
-        out = None
-        if position_bias is not None:  # T5: logits + position bias, once per batch
-            logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
-            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
-            return out.to(value.dtype) if out is not None else None
-        if len(components) == 1 and components[0] in FULL_RANK:
+    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
+        tuned and components == ("factorized_random",) and position_bias is None
+        and value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
+    )
+    if input_independent and dropout == 0.0 and kind != "general" and not features_faster and not keyless:
+        if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
             r = getattr(synthesizer, components[0] + "_r")
             if _use_cache(synthesizer, [r]):
                 probs = synthesizer.input_independent_cache.get(
                     [r], (q0, lq, lk, causal), lambda: shared_probabilities(r, q0, lq, lk, causal)
                 )
-                out = shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs)
-            else:
-                out = shared_logits_attention(value, key_bias, causal, q0, lq, r=r)
+                if not tuned:
+                    return generic_shared_attention(value, key_bias, causal, q0, probs=probs).to(value.dtype)
+                return shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs).to(value.dtype)
+        if not tuned or position_bias is not None or len(components) > 1:
+            # logits (+ T5's position bias) mixed once per batch: (H, lq, lk)
+            logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
+            if not tuned:
+                return generic_shared_attention(value, key_bias, causal, q0, logits=logits).to(value.dtype)
+            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
         elif components == ("factorized_random",):
             r1, r2 = synthesizer.factorized_random_r1, synthesizer.factorized_random_r2
             out = shared_logits_attention(value, key_bias, causal, q0, lq, r1=r1, r2=r2)
-        else:  # a mixture of input-independent terms: mix once per batch, then share
-            logits = synthesizer(None, None, None, scaling, q0, lq, lk)[0]  # (H, lq, lk)
-            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
-        if out is not None:
-            return out.to(value.dtype)
-        kind, key_bias, causal = "general", None, False  # kept-key sum underflowed: per example instead
+        else:
+            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=getattr(synthesizer, components[0] + "_r"))
+        return out.to(value.dtype)
 
     # Per-example dot-product features: logits = qf . kf, mixture weights folded into qf.
     qf, kf, shared, alphas = [], [], [], []
@@ -435,17 +477,17 @@ def fast_synthesizer_attention(
             kf.append(key.to(dtype))
         elif name == "dense":
             h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
-            w2 = synthesizer.dense_w2[..., :lk].transpose(-1, -2)[None].expand(batch, heads, -1, -1)
-            b2 = synthesizer.dense_b2[:, :lk, None][None].expand(batch, heads, -1, -1)
+            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(batch, heads, -1, -1)
+            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(batch, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))
             qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
             kf.append(w2.to(dtype))
             kf.append(b2.to(dtype))
         elif name == "factorized_random":
-            r1 = synthesizer.factorized_random_r1[:, q0 : q0 + lq][None]
+            r1 = take(synthesizer.factorized_random_r1, 1, q0, lq)[None]
             r1 = r1 if single else r1 * alpha
             qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
-            kf.append(synthesizer.factorized_random_r2[:, :lk][None].to(dtype).expand(batch, heads, -1, -1))
+            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype).expand(batch, heads, -1, -1))
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])
@@ -453,15 +495,23 @@ def fast_synthesizer_attention(
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
     kf = torch.cat(kf, dim=-1) if kf else None
     bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    bias = general_bias(attention_mask, bias_dtype) if kind == "general" else None
-    # A query row that sees no key attends uniformly (reference). sdpa's backward recomputes its probabilities from
-    # a log-sum-exp that rounds to MASKED there (each key weighed 1, not 1/lk); the per-example route corrects that.
-    no_key_rows = bias is not None and bool((bias.amax(-1) <= MASKED / 2).any())
-    if shared or kind == "general" and (qf is None or no_key_rows):
-        if kind == "key":
+    full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
+    if kind == "general" or kind == "key" and causal:
+        full = general_bias(with_causal(attention_mask, kind == "key", q0, lq, lk, value.device), bias_dtype)
+    # Rows without a kept key: see `keyless` above (sdpa's backward recomputes their probabilities from a log-sum-exp
+    # that rounds to MASKED, weighing each key 1, not 1/lk); an arbitrary ("general") mask is checked here.
+    keyless = keyless or tuned and kind == "general" and qf is not None and bool((full.amax(-1) <= MASKED / 2).any())
+    if shared or kind == "general" and qf is None or keyless:
+        if full is not None:
+            # the two biases added would leave a row without kept keys attending to the padded keys only
+            bias, causal = full, False
+        elif kind == "key":
             bias = key_bias[:, None, None, :]
+        else:
+            bias = None
         alphas = torch.stack(alphas) if alphas else None
-        causal = causal and kind != "general"
+        if not tuned:
+            return generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal).to(dtype)
         cached = None
         if shared and qf is not None and dropout == 0.0:
             mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
@@ -471,24 +521,27 @@ def fast_synthesizer_attention(
                     sources, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
                 )
         return per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached).to(dtype)
-    if attention_mask is not None and (
-        attention_mask.dtype != torch.bool or not bool(attention_mask.any(-1).all())
-    ):
-        # float masks in the value dtype; a bool mask with a fully masked row would give NaN in sdpa, the reference
-        # attends uniformly there: the finite MASKED additive form reproduces that.
-        attention_mask = general_bias(attention_mask).to(dtype)
-    return feature_attention(qf, kf, value, attention_mask, dropout)
+    # The full mask as an additive float mask in the value dtype (masked entries MASKED, finite): a row with every
+    # key masked then attends uniformly, as in the reference (a boolean mask would give NaN in sdpa).
+    mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
+    return feature_attention(qf, kf, value, None if mask is None else general_bias(mask).to(dtype), dropout)
 
 
 def chunked_reference_attention(
     synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-    position_bias=None, bias_synthesized=True,
+    position_bias=None, bias_synthesized=True, chunked=True,
 ):
-    """The reference math (mixed logits -> masked softmax -> dropout -> @ V) one chunk of query rows at a time;
+    """The reference math (mixed logits -> masked softmax -> dropout -> @ V) one chunk of query rows at a time
+    (`chunked`, CPU-tuned; else in one piece);
     returns `(B, lq, H, dh)`. Exact: the logits of a query row depend only on that row. With gradients, each chunk
     is recomputed in backward (activation checkpointing, RNG preserved for dropout), so nothing l x l outlives its
     chunk. The route of factorized dense and its mixtures, whose logits have no low-dimensional form: the whole-length
     reference builds several `(B, H, lq, lk)` fp32 tensors (page-faulted afresh each call)."""
+    if not chunked:
+        return _reference_chunk(
+            synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden_states, query, key, value,
+            attention_mask, position_bias, q0,
+        ).transpose(1, 2).contiguous()
     rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, value.shape[0] * value.shape[1] * lk))
     chunk = functools.partial(_reference_chunk, synthesizer, scaling, dropout, training, lk, bias_synthesized)
     outputs = []
@@ -555,7 +608,26 @@ def _mixture_through_sdpa(
 
 
 def synthesizer_mask(*args, **kwargs):
-    """sdpa's boolean mask (None when nothing is masked), with causal masks always materialised."""
+    """The mask transformers hands to synthesizer attention (registered with `AttentionMaskInterface`).
+
+    For the masks BERT and T5 build -- padding, alone or with causality (`bidirectional_mask_function` /
+    `causal_mask_function`, no local window) -- the boolean key-padding mask `(B, 1, 1, kv_length)`, or None when
+    nothing is padded (checked on the host outside tracing, as transformers does for sdpa): the attention module adds
+    the causal part itself from its `is_causal`, so the routes know the structure of the mask from its shape, with no
+    value read on the host (`split_mask`). Any other mask function (sliding windows, `or_mask_function`/
+    `and_mask_function`, packed sequences): sdpa's full boolean mask `(B, 1, q_length, kv_length)`, causal part
+    included, always materialised.
+    """
+    mask_function = kwargs.get("mask_function", causal_mask_function)
+    if not args and kwargs.get("local_size") is None and mask_function in (causal_mask_function, bidirectional_mask_function):
+        kv_length, kv_offset = kwargs["kv_length"], kwargs.get("kv_offset", 0)
+        padding = prepare_padding_mask(kwargs.get("attention_mask"), kv_length, kv_offset)
+        if padding is None:
+            return None
+        padding = padding[:, kv_offset : kv_offset + kv_length].bool()
+        if not is_tracing(padding) and padding.device.type != "meta" and bool(padding.all()):
+            return None
+        return padding[:, None, None, :]
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(*args, **kwargs)
 

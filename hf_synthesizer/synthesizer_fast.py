@@ -20,11 +20,13 @@ Three routes, chosen per variant by measurement (benchmarks/RESULTS.md):
   the query side). Runs on sdpa's flash CPU kernel (O(l) memory); all features and the values are zero-padded
   to one head dim because the kernel falls back to the slow math path when q/k and v head dims differ.
 
-This file ships with saved checkpoints (trust_remote_code): it imports only torch.
+This file ships with saved checkpoints (trust_remote_code): it imports only torch and its sibling synthesizer_math.
 """
 
 import torch
 from torch.nn import functional as F
+
+from .synthesizer_math import take
 
 # Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
 # instead of page-faulted afresh (DESIGN.md section 4).
@@ -60,44 +62,56 @@ def causal_bias(q0: int, rows: range | slice, key_length: int, device) -> torch.
     return torch.zeros(keep.shape, device=device).masked_fill_(~keep, MASKED)
 
 
-def split_mask(attention_mask, lq: int, lk: int, q0: int):
-    """Classify a mask as `(kind, key_bias, causal)`.
+def cpu_tuned(t: torch.Tensor) -> bool:
+    """Whether the CPU-tuned routes (custom autograd Functions, `_scaled_dot_product_flash_attention_for_cpu`,
+    query chunking, the input-independent cache) may run for `t`: a CPU tensor in eager mode. Anywhere else -- CUDA
+    or any other device, `meta`, and under `torch.compile` / `torch.export` tracing -- the device-generic routes run,
+    built from public ops only (matmul, softmax, `F.scaled_dot_product_attention`), one graph without host reads."""
+    return t.device.type == "cpu" and not _is_compiling()
 
-    kind "none": no mask. kind "key": the mask is the same for every query row of an example (padding) up to a
-    causal mask, which is detected exactly (mask == causal & last row) and returned as `causal=True`; `key_bias` is
-    the additive fp32 key bias `(B or 1, lk)` (0 kept, MASKED padded, or the float mask's values).
-    kind "general": anything else -- per-head or arbitrary per-query masks, masks requiring grad, or a query row
-    that sees no key at all (an example whose keys are all masked, or left padding under a causal mask: the reference
-    then attends uniformly over all `lk` keys, which neither the key-weight trick nor a padding bias added to a causal
-    one reproduces); the caller uses a route that adds the full mask once (`general_bias`).
+
+def split_mask(attention_mask, causal: bool):
+    """Classify a mask as `(kind, key_bias, causal)` from its shape alone: no values are read on the host, so that
+    the classification is free of device syncs and graph breaks.
+
+    kind "none": no mask. kind "key": a mask with a query dim of 1, `(B or 1, 1, 1, lk)` -- what
+    `synthesizer_mask` hands over for padding -- the same for every query row; `key_bias` is its additive fp32 form
+    `(B or 1, lk)` (0 kept, MASKED padded, or the float mask's values clamped at MASKED). In both, `causal` (the
+    module's `is_causal` and more than one query, from the caller) adds the causal mask on top. kind "general":
+    anything else -- a full `(B, 1, lq, lk)` mask (which already holds any causal part: `causal` is returned False),
+    per-head masks, masks requiring grad; the caller uses a route that adds the full mask.
     """
     if attention_mask is None:
-        return "none", None, False
+        return "none", None, causal
     m = attention_mask
-    if m.dim() != 4 or m.shape[1] != 1 or m.requires_grad:
+    if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.requires_grad:
         return "general", None, False
-    last = m[:, 0, -1, :]  # under a causal mask the last query row sees every key
-    causal = False
-    if m.shape[2] != 1 and m.stride(2) != 0 and not torch.equal(m, last[:, None, None, :].expand_as(m)):
-        if m.dtype != torch.bool or m.shape[2] != lq:
-            return "general", None, False
-        keep_causal = (torch.arange(lq, device=m.device)[:, None] + q0) >= torch.arange(lk, device=m.device)[None]
-        if not torch.equal(m, keep_causal[None, None] & last[:, None, None, :]):
-            return "general", None, False
-        causal = True
+    last = m[:, 0, 0, :]
     if m.dtype == torch.bool:
-        if not bool(last.any(-1).all()):
-            return "general", None, False
         bias = torch.zeros(last.shape, device=m.device).masked_fill_(~last, MASKED)
     else:
         bias = last.float().clamp_min(MASKED)
-        if not bool((bias > MASKED / 2).any(-1).all()):
-            return "general", None, False
-    if causal and bool((bias[:, : q0 + 1] <= MASKED / 2).all(-1).any()):
-        return "general", None, False  # query 0 (position q0) sees only masked keys
-    if not causal and not bool(bias.any()):
-        return "none", None, False
     return "key", bias, causal
+
+
+def no_key_rows(key_bias, causal: bool, q0: int, lq: int):
+    """`(B or 1, lq)` bool, on-device: query rows that see no kept key (every key padded, or, under a causal mask,
+    every key up to the query). The reference attends uniformly over all keys there (it adds `finfo.min` to every
+    logit); the key-weight trick would divide 0 by 0."""
+    kept = key_bias > MASKED / 2  # (B, lk)
+    if not causal:
+        return (~kept.any(-1, keepdim=True)).expand(-1, lq)
+    lk = kept.shape[-1]
+    seen = kept.cumsum(-1)  # kept keys up to each position
+    last_seen = (torch.arange(lq, device=kept.device) + q0).clamp_max(lk - 1)
+    return seen[:, last_seen] == 0
+
+
+def uniform_where_no_key(out, value, key_bias, causal: bool, q0: int):
+    """`out` `(B, lq, H, dh)` with the rows of `no_key_rows` replaced by the mean of the values over all keys (the
+    reference's uniform attention there)."""
+    empty = no_key_rows(key_bias, causal, q0, out.shape[1])[:, :, None, None]
+    return torch.where(empty, value.mean(2)[:, None].to(out.dtype), out)
 
 
 def general_bias(attention_mask, dtype=torch.float32):
@@ -161,7 +175,7 @@ class _SharedLogitsAttention(torch.autograd.Function):
                     torch.matmul(p, x[hs], out=y[hs, rows.start : rows.stop])
             y = y.view(heads, lq, batch, width)
             if key_weight is not None:
-                den = y[..., dh:]
+                den = y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)
                 out = y[..., :dh] / den
             else:
                 den = None
@@ -224,22 +238,42 @@ class _SharedLogitsAttention(torch.autograd.Function):
 
 
 def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2=None, probs=None, r_offset=None):
-    """Attention with logits shared by the whole batch; returns `(B, lq, H, dh)` or None when the key-padding
-    trick would divide by an underflowed kept-key sum (fully padded example, or padding whose probabilities
-    exceed the kept keys' by ~e^87): the caller then takes the per-example route.
+    """Attention with logits shared by the whole batch (CPU-tuned, see `cpu_tuned`); returns `(B, lq, H, dh)`.
 
     Exactly one of `r` (full `(H, L, L)` logits parameter or buffer), `r1, r2` (`(H, L, k)` factors) or `probs`
     (softmax of the sliced, causally masked logits, e.g. cached) is given. `key_bias` `(B or 1, lk)` additive.
-    Query `i` uses row `r_offset + i` of `r`/`r1` (default `q0`; 0 for logits already sliced).
+    Query `i` uses row `r_offset + i` of `r`/`r1` (default `q0`; 0 for logits already sliced). Rows without a
+    kept key attend uniformly (`uniform_where_no_key`); a kept-key sum that underflows (padding probabilities
+    ~e^87 above the kept keys') gives the same uniform row instead of the exact one.
     """
     r_offset = q0 if r_offset is None else r_offset
     weight = None
     if key_bias is not None:
         weight = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(-1e30))
     out = _SharedLogitsAttention.apply(value, weight, r, r1, r2, probs, q0, lq, causal, r_offset)
-    if weight is not None and not _is_compiling() and not bool(torch.isfinite(out).all()):
-        return None  # a kept-key sum underflowed to 0
+    if key_bias is not None:
+        out = uniform_where_no_key(out, value, key_bias, causal, q0)
     return out
+
+
+def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=None):
+    """The device-generic form of `shared_logits_attention`, public ops only (autograd does the backward):
+    `P = softmax(logits + causal)` `(H, lq, lk)` once per batch, `out_b = (P @ (w_b V_b)) / (P @ w_b)` with key weights
+    `w_b = exp(m_b - max m_b)`. `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
+    value `(B, H, lk, dh)` -> `(B, lq, H, dh)`."""
+    batch, heads, lk, dh = value.shape
+    if probs is None:
+        s = _f32(logits)  # no reshape: its view check would guard on lk == L under torch.export
+        if causal:
+            s = s + causal_bias(q0, slice(0, s.shape[-2]), lk, s.device)
+        probs = torch.softmax(s, dim=-1)
+    p = probs.to(value.dtype)
+    if key_bias is None:
+        return torch.matmul(p, value).transpose(1, 2)
+    w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)[:, None, :, None]
+    y = torch.matmul(p, torch.cat([value * w, w.expand(batch, heads, lk, 1)], dim=-1))  # (B, H, lq, dh + 1)
+    out = (y[..., :dh] / y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)).transpose(1, 2)
+    return uniform_where_no_key(out, value, key_bias, causal, q0)
 
 
 class InputIndependentCache:
@@ -247,10 +281,17 @@ class InputIndependentCache:
     softmax(R[q0:q0+lq, :lk] + causal) of random / fixed random (`shared_probabilities`), or the mixed logits
     `sum_n alpha_n R_n + causal` of a mixture with per-example terms, e.g. random + vanilla (`shared_logits`).
 
-    Valid while every source tensor is the same tensor with the same contents: keyed on each source's `_version`
-    (bumped by every in-place update: optimizer steps, `load_state_dict`, `copy_`, `init`), `data_ptr` (a new
-    tensor after `.to()`), dtype and device, plus the caller's key (slice and causal flag). One entry per layer
-    (the last slice used). A value built under `inference_mode` is not reused outside it.
+    Valid while every source tensor is the same tensor with the same contents, as far as PyTorch tracks them: keyed on
+    each source's `_version` (bumped by every in-place update through the tensor or a view or `.detach()` of it:
+    optimizer steps, `load_state_dict`, `copy_`, `init`, EMA/SWA tools), its storage (held by the key, so that a
+    new tensor -- `.to()`, `param.data = ...`, ZeRO-style swaps -- never matches even when the allocator hands out the
+    old address again), data pointer, dtype and device, plus the caller's key (slice and causal flag). One entry per
+    layer (the last slice used). A value built under `inference_mode` is not reused outside it.
+
+    Not tracked by PyTorch, hence not seen here: in-place writes through `param.data` (its `.data` tensor has a
+    version counter of its own). The cache is emptied by every `model.train()` / `model.eval()` (evaluation loops,
+    Trainer's included, call them) and by `clear()`; after writing weights through `.data` in the middle of an
+    evaluation, call one of them, or set `cache_input_independent = False`.
     """
 
     def __init__(self):
@@ -258,14 +299,25 @@ class InputIndependentCache:
         self.value = None
 
     def get(self, sources, key, compute):
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources) + tuple(key)
+        key = tuple((t._version, t.untyped_storage(), t.data_ptr(), t.dtype, t.device) for t in sources) + tuple(key)
         value = self.value
-        if self.key == key and value is not None and (not value.is_inference() or torch.is_inference_mode_enabled()):
+        if self._same(key) and value is not None and (not value.is_inference() or torch.is_inference_mode_enabled()):
             return value
         with torch.no_grad():
             value = compute()
         self.key, self.value = key, value
         return value
+
+    def _same(self, key) -> bool:
+        if self.key is None or len(self.key) != len(key):
+            return False
+        for old, new in zip(self.key, key):
+            if isinstance(old, tuple):  # a source: storages compared by identity (both alive: no address reuse)
+                if old[1]._cdata != new[1]._cdata or old[:1] + old[2:] != new[:1] + new[2:]:
+                    return False
+            elif old != new:
+                return False
+        return True
 
     def clear(self):
         self.key = self.value = None
@@ -275,7 +327,7 @@ def shared_probabilities(r, q0, lq, lk, causal):
     """softmax(R[:, q0:q0+lq, :lk] + causal), fp32 `(H, lq, lk)`."""
     s = _f32(r[:, q0 : q0 + lq, :lk])
     if causal:
-        s = s + causal_bias(q0, range(0, lq), lk, s.device)
+        s = s + causal_bias(q0, slice(0, lq), lk, s.device)
     return torch.softmax(s, dim=-1)
 
 
@@ -482,6 +534,36 @@ class _PerExampleAttention(torch.autograd.Function):
             None,
             *grads_shared,
         )
+
+
+def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal):
+    """The device-generic form of `per_example_attention`: `F.scaled_dot_product_attention` with the mixed
+    input-independent terms, padding and causal mask as its additive float mask (`sum_n alphas[n] R_n + bias +
+    causal`, fp32 built, cast to the value dtype); autograd (or the device's sdpa kernel) does the backward. q/k
+    features zero-padded to the value head dim (zeros when there are none). Same arguments; returns `(B, lq, H, dh)`."""
+    batch, heads, lk, dh = value.shape
+    mask = None
+    for n, r in enumerate(shared):
+        term = _f32(alphas[n]).view(1, -1, 1, 1) * _f32(take(take(r, 1, q0, lq), 2, 0, lk))
+        mask = term if mask is None else mask + term
+    if bias is not None:
+        mask = bias if mask is None else mask + bias
+    if causal:
+        c = causal_bias(q0, slice(0, lq), lk, value.device)
+        mask = c if mask is None else mask + c
+    if qf is None:
+        qf, kf = value.new_zeros(batch, heads, lq, 1), value.new_zeros(batch, heads, lk, 1)
+    width = max(qf.shape[-1], kf.shape[-1], dh)
+    q = F.pad(qf, (0, width - qf.shape[-1])).to(value.dtype)
+    k = F.pad(kf, (0, width - kf.shape[-1])).to(value.dtype)
+    v = F.pad(value, (0, width - dh))
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=None if mask is None else mask.to(value.dtype), dropout_p=dropout, scale=1.0
+    )
+    # A copy in (B, lq, H, dh) order, always recorded: `.contiguous()` is dropped from an exported graph where sdpa's
+    # kernel already returned that layout, and ONNX's decomposition of sdpa returns another, which the caller's
+    # `reshape` (recorded as a view) then cannot view.
+    return out[..., :dh].transpose(1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached=None):

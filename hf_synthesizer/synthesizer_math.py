@@ -43,6 +43,14 @@ def check_input_length(length: int, past: int, position_ids, synthesizer_length:
         )
 
 
+def take(t: torch.Tensor, dim: int, start, length) -> torch.Tensor:
+    """`t.narrow(dim, start, length)` as a gather (`index_select`): the rows/columns `start:start+length` of a
+    length-sized parameter. A strided slice would do, but its contiguity depends on whether `length == L`, so
+    `torch.export` with a dynamic length guards on `length != L` and rejects the range up to `L`; a gather's result is
+    contiguous whatever the length (one small copy; compiled graphs fuse it into its consumer)."""
+    return t.index_select(dim, torch.arange(start, start + length, device=t.device))
+
+
 def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
     """Dot-product logits `Q K^T * scaling` (BERT: 1/sqrt(dh); T5: 1)."""
     return torch.matmul(query, key.transpose(-1, -2)) * scaling
@@ -56,17 +64,17 @@ def dense_logits(projected, w2, b2, num_heads: int, key_length: int) -> torch.Te
     heads (as the reference code does).
     """
     hidden = F.relu(projected).unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, dh)
-    return torch.matmul(hidden, w2[..., :key_length]) + b2[:, None, :key_length]
+    return torch.matmul(hidden, take(w2, -1, 0, key_length)) + take(b2, -1, 0, key_length)[:, None]
 
 
 def random_logits(r: torch.Tensor, q0: int, query_length: int, key_length: int) -> torch.Tensor:
     """Random synthesizer: `R_h[q0:q0+lq, :lk]`, the same for every example. r: (H, L, L) -> (1, H, lq, lk)."""
-    return r[None, :, q0 : q0 + query_length, :key_length]
+    return take(take(r, 1, q0, query_length), 2, 0, key_length)[None]
 
 
 def factorized_random_logits(r1, r2, q0: int, query_length: int, key_length: int) -> torch.Tensor:
     """Factorized random: the rank-k product `(R1_h R2_h^T)[q0:q0+lq, :lk]`. r1, r2: (H, L, k) -> (1, H, lq, lk)."""
-    return torch.matmul(r1[:, q0 : q0 + query_length], r2[:, :key_length].transpose(-1, -2))[None]
+    return torch.matmul(take(r1, 1, q0, query_length), take(r2, 1, 0, key_length).transpose(-1, -2))[None]
 
 
 def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
@@ -78,7 +86,7 @@ def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tens
     a = a.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
     b = b.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
     full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
-    return full[..., :key_length]
+    return take(full, -1, 0, key_length)
 
 
 def mixture_weights(mixture: str, logits: torch.Tensor) -> torch.Tensor:

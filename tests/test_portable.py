@@ -1,0 +1,243 @@
+"""Where users train (issue 18): device dispatch (CPU-tuned kernels on CPU only, device-generic routes elsewhere),
+one graph under torch.compile (fullgraph, no recompilation, dynamic lengths), tracing on `meta`, and the device-generic
+routes against the reference in float64, forward and backward. Tiny configs; `aot_eager` (no C++ compile)."""
+
+import pytest
+import torch
+from test_fast_paths import VARIANTS, make_model, set_fast
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import hf_synthesizer.synthesizer_attention as sa
+from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, BertSynthesizerModel
+
+
+def tiny_config(variant, **kwargs):
+    return BertSynthesizerConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+        max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        synthesizer_variant=variant, **kwargs,
+    )
+
+
+def padded_batch(batch=3, length=16, causal=False, seed=0):
+    """Right padding in one example, left padding (first rows see no kept key under causality) in another."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, length - 5 :] = 0
+    mask[-1, :3] = 0
+    return ids, mask
+
+
+def outputs(model, ids, mask):
+    out = model(input_ids=ids, attention_mask=mask)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_cpu_only_op_for_non_cpu_tensors(variant, causal):
+    """A model on `meta` (a non-CPU device, and what tracing tools use) runs forward and backward with a padding
+    mask, in training (with attention dropout) and eval, and never reaches an op that exists for CPU only: the routes
+    are chosen per device. (On the starting commit this raised in `torch.autocast("meta", ...)` or reached
+    `_scaled_dot_product_flash_attention_for_cpu`.)"""
+    config = tiny_config(variant, is_decoder=causal)
+    with torch.device("meta"):
+        model = (BertSynthesizerLMHeadModel if causal else BertSynthesizerModel)(config)
+    ids, mask = padded_batch()
+    for training, dropout in ((True, 0.0), (True, 0.1), (False, 0.0)):
+        model.train(training)
+        for module in model.modules():
+            if isinstance(module, sa.SynthesizerAttentionMixin):
+                module.dropout = torch.nn.Dropout(dropout) if hasattr(module, "dropout") else dropout
+        recorder = OpRecorder()
+        with recorder:
+            out = outputs(model, ids.to("meta"), mask.to("meta"))
+            if training:
+                out.sum().backward()
+        assert out.device.type == "meta"
+        cpu_only = sorted(op for op in recorder.ops if op.endswith("_for_cpu") or "for_cpu_" in op)
+        assert not cpu_only, (training, dropout, cpu_only)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generic_routes_match_reference(variant, causal, monkeypatch):
+    """The device-generic routes (what CUDA and any other device run; forced here with the device check) equal the
+    plain reference in float64, forward and backward, with synthesizer weights far from uniform and padded /
+    causal masks; padded query rows are ignored."""
+    cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
+    model = make_model(variant, cls, is_decoder=causal).double()
+    ids, mask = padded_batch(causal=causal)
+    proj = None
+    results = {}
+    for name, fast, tuned in (("generic", True, False), ("reference", False, True)):
+        monkeypatch.setattr(sa, "cpu_tuned", lambda t, tuned=tuned: tuned)
+        set_fast(model, fast)
+        model.zero_grad()
+        out = outputs(model, ids, mask) * mask[..., None]
+        proj = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+        (out * proj).sum().backward()
+        results[name] = out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    (out, grads), (ref, ref_grads) = results["generic"], results["reference"]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # the reference softmax runs in fp32
+    if causal:  # rows that see no kept key (left padding) attend uniformly in both, padded rows included
+        monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
+        with torch.no_grad():
+            set_fast(model, True)
+            generic = outputs(model, ids, mask)
+            set_fast(model, False)
+            reference = outputs(model, ids, mask)
+        torch.testing.assert_close(generic, reference, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_compile_fullgraph_no_recompile(variant, causal):
+    """`torch.compile(model, fullgraph=True)` -- no graph break, as stock BERT -- with padding (and a causal decoder
+    with left padding), forward and backward equal to eager; a second batch of the same shape reuses the graph
+    (`error_on_recompile`)."""
+    cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
+    model = make_model(variant, cls, is_decoder=causal)
+    ids, mask = padded_batch(causal=causal)
+    keep = mask[..., None]
+    expected = outputs(model, ids, mask) * keep
+    expected.sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = outputs(compiled, ids, mask) * keep
+    out.sum().backward()
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=2e-5, rtol=1e-4, msg=name)
+    ids2, _ = padded_batch(causal=causal, seed=1)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outputs(compiled, ids2, mask).sum().backward()
+    torch._dynamo.reset()
+
+
+DYNAMIC = [("random", True), ("dense+random", False)]
+
+
+@pytest.mark.parametrize(
+    "variant, causal",
+    DYNAMIC + [pytest.param(v, c, marks=pytest.mark.slow) for v in VARIANTS for c in (False, True) if (v, c) not in DYNAMIC],
+)
+def test_torch_compile_dynamic_lengths(variant, causal):
+    """`dynamic=True`: batches of other sizes and lengths run on the first graph, no recompilation."""
+    cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
+    model = make_model(variant, cls, is_decoder=causal)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=True)
+    for n, (batch, length) in enumerate([(3, 12), (4, 16)]):
+        ids, mask = padded_batch(batch, length, causal=causal)
+        with torch._dynamo.config.patch(error_on_recompile=n > 0):
+            out = outputs(compiled, ids, mask)
+            out.sum().backward()
+        torch.testing.assert_close(out * mask[..., None], outputs(model, ids, mask) * mask[..., None], atol=2e-5, rtol=1e-4)
+    torch._dynamo.reset()
+
+
+def _export_inputs():
+    ids, mask = padded_batch(3, 16)
+    batch, length = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("length", min=2, max=24)
+    shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
+    other = padded_batch(2, 24, seed=1)  # another batch size, and the full synthesizer_length
+    return dict(input_ids=ids, attention_mask=mask), shapes, dict(zip(("input_ids", "attention_mask"), other))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_export_dynamic_batch_and_length(variant):
+    """`torch.export` of a converted encoder for inference (the README's command), dynamic batch and length up to
+    `synthesizer_length`: the exported program matches eager on another batch size and length."""
+    model = make_model(variant).eval()
+    inputs, shapes, other = _export_inputs()
+    program = torch.export.export(model, (), inputs, dynamic_shapes=shapes)
+    with torch.no_grad():
+        expected = model(**other).last_hidden_state
+    out = program.module()(**other).last_hidden_state
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+ONNX_DEFAULT = ("random", "random+vanilla")
+
+
+@pytest.mark.parametrize(
+    "variant", [v if v in ONNX_DEFAULT else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
+def test_onnx_export_runs_in_onnxruntime(variant, tmp_path):
+    """`torch.onnx.export(..., dynamo=True)` with dynamic batch and length; ONNX Runtime runs the file and matches
+    eager within 1e-4 (every variant with `-m slow`)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = make_model(variant).eval()
+    inputs, shapes, other = _export_inputs()
+    program = torch.onnx.export(model, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True)
+    program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {k: v.numpy() for k, v in other.items()})[0]
+    with torch.no_grad():
+        expected = model(**other).last_hidden_state
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_t5_torch_compile_fullgraph(variant):
+    """T5 (encoder + causal decoder with the relative position bias, padding on both sides): one graph, as stock T5,
+    forward and backward equal to eager."""
+    from hf_synthesizer import T5SynthesizerConfig, T5SynthesizerForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5SynthesizerConfig(
+        vocab_size=50, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, synthesizer_variant=variant, synthesizer_length=16,
+    )
+    model = T5SynthesizerForConditionalGeneration(config)
+    ids, mask = padded_batch(3, 12)
+    labels, decoder_mask = padded_batch(3, 7, seed=1)
+    kwargs = dict(input_ids=ids, attention_mask=mask, labels=labels, decoder_attention_mask=decoder_mask)
+    expected = model(**kwargs).loss
+    torch._dynamo.reset()
+    loss = torch.compile(model, fullgraph=True, backend="aot_eager")(**kwargs).loss
+    loss.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_dynamic_cache_decoding_compiles_to_one_graph():
+    """A decoding step with a DynamicCache (the offset is the cache's length, a Python int) compiles fullgraph and
+    gives eager's logits. (A StaticCache's offset is a tensor read with `int()`: one host read per layer, left.)"""
+    from transformers import DynamicCache
+
+    model = make_model("random+vanilla", BertSynthesizerLMHeadModel, is_decoder=True).eval()
+    ids, mask = padded_batch(2, 6)
+
+    def step(model, ids, mask, cache):
+        return model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    logits = {}
+    with torch.no_grad():
+        for name, fn in (("compiled", compiled), ("eager", step)):
+            cache = DynamicCache()
+            first = fn(model, ids, mask, cache)
+            next_ids = first[:, -1:].argmax(-1)
+            logits[name] = fn(model, next_ids, torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), cache)
+    torch.testing.assert_close(logits["compiled"], logits["eager"], atol=2e-5, rtol=1e-4)
+    torch._dynamo.reset()
