@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
-from .synthesizer_attention import SynthesizerLogits, synthesizer_mask
+from .synthesizer_attention import SynthesizerLogits
 from .synthesizer_math import attention_probabilities
 
 PROBE_NAME = "attention_transfer_probe"
@@ -126,8 +126,15 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
     return output, (probs if kwargs.get("output_attentions") else None)
 
 
+def _probe_mask(*args, **kwargs):
+    """The full boolean mask `(B, 1, lq, lk)`, causal part included and always materialised: the probe reads which
+    pairs are real from it (synthesizer attention's own mask hands over padding alone, its modules add causality)."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(PROBE_NAME, _probe_attention)
-AttentionMaskInterface.register(PROBE_NAME, synthesizer_mask)
+AttentionMaskInterface.register(PROBE_NAME, _probe_mask)
 
 
 def _query_projection(module: nn.Module) -> nn.Linear | None:
