@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs and stock checkpoints the tests create themselves (no Hub)."""
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
-from transformers import BertConfig, BertForPreTraining
+from transformers import BertConfig, BertForPreTraining, BertTokenizerFast
 
 import hf_synthesizer  # noqa: F401  (registers everything)
 
@@ -59,6 +60,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def with_wordpiece_tokenizer(stock_dir: Path, path: Path, words: list[str]) -> Path:
+    """A copy of the tiny stock BERT at `path` with a WordPiece tokenizer of `words` (vocabulary padded to its 101
+    ids) whose model_max_length (24) is the position limit."""
+    for f in stock_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + list(words)
+    vocab += [f"[unused{i}]" for i in range(101 - len(vocab))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(path / "vocab.txt"), model_max_length=24).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, BertTokenizerFast
+from conftest import with_wordpiece_tokenizer
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from hf_synthesizer.loading import load_synthesizer_model
 
@@ -37,14 +38,7 @@ def subprocess_env():
 @pytest.fixture(scope="session")
 def tiny_bert_with_tokenizer(stock_bert_dir, tmp_path_factory) -> Path:
     """The stock tiny BERT (vocab 101) with a WordPiece tokenizer whose vocabulary fits it."""
-    path = tmp_path_factory.mktemp("tiny_bert_tok")
-    for f in stock_bert_dir.iterdir():
-        shutil.copy(f, path / f.name)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
-    vocab += [f"[unused{i}]" for i in range(101 - len(vocab))]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(str(path / "vocab.txt"), model_max_length=24).save_pretrained(path)
-    return path
+    return with_wordpiece_tokenizer(stock_bert_dir, tmp_path_factory.mktemp("tiny_bert_tok"), WORDS)
 
 
 def sentence(rng, n=None):

@@ -5,7 +5,6 @@ Item 5 (`hf-synthesizer compare`) is in test_compare.py; item 8 (every snippet o
 
 import importlib.util
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,8 @@ import pytest
 import torch
 from hub_fakes import run_without_package
 from test_t5_example import digit_tokenizer, write_csv
-from transformers import AutoTokenizer, BertTokenizerFast, T5Config, T5ForConditionalGeneration
+from conftest import with_wordpiece_tokenizer
+from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 import hf_synthesizer
@@ -65,14 +65,8 @@ def stock_t5_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bert_with_tokenizer(stock_bert_dir, tmp_path_factory) -> Path:
     """The tiny stock BERT with a WordPiece tokenizer whose model_max_length (24) is the position limit."""
-    path = tmp_path_factory.mktemp("bert_tok")
-    for f in stock_bert_dir.iterdir():
-        shutil.copy(f, path / f.name)
     words = ["good", "bad", "red", "blue", "cat", "dog", "the", "a"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + words
-    (path / "vocab.txt").write_text("\n".join(vocab + [f"[unused{i}]" for i in range(101 - len(vocab))]) + "\n")
-    BertTokenizerFast(str(path / "vocab.txt"), model_max_length=24).save_pretrained(path)
-    return path
+    return with_wordpiece_tokenizer(stock_bert_dir, tmp_path_factory.mktemp("bert_tok"), words)
 
 
 @pytest.fixture(scope="module")
