@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import datasets
 import transformers
+from sklearn.metrics import accuracy_score
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -77,9 +78,10 @@ def preprocess_logits_for_metrics(logits, labels):
 
 
 def masked_accuracy(eval_pred) -> dict:
+    """Top-1 accuracy on the masked positions (labels -100 are the unmasked ones), with scikit-learn."""
     predictions, labels = eval_pred
     masked = labels != -100
-    return {"masked_accuracy": float((predictions[masked] == labels[masked]).mean()) if masked.any() else 0.0}
+    return {"masked_accuracy": float(accuracy_score(labels[masked], predictions[masked])) if masked.any() else 0.0}
 
 
 def main(argv=None) -> dict:
