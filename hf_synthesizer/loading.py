@@ -199,19 +199,24 @@ class SynthesizerArguments:
 
 @contextmanager
 def quiet_logs(verbose: bool = False):
-    """Inside: transformers and hf_synthesizer log errors only and transformers shows no progress bars, so the per-key
-    load report (the MISSING/UNEXPECTED table, tied-weight warnings) and warnings a command sums up itself do not
-    bury what it prints; `verbose=True` shows them (at least warnings, whatever TRANSFORMERS_VERBOSITY says)."""
+    """Inside: transformers and hf_synthesizer log errors only and transformers and datasets show no progress bars, so
+    the per-key load report (the MISSING/UNEXPECTED table, tied-weight warnings) and warnings a command sums up itself
+    do not bury what it prints; `verbose=True` shows them (at least warnings, whatever TRANSFORMERS_VERBOSITY says)."""
+    from datasets import utils as datasets_utils
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    datasets_bars = not datasets_utils.are_progress_bars_disabled()  # `Dataset.map`'s bars (tokenizing)
     ours = logging.getLogger("hf_synthesizer")
     level = ours.level
     if verbose:
         hf_logging.set_verbosity(min(verbosity, logging.WARNING))
         hf_logging.enable_progress_bar()
+        datasets_utils.enable_progress_bars()
         ours.setLevel(logging.WARNING)
     else:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        datasets_utils.disable_progress_bars()
         ours.setLevel(logging.ERROR)
     try:
         yield
@@ -219,6 +224,7 @@ def quiet_logs(verbose: bool = False):
         hf_logging.set_verbosity(verbosity)
         ours.setLevel(level)
         (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        (datasets_utils.enable_progress_bars if datasets_bars else datasets_utils.disable_progress_bars)()
 
 
 _QUERY_KEY = re.compile(r"\.(query|key|q|k)\.(weight|bias)$")
