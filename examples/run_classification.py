@@ -37,7 +37,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -48,7 +47,7 @@ from hf_synthesizer.loading import (
     load_synthesizer_model,
     set_model_max_length,
 )
-from hf_synthesizer.model_card import use_synthesizer_model_card
+from hf_synthesizer.trainer import SynthesizerTrainer  # push_to_hub uploads the synthesizer model card
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +251,7 @@ def main(argv=None) -> dict:
     train_dataset = prepare("train", data_args.max_train_samples) if do_train else None
     eval_dataset = prepare(eval_split, data_args.max_eval_samples) if do_eval else None
 
-    trainer = Trainer(
+    trainer = SynthesizerTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -261,8 +260,6 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: classification_metrics(p, is_regression),
     )
-    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
-        use_synthesizer_model_card(trainer)
     metrics = {}
     if do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

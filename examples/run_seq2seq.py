@@ -32,7 +32,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
-    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     set_seed,
 )
@@ -40,7 +39,7 @@ from transformers import (
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
 from hf_synthesizer.checkpoints import TOKENIZER_FILES
 from hf_synthesizer.loading import set_model_max_length, synthesizer_arguments
-from hf_synthesizer.model_card import use_synthesizer_model_card
+from hf_synthesizer.trainer import SynthesizerSeq2SeqTrainer  # push_to_hub uploads the synthesizer model card
 from hf_synthesizer import T5SynthesizerConfig
 
 logger = logging.getLogger(__name__)
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_dataset = prepare("validation", data_args.max_eval_samples) if training_args.do_eval else None
     test_dataset = prepare("test", data_args.max_eval_samples) if training_args.do_predict else None
 
-    trainer = Seq2SeqTrainer(
+    trainer = SynthesizerSeq2SeqTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -220,8 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         compute_metrics=exact_match_metric(tokenizer) if training_args.predict_with_generate else None,
     )
-    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
-        use_synthesizer_model_card(trainer)
 
     all_metrics = {}
     if training_args.do_train:

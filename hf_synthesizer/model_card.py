@@ -3,12 +3,12 @@
 The template ships inside the package (package data) and is found with `importlib.resources`, so rendering works
 from an installed wheel, whatever the current directory. `save_pretrained`/`push_to_hub` of every synthesizer model
 call `render_model_card` (see hub_mixin.py); `hf-synthesizer card PATH` writes one for a saved checkpoint;
-`use_synthesizer_model_card(trainer)` makes `Trainer.push_to_hub` upload it instead of transformers' generic card.
+`SynthesizerTrainer` (hf_synthesizer.trainer) makes `Trainer.push_to_hub` upload it instead of transformers' generic
+card.
 """
 
 import os
 import sys
-import types
 from importlib import resources
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -276,19 +276,20 @@ def trainer_card_kwargs(trainer, **kwargs) -> dict:
     }
 
 
-def use_synthesizer_model_card(trainer):
-    """Make `trainer.create_model_card` (called by `Trainer.push_to_hub`) write the synthesizer card, with the
-    Trainer's hyperparameters and evaluation results, instead of transformers' generic one. Works on `Trainer`
-    and `Seq2SeqTrainer` instances; returns the trainer."""
+class SynthesizerModelCardMixin:
+    """Mixed into a `Trainer` class (before it): its `create_model_card`, which `Trainer.push_to_hub` calls after
+    saving the model, writes the synthesizer card with the Trainer's hyperparameters and evaluation results instead
+    of transformers' generic one. A model that is not a synthesizer gets transformers' card. See
+    `hf_synthesizer.trainer.SynthesizerTrainer`."""
 
     def create_model_card(self, **kwargs):
-        if not self.is_world_process_zero():
-            return
         model = self.accelerator.unwrap_model(self.model)
+        if getattr(model.config, "synthesizer_variant", "vanilla") == "vanilla":
+            return super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return None
         card_kwargs = trainer_card_kwargs(self, **kwargs)
         card_kwargs["repo_id"] = self.hub_model_id or card_kwargs["model_name"]
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(model, **card_kwargs))
-
-    trainer.create_model_card = types.MethodType(create_model_card, trainer)
-    return trainer
+        return None
