@@ -258,6 +258,7 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"
     shutil.copytree(repo / "hf_synthesizer", source / "hf_synthesizer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "model_cards", source / "model_cards")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (repo / name).exists():
             shutil.copy(repo / name, source / name)
@@ -268,8 +269,12 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     )
     assert build.returncode == 0, build.stderr[-3000:]
     [wheel] = (tmp_path / "dist").glob("hf_synthesizer-*.whl")
-    assert "hf_synthesizer/model_cards/synthesizer.md" in zipfile.ZipFile(wheel).namelist()
+    # The one template (top-level model_cards/) is installed as package data; the example cards are not shipped.
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if "model_cards" in n] == ["hf_synthesizer/model_cards/synthesizer.md"]
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    packaged = tmp_path / "site" / "hf_synthesizer" / "model_cards" / "synthesizer.md"
+    assert packaged.read_bytes() == (repo / "model_cards" / "synthesizer.md").read_bytes()
     # A fresh interpreter importing the installed copy (not the source tree) renders a card.
     script = (
         "import hf_synthesizer, sys; from hf_synthesizer.model_card import render_model_card;"
@@ -282,6 +287,20 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == "---"
+
+
+def test_example_cards_are_rendered_from_the_current_template():
+    """model_cards/examples/ holds, for every named variant, the card the template and the card code give today."""
+    from hf_synthesizer.configuration_synthesizer import NAMED_VARIANTS
+    from hf_synthesizer.model_card import EXAMPLES_DIR, SOURCE_DIR, example_cards, template_text
+
+    assert template_text() == (SOURCE_DIR / "synthesizer.md").read_text(encoding="utf-8")  # the one copy
+    cards = example_cards()
+    assert {f"bert-base-uncased-synthesizer_{v}.md" for v in NAMED_VARIANTS} <= set(cards)
+    committed = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES_DIR.glob("*.md")}
+    stale = sorted(n for n in cards.keys() | committed.keys() if cards.get(n) != committed.get(n))
+    assert not stale, (f"model_cards/examples/ is out of date ({stale}): run "
+                       f"`python -m hf_synthesizer.model_card --render-examples` and commit the result")
 
 
 # ----------------------------------------------------------------------------------------------- push_to_hub
