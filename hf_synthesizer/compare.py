@@ -161,8 +161,8 @@ def _resolve_model(name: str, workdir: Path, max_length: int, seed: int) -> tupl
 
 
 def _encode(tokenizer, examples, max_length):
-    """`[{"text", "label"}]` -> a tokenized `datasets.Dataset` (`input_ids`, `attention_mask`, `label`), padded per batch
-    by `DataCollatorWithPadding` (which renames `label` to `labels`)."""
+    """`[{"text", "label"}]` -> a tokenized `datasets.Dataset` (`input_ids`, `attention_mask`, `label`), padded per
+    batch by `DataCollatorWithPadding` (which renames `label` to `labels`)."""
     from datasets import Dataset
 
     from .loading import quiet_logs

@@ -142,7 +142,9 @@ def describe_attention(model) -> str:
 
 
 # "    synthesizer_x (`type`, ...):\n        Its description, up to the next field or a blank line."
-_FIELD_DOC = re.compile(r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S)
+_FIELD_DOC = re.compile(
+    r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S
+)
 # String fields with a fixed set of values (the other fields are validated by the config, with its own messages).
 FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
 ATTN_IMPLEMENTATION_HELP = (
@@ -194,9 +196,9 @@ def synthesizer_arguments(name: str, config_classes, attn_implementation: bool =
 
 
 SynthesizerArguments = synthesizer_arguments("SynthesizerArguments", [SynthesizerFields])
-SynthesizerArguments.__doc__ = """Command-line flags of the BERT examples for `HfArgumentParser`: `--attn_implementation` and one flag per
-synthesizer config field, named exactly like the field (see `synthesizer_arguments`). Unset flags (None) keep the
-checkpoint's value or the config default.
+SynthesizerArguments.__doc__ = """Command-line flags of the BERT examples for `HfArgumentParser`:
+`--attn_implementation` and one flag per synthesizer config field, named exactly like the field (see
+`synthesizer_arguments`). Unset flags (None) keep the checkpoint's value or the config default.
 
     model_args, synth_args, training_args = HfArgumentParser(
         (ModelArguments, SynthesizerArguments, TrainingArguments)).parse_args_into_dataclasses()

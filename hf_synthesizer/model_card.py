@@ -4,10 +4,11 @@ The template has one copy, in the repository's top-level `model_cards/` folder; 
 (`hf_synthesizer/model_cards/synthesizer.md`, see pyproject.toml), found with `importlib.resources`, so rendering
 works from an installed wheel, whatever the current directory, and from the source tree. `model_cards/examples/`
 holds the cards of every named variant rendered from it; regenerate them after changing the template or the card
-code with `python -m hf_synthesizer.model_card --render-examples` (tests/test_sharing.py checks they are current). `save_pretrained`/`push_to_hub` of every synthesizer model
-call `render_model_card` (see hub_mixin.py); `hf-synthesizer card PATH` writes one for a saved checkpoint;
-`SynthesizerTrainer` (hf_synthesizer.trainer) makes `Trainer.push_to_hub` upload it instead of transformers' generic
-card.
+code with `python -m hf_synthesizer.model_card --render-examples` (tests/test_sharing.py checks they are current).
+
+`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card` (see hub_mixin.py);
+`hf-synthesizer card PATH` writes one for a saved checkpoint; `SynthesizerTrainer` (hf_synthesizer.trainer) makes
+`Trainer.push_to_hub` upload it instead of transformers' generic card.
 """
 
 import argparse

@@ -277,10 +277,8 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     packaged = tmp_path / "site" / "hf_synthesizer" / "model_cards" / "synthesizer.md"
     assert packaged.read_bytes() == (repo / "model_cards" / "synthesizer.md").read_bytes()
     # The sdist carries it too (pip builds the wheel from the sdist when installing from one).
-    sdist = subprocess.run(
-        [sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path / 'sd')!r}))"],
-        capture_output=True, text=True, cwd=source,
-    )
+    build_sdist = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path / 'sd')!r}))"
+    sdist = subprocess.run([sys.executable, "-c", build_sdist], capture_output=True, text=True, cwd=source)
     assert sdist.returncode == 0, sdist.stderr[-3000:]
     with tarfile.open(tmp_path / "sd" / sdist.stdout.split()[-1]) as archive:
         assert [n.split("/", 1)[1] for n in archive.getnames() if "model_cards/" in n] == ["model_cards/synthesizer.md"]
