@@ -154,7 +154,20 @@ class SynthesizerHubMixin:
             create_pr=create_pr, commit_message="Synthesizer model card (hf_synthesizer)",
         )
 
-    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        model_card_kwargs: dict | None = None,
+    ):
         """`PreTrainedModel.push_to_hub` (weights as safetensors, config, code), then the generated model card.
 
         transformers uploads the repository's card with `tags` added, or its generic card; unless the repository
@@ -163,16 +176,19 @@ class SynthesizerHubMixin:
         `save_pretrained`.
         """
         api = transformers_hub.hf_api()
-        token, revision = kwargs.get("token"), kwargs.get("revision")
-        repo_id = api.create_repo(repo_id, private=kwargs.get("private"), token=token, exist_ok=True).repo_id
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         users_card = self._remote_user_card(api, repo_id, token, revision)
-        commit = super().push_to_hub(repo_id, **kwargs)
+        commit = super().push_to_hub(
+            repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
+            token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size,
+            **({"tags": tags} if tags is not None else {}),  # transformers iterates an explicit tags=None
+        )
         if users_card:
             return commit
         # The card's tags: those pushed (`tags=`, `model.add_model_tags`) after the synthesizer's own.
         card_kwargs = dict(model_card_kwargs or {})
-        tags = list(card_kwargs.get("tags") or [])
-        card_kwargs["tags"] = tags + [t for t in list(kwargs.get("tags") or []) if t not in tags]
+        card_tags = list(card_kwargs.get("tags") or [])
+        card_kwargs["tags"] = card_tags + [t for t in list(tags or []) if t not in card_tags]
         card_kwargs.setdefault("model_name", repo_id)
         with tempfile.TemporaryDirectory() as tmp_dir:
             if not self._write_model_card(tmp_dir, **card_kwargs):

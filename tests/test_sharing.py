@@ -322,13 +322,14 @@ def fake_hub(monkeypatch) -> FakeHfApi:
 
 def test_model_push_to_hub_uploads_weights_config_code_and_card(stock_bert_dir, fake_hub, tmp_path):
     model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "random+vanilla", tmp_path / "local")
-    model.push_to_hub("tiny-synth", tags=["demo"], model_card_kwargs={
+    model.push_to_hub("tiny-synth", tags=["demo"], commit_message="Tiny synthesizer", model_card_kwargs={
         "base_model": "google-bert/bert-base-uncased", "datasets": ["wikitext"], "eval_results": {"perplexity": 12.5}})
     # transformers' push (weights, config, code and its generic card), then the synthesizer card in its own commit.
     [upload, card_commit] = fake_hub.commits
     assert upload["repo_id"] == card_commit["repo_id"] == "fake-user/tiny-synth"
     assert upload["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
     assert card_commit["files"] == ["README.md"] and card_commit["message"] == CARD_COMMIT_MESSAGE
+    assert upload["message"] == "Tiny synthesizer"
     repo = fake_hub.repos["fake-user/tiny-synth"]
     data = card_of(repo["README.md"].decode()).data.to_dict()
     assert data["library_name"] == "transformers"
