@@ -13,7 +13,6 @@ renderer lives in the `hf_synthesizer` package, which a machine loading remote c
 """
 
 import os
-import sys
 import tempfile
 
 import transformers.utils.hub as transformers_hub
