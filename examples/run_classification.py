@@ -30,12 +30,13 @@ import torch
 import datasets
 import numpy as np
 import transformers
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -46,7 +47,7 @@ from hf_synthesizer.loading import (
     load_synthesizer_model,
     set_model_max_length,
 )
-from hf_synthesizer.model_card import use_synthesizer_model_card
+from hf_synthesizer.trainer import SynthesizerTrainer  # push_to_hub uploads the synthesizer model card
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +136,21 @@ def choose_text_columns(data_args: DataArguments, columns: list[str]) -> tuple[s
 
 
 def classification_metrics(eval_pred, is_regression: bool) -> dict:
-    """Accuracy and macro F1 (classification) or MSE and Pearson r (regression), in numpy: no Hub download."""
+    """Accuracy and macro F1 (classification) or MSE and Pearson r (regression), with scikit-learn and scipy: no
+    metric download (`evaluate.load("accuracy")` fetches its module from the Hub)."""
     predictions, labels = eval_pred
     predictions = predictions[0] if isinstance(predictions, tuple) else predictions
     if is_regression:
         predictions = np.squeeze(predictions, axis=-1)
-        pearson = float(np.corrcoef(predictions, labels)[0, 1]) if len(labels) > 1 else float("nan")
-        return {"mse": float(np.mean((predictions - labels) ** 2)), "pearson": pearson}
+        pearson = float(pearsonr(predictions, labels).statistic) if len(labels) > 1 else float("nan")
+        return {"mse": float(mean_squared_error(labels, predictions)), "pearson": pearson}
     predictions = np.argmax(predictions, axis=-1)
-    f1s = []
-    for c in np.unique(np.concatenate([labels, predictions])):
-        tp = np.sum((predictions == c) & (labels == c))
-        precision = tp / max(np.sum(predictions == c), 1)
-        recall = tp / max(np.sum(labels == c), 1)
-        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {"accuracy": float(np.mean(predictions == labels)), "macro_f1": float(np.mean(f1s))}
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        # Macro average over the classes present in the labels or the predictions; a class never predicted
+        # correctly scores 0.
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+    }
 
 
 def main(argv=None) -> dict:
@@ -250,7 +251,7 @@ def main(argv=None) -> dict:
     train_dataset = prepare("train", data_args.max_train_samples) if do_train else None
     eval_dataset = prepare(eval_split, data_args.max_eval_samples) if do_eval else None
 
-    trainer = Trainer(
+    trainer = SynthesizerTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -259,8 +260,6 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: classification_metrics(p, is_regression),
     )
-    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
-        use_synthesizer_model_card(trainer)
     metrics = {}
     if do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -24,12 +24,12 @@ from typing import Optional
 import torch
 import datasets
 import transformers
+from sklearn.metrics import accuracy_score
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -40,7 +40,7 @@ from hf_synthesizer.loading import (
     load_synthesizer_model,
     set_model_max_length,
 )
-from hf_synthesizer.model_card import use_synthesizer_model_card
+from hf_synthesizer.trainer import SynthesizerTrainer  # push_to_hub uploads the synthesizer model card
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def preprocess_logits_for_metrics(logits, labels):
 
 
 def masked_accuracy(eval_pred) -> dict:
+    """Top-1 accuracy on the masked positions (labels -100 are the unmasked ones), with scikit-learn."""
     predictions, labels = eval_pred
     masked = labels != -100
-    return {"masked_accuracy": float((predictions[masked] == labels[masked]).mean()) if masked.any() else 0.0}
+    return {"masked_accuracy": float(accuracy_score(labels[masked], predictions[masked])) if masked.any() else 0.0}
 
 
 def main(argv=None) -> dict:
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
             f"tokens. Use --line_by_line or a smaller --max_seq_length."
         )
 
-    trainer = Trainer(
+    trainer = SynthesizerTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -166,8 +167,6 @@ def main(argv=None) -> dict:
         compute_metrics=masked_accuracy if eval_dataset is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
     )
-    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
-        use_synthesizer_model_card(trainer)
     metrics = {}
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # safetensors, config with the synthesizer fields, tokenizer

@@ -32,64 +32,26 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
-    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     set_seed,
 )
 
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
 from hf_synthesizer.checkpoints import TOKENIZER_FILES
-from hf_synthesizer.loading import set_model_max_length
-from hf_synthesizer.model_card import use_synthesizer_model_card
+from hf_synthesizer.loading import set_model_max_length, synthesizer_arguments
+from hf_synthesizer.trainer import SynthesizerSeq2SeqTrainer  # push_to_hub uploads the synthesizer model card
 from hf_synthesizer import T5SynthesizerConfig
 
 logger = logging.getLogger(__name__)
 
-SYNTHESIZER_OPTIONS = (
-    "synthesizer_length",
-    "synthesizer_stacks",
-    "synthesizer_position_bias",
-    "synthesizer_layers",
-    "synthesizer_mixture",
-    "synthesizer_factorized_rank",
-    "synthesizer_factorized_dense_split",
-    "synthesizer_dense_shared_w2",
-    "synthesizer_vanilla_backend",
-)
+# --attn_implementation and one flag per synthesizer config field of T5 (named like the field, help from the config).
+T5SynthesizerArguments = synthesizer_arguments("T5SynthesizerArguments", [T5SynthesizerConfig])
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "Stock T5 checkpoint or saved synthesizer checkpoint."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: model_name_or_path."})
-    attn_implementation: str | None = field(
-        default=None,
-        metadata={
-            "help": "synthesizer_<variant> (e.g. synthesizer_random, synthesizer_random+vanilla, synthesizer_dense) to "
-            "convert a stock checkpoint; sdpa/eager for stock attention. Omit for a saved synthesizer checkpoint."
-        },
-    )
-    synthesizer_length: int | None = field(
-        default=None, metadata={"help": "Maximum length L the synthesizer parameters are sized by (default 512)."}
-    )
-    synthesizer_stacks: list[str] | None = field(
-        default=None, metadata={"help": "Whose self-attention is synthesized: encoder, decoder (default both)."}
-    )
-    synthesizer_position_bias: bool | None = field(
-        default=None, metadata={"help": "Add T5's relative position bias to synthesized logits (default true)."}
-    )
-    synthesizer_layers: list[int] | None = field(
-        default=None, metadata={"help": "Block indices to synthesize in each synthesized stack (default all)."}
-    )
-    synthesizer_mixture: str | None = field(default=None, metadata={"help": "softmax (paper) or gate (Mesh-TF)."})
-    synthesizer_factorized_rank: int | None = field(default=None, metadata={"help": "Rank k of factorized random."})
-    synthesizer_factorized_dense_split: list[int] | None = field(
-        default=None, metadata={"help": "[a, b] with a*b = synthesizer_length for factorized dense."}
-    )
-    synthesizer_dense_shared_w2: bool | None = field(
-        default=None, metadata={"help": "Share the dense synthesizer's W2 across heads."}
-    )
-    synthesizer_vanilla_backend: str | None = field(default=None, metadata={"help": "sdpa or eager."})
 
 
 @dataclass
@@ -112,8 +74,8 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval rows."})
 
 
-def load_model(model_args: ModelArguments):
-    options = {name: getattr(model_args, name) for name in SYNTHESIZER_OPTIONS if getattr(model_args, name) is not None}
+def load_model(model_args: ModelArguments, synth_args):
+    options = synth_args.options()
     config_dict, _ = T5SynthesizerConfig.get_config_dict(model_args.model_name_or_path)
     if config_dict.get("synthesizer_variant", "vanilla") != "vanilla" and options:
         raise ValueError(
@@ -124,7 +86,7 @@ def load_model(model_args: ModelArguments):
     # Through the constructor, so the synthesizer options are validated like any config field.
     config = T5SynthesizerConfig.from_dict({**config_dict, **options})
     return AutoModelForSeq2SeqLM.from_pretrained(
-        model_args.model_name_or_path, config=config, attn_implementation=model_args.attn_implementation
+        model_args.model_name_or_path, config=config, attn_implementation=synth_args.attn_implementation
     )
 
 
@@ -206,13 +168,13 @@ def check_tokenizer_covers(tokenizer, raw, data_args: "DataArguments", name: str
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, T5SynthesizerArguments, DataArguments, Seq2SeqTrainingArguments))
+    model_args, synth_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    model = load_model(model_args)
+    model = load_model(model_args, synth_args)
     set_model_max_length(tokenizer, model)  # saved with the model: truncation=True then cuts at the model's limit
     length = model.config.synthesizer_length
     max_source_length = data_args.max_source_length or length
@@ -248,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_dataset = prepare("validation", data_args.max_eval_samples) if training_args.do_eval else None
     test_dataset = prepare("test", data_args.max_eval_samples) if training_args.do_predict else None
 
-    trainer = Seq2SeqTrainer(
+    trainer = SynthesizerSeq2SeqTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -257,8 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         compute_metrics=exact_match_metric(tokenizer) if training_args.predict_with_generate else None,
     )
-    if hasattr(model.config, "synthesizer_variant"):  # push_to_hub uploads the synthesizer card, not the generic one
-        use_synthesizer_model_card(trainer)
 
     all_metrics = {}
     if training_args.do_train:

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from torch.utils.data import DataLoader
+from transformers import AttentionInterface, DataCollatorWithPadding
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
@@ -160,40 +161,45 @@ def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_samples=None, text_column="text"):
     """Calibration batches from a list of strings, a text file (one example per line), a `datasets` dataset
-    (column `text_column`) or an iterable of already tokenized dicts with `input_ids` (and `attention_mask`)."""
-    source = None
+    (column `text_column`) or an iterable of already tokenized dicts with `input_ids` (and `attention_mask`).
+
+    Text is tokenized with `Dataset.map`, sorted by length (similar lengths together: less padding, and every
+    batch's pairs are mostly real) and padded per batch by `DataCollatorWithPadding` in a `DataLoader`."""
+    from datasets import Dataset
+
+    source = "The calibration sample"
     if isinstance(texts, (str, os.PathLike)):
         source = f"The file {os.fspath(texts)}"
         with open(texts, encoding="utf-8") as handle:
             texts = [line.strip() for line in handle if line.strip()]
-    elif hasattr(texts, "column_names"):  # datasets.Dataset
+    if isinstance(texts, Dataset):
         source = f"Column {text_column!r} of the dataset"
-        texts = list(texts[text_column])
-    strings = isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts)
-    if strings and not any(t.strip() for t in texts):
-        raise ValueError(
-            f"{source or 'The calibration sample'} has no text: calibration runs the stock model on unlabeled text "
-            f"(one example per line) and needs at least one non-empty line."
-        )
-    if isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str):
-        if tokenizer is None:
-            raise ValueError("Calibration on raw text needs the tokenizer of the teacher checkpoint.")
-        texts = list(texts)[:max_samples] if max_samples else list(texts)
-        # Similar lengths together: less padding, and every batch's pairs are mostly real.
-        lengths = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        dataset = texts.select_columns([text_column]).rename_column(text_column, "text")
+    elif isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
+        dataset = Dataset.from_dict({"text": list(texts)})
+    else:  # already tokenized batches
         batches = []
-        for start in range(0, len(order), batch_size):
-            chunk = [texts[i] for i in order[start : start + batch_size]]
-            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        for batch in texts:
+            ids = torch.as_tensor(batch["input_ids"])
+            mask = torch.as_tensor(batch["attention_mask"]) if "attention_mask" in batch else torch.ones_like(ids)
+            batches.append({"input_ids": ids, "attention_mask": mask})
         return batches
-    batches = []
-    for batch in texts:
-        ids = torch.as_tensor(batch["input_ids"])
-        mask = torch.as_tensor(batch["attention_mask"]) if "attention_mask" in batch else torch.ones_like(ids)
-        batches.append({"input_ids": ids, "attention_mask": mask})
-    return batches
+    if not any(t.strip() for t in dataset["text"]):
+        raise ValueError(
+            f"{source} has no text: calibration runs the stock model on unlabeled text (one example per line) and "
+            f"needs at least one non-empty line."
+        )
+    if tokenizer is None:
+        raise ValueError("Calibration on raw text needs the tokenizer of the teacher checkpoint.")
+    if max_samples:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    dataset = dataset.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False),
+        batched=True, remove_columns=["text"],
+    )
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    dataset = dataset.select(sorted(range(len(dataset)), key=lengths.__getitem__))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
 @torch.no_grad()

@@ -160,21 +160,18 @@ def _resolve_model(name: str, workdir: Path, max_length: int, seed: int) -> tupl
     return Path(name), f"checkpoint {name}"
 
 
-class _Encoded:
-    """A map-style dataset of pre-tokenized examples (no `datasets` round trip needed for generated data)."""
+def _encode(tokenizer, examples, max_length):
+    """`[{"text", "label"}]` -> a tokenized `datasets.Dataset` (`input_ids`, `attention_mask`, `label`), padded per
+    batch by `DataCollatorWithPadding` (which renames `label` to `labels`)."""
+    from datasets import Dataset
 
-    def __init__(self, tokenizer, examples, max_length):
-        enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length)
-        self.items = [
-            {"input_ids": ids, "attention_mask": mask, "labels": e["label"]}
-            for ids, mask, e in zip(enc["input_ids"], enc["attention_mask"], examples)
-        ]
+    from .loading import quiet_logs
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
+    with quiet_logs():  # no "Map" bar: each variant's training has its own (Trainer's)
+        return Dataset.from_list(examples).map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+            batched=True, remove_columns=["text"],
+        )
 
 
 def _progress_callback(description: str, on_pace=None):
@@ -392,8 +389,8 @@ def run(args) -> int:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         train_examples = generate(args.max_steps * args.batch_size, seed=args.seed, spec=spec)
         eval_examples = generate(args.eval_examples, seed=args.seed + 1, spec=spec)
-        train = _Encoded(tokenizer, train_examples, args.max_length)
-        evaluation = _Encoded(tokenizer, eval_examples, args.max_length)
+        train = _encode(tokenizer, train_examples, args.max_length)
+        evaluation = _encode(tokenizer, eval_examples, args.max_length)
         labels = np.array([e["label"] for e in eval_examples])
         majority = float(np.bincount(labels, minlength=10).max() / len(labels))
 

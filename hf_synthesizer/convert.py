@@ -3,74 +3,24 @@ checkpoint folder (or a synthesizer one, to another variant or head) into a synt
 weights, config, the modeling code (trust_remote_code) and a model card, plus the source's tokenizer and whatever else
 it holds besides weights (sentence-transformers modules, e.g. pooling and normalize)."""
 
-import argparse
-import dataclasses
 import json
-import re
 import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, families, family_of, load_config
-from .configuration_synthesizer import ATTN_PREFIX, MIXTURES, NAMED_VARIANTS, VANILLA_BACKENDS, canonical_variant
-from .loading import checkpoint_keys, describe_loading, quiet_logs
+from .configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
+from .loading import checkpoint_keys, describe_loading, quiet_logs, synthesizer_arguments
 
 
-# Choices of string fields (the rest are validated by the config itself, with its own messages).
-FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
-# "    synthesizer_x (`type`, ...):\n        First sentence of the description."
-_FIELD_DOC = re.compile(r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S)
-
-
-def _unique_families():
-    return list({id(f): f for f in families().values()}.values())
-
-
-def synthesizer_fields() -> dict[str, dataclasses.Field]:
-    """Every `synthesizer_*` config field of every family (BERT, and T5 when merged) except the variant, which
-    `--attn_implementation` chooses."""
-    fields = {}
-    for family in _unique_families():
-        for field in dataclasses.fields(family.config_class):
-            if field.name.startswith("synthesizer_") and field.name != "synthesizer_variant":
-                fields.setdefault(field.name, field)
-    return fields
-
-
-def _field_help(name: str) -> str:
-    """The first sentence of the field's documentation in its config class."""
-    for family in _unique_families():
-        for match in _FIELD_DOC.finditer(family.config_class.__doc__ or ""):
-            if match.group(1) == name:
-                text = " ".join(match.group(2).split())
-                return text.split(". ")[0].rstrip(".") + "."
-    return f"Config field {name}."
-
-
-def parse_bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def add_synthesizer_options(parser) -> None:
-    """One option per synthesizer config field, named exactly like the field, typed from its annotation."""
-    for name, field in synthesizer_fields().items():
-        annotation = str(field.type)
-        kwargs = {"help": _field_help(name)}
-        if "bool" in annotation:
-            kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
-        elif "list[int]" in annotation:
-            kwargs.update(type=int, nargs="+", metavar="N")
-        elif "list[str]" in annotation:
-            kwargs.update(nargs="+", metavar="NAME")
-        elif "int" in annotation:
-            kwargs.update(type=int)
-        if name in FIELD_CHOICES:
-            kwargs["choices"] = FIELD_CHOICES[name]
-        parser.add_argument(f"--{name}", **kwargs)
+def convert_options() -> type:
+    """The `--synthesizer_*` flags: every synthesizer config field of every family (BERT, T5) except the variant,
+    which `--attn_implementation` chooses (a dataclass for `HfArgumentParser`, see `loading.synthesizer_arguments`)."""
+    config_classes = list({id(f.config_class): f.config_class for f in families().values()}.values())
+    return synthesizer_arguments("ConvertOptions", config_classes, attn_implementation=False)
 
 
 def add_parser(subparsers) -> None:
@@ -79,6 +29,7 @@ def add_parser(subparsers) -> None:
         "convert",
         help="Convert a BERT/T5 checkpoint folder to a synthesizer variant.",
         description=__doc__,
+        parents=[HfArgumentParser(convert_options(), add_help=False)],  # the --synthesizer_* flags
     )
     parser.add_argument("src", type=Path, help="Stock or synthesizer checkpoint folder.")
     parser.add_argument("dst", type=Path, help="Output folder.")
@@ -87,7 +38,6 @@ def add_parser(subparsers) -> None:
         help=f"synthesizer_<variant>, e.g. {', '.join(ATTN_PREFIX + v for v in NAMED_VARIANTS)} (any '+' mixture "
         f"of components). Required for a stock checkpoint; a synthesizer checkpoint keeps its variant by default.",
     )
-    add_synthesizer_options(parser)
     parser.add_argument("--head", choices=heads, help="Model head to save (default: the source's architecture).")
     parser.add_argument("--num_labels", type=int, help="Number of labels of a classification head.")
     parser.add_argument("--base_model", help="Hub id of the source model, recorded in the model card.")
@@ -104,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 
 def synthesizer_overrides(args) -> dict:
-    return {name: getattr(args, name) for name in synthesizer_fields() if getattr(args, name, None) is not None}
+    return {f.name: getattr(args, f.name) for f in fields(convert_options()) if getattr(args, f.name) is not None}
 
 
 def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base_model=None, overwrite=False,

@@ -26,9 +26,9 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging as hf_logging
@@ -141,77 +141,91 @@ def describe_attention(model) -> str:
     return ATTN_PREFIX + variant
 
 
-def _field_help(name: str) -> str:
-    """The documentation of config field `name` from `SynthesizerFields`' docstring, on one line."""
-    lines = (SynthesizerFields.__doc__ or "").splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{name} ("):
-            body = []
-            for nxt in lines[i + 1 :]:
-                if nxt.startswith(" " * 8) and nxt.strip():
-                    body.append(nxt.strip())
-                else:
-                    break
-            return " ".join(body)
-    return name
+# "    synthesizer_x (`type`, ...):\n        Its description, up to the next field or a blank line."
+_FIELD_DOC = re.compile(
+    r"^\s*(synthesizer_\w+) \(`[^`]*`[^)]*\):\n(.+?)(?=\n\s*synthesizer_\w+ \(|\n\s*\n|\Z)", re.M | re.S
+)
+# String fields with a fixed set of values (the other fields are validated by the config, with its own messages).
+FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
+ATTN_IMPLEMENTATION_HELP = (
+    "synthesizer_<variant> to convert a stock checkpoint (e.g. synthesizer_random, synthesizer_random+vanilla; "
+    "components: " + ", ".join(COMPONENTS) + "), or sdpa/eager for vanilla. A saved synthesizer checkpoint reloads "
+    "as its own variant when this is omitted."
+)
 
 
-@dataclass
-class SynthesizerArguments:
-    """Command-line flags for `HfArgumentParser`: `--attn_implementation` and one flag per synthesizer config field,
-    named exactly like the field. Unset flags (None) keep the checkpoint's value or the config default.
+def field_help(config_class, name: str) -> str:
+    """The documentation of config field `name`, on one line, from the docstrings of `config_class` and its bases
+    (transformers' `Args:` style, as `SynthesizerFields` writes it)."""
+    for klass in config_class.__mro__:
+        for match in _FIELD_DOC.finditer(klass.__doc__ or ""):
+            if match.group(1) == name:
+                return " ".join(match.group(2).split())
+    return f"Config field {name}."
 
-        model_args, synth_args, training_args = HfArgumentParser(
-            (ModelArguments, SynthesizerArguments, TrainingArguments)).parse_args_into_dataclasses()
-        model = load_synthesizer_model(AutoModelForX, path, synth_args.attn_implementation, **synth_args.options())
-    """
 
-    attn_implementation: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "synthesizer_<variant> to convert a stock checkpoint (e.g. synthesizer_random, "
-            "synthesizer_random+vanilla; components: " + ", ".join(COMPONENTS) + "), or sdpa/eager for "
-            "vanilla. A saved synthesizer checkpoint reloads as its own variant when this is omitted."
-        },
-    )
-    synthesizer_length: Optional[int] = field(default=None, metadata={"help": _field_help("synthesizer_length")})
-    synthesizer_factorized_rank: Optional[int] = field(
-        default=None, metadata={"help": _field_help("synthesizer_factorized_rank")}
-    )
-    synthesizer_factorized_dense_split: Optional[list[int]] = field(
-        default=None, metadata={"help": _field_help("synthesizer_factorized_dense_split")}
-    )
-    synthesizer_dense_shared_w2: Optional[bool] = field(
-        default=None, metadata={"help": _field_help("synthesizer_dense_shared_w2")}
-    )
-    synthesizer_layers: Optional[list[int]] = field(default=None, metadata={"help": _field_help("synthesizer_layers")})
-    synthesizer_mixture: Optional[str] = field(
-        default=None, metadata={"help": _field_help("synthesizer_mixture"), "choices": list(MIXTURES)}
-    )
-    synthesizer_vanilla_backend: Optional[str] = field(
-        default=None, metadata={"help": _field_help("synthesizer_vanilla_backend"), "choices": list(VANILLA_BACKENDS)}
-    )
+def _options(self) -> dict[str, Any]:
+    """The synthesizer config fields the user set (those not None)."""
+    return {k: v for k, v in asdict(self).items() if k.startswith("synthesizer_") and v is not None}
 
-    def options(self) -> dict[str, Any]:
-        """The synthesizer config fields the user set."""
-        return {k: v for k, v in asdict(self).items() if k.startswith("synthesizer_") and v is not None}
+
+def synthesizer_arguments(name: str, config_classes, attn_implementation: bool = True) -> type:
+    """A dataclass for `transformers.HfArgumentParser`: one flag per `synthesizer_*` field of `config_classes` (config
+    classes or their field dataclasses) except the variant, named exactly like the field, typed from its annotation,
+    documented by the config's docstring, with default None ("keep the checkpoint's value or the config default"),
+    plus `--attn_implementation` when asked. `.options()` returns the fields the user set."""
+    specs, seen = [], set()
+    if attn_implementation:
+        specs.append(("attn_implementation", Optional[str],
+                      field(default=None, metadata={"help": ATTN_IMPLEMENTATION_HELP})))
+    for config_class in config_classes:
+        for config_field in fields(config_class):
+            if not config_field.name.startswith("synthesizer_") or config_field.name in seen | {"synthesizer_variant"}:
+                continue
+            seen.add(config_field.name)
+            metadata = {"help": field_help(config_class, config_field.name)}
+            annotation = config_field.type
+            if config_field.name in FIELD_CHOICES:
+                annotation = Literal[FIELD_CHOICES[config_field.name]]
+            elif annotation in (bool, Optional[bool]):
+                metadata.update(nargs="?", const=True)  # `--synthesizer_dense_shared_w2` alone means true
+            specs.append((config_field.name, Optional[annotation], field(default=None, metadata=metadata)))
+    arguments = make_dataclass(name, specs, namespace={"options": _options})
+    arguments.__module__ = __name__  # (make_dataclass's `module=` needs Python 3.12)
+    return arguments
+
+
+SynthesizerArguments = synthesizer_arguments("SynthesizerArguments", [SynthesizerFields])
+SynthesizerArguments.__doc__ = """Command-line flags of the BERT examples for `HfArgumentParser`:
+`--attn_implementation` and one flag per synthesizer config field, named exactly like the field (see
+`synthesizer_arguments`). Unset flags (None) keep the checkpoint's value or the config default.
+
+    model_args, synth_args, training_args = HfArgumentParser(
+        (ModelArguments, SynthesizerArguments, TrainingArguments)).parse_args_into_dataclasses()
+    model = load_synthesizer_model(AutoModelForX, path, synth_args.attn_implementation, **synth_args.options())
+"""
 
 
 @contextmanager
 def quiet_logs(verbose: bool = False):
-    """Inside: transformers and hf_synthesizer log errors only and transformers shows no progress bars, so the per-key
-    load report (the MISSING/UNEXPECTED table, tied-weight warnings) and warnings a command sums up itself do not
-    bury what it prints; `verbose=True` shows them (at least warnings, whatever TRANSFORMERS_VERBOSITY says)."""
+    """Inside: transformers and hf_synthesizer log errors only and transformers and datasets show no progress bars, so
+    the per-key load report (the MISSING/UNEXPECTED table, tied-weight warnings) and warnings a command sums up itself
+    do not bury what it prints; `verbose=True` shows them (at least warnings, whatever TRANSFORMERS_VERBOSITY says)."""
+    from datasets import utils as datasets_utils
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    datasets_bars = not datasets_utils.are_progress_bars_disabled()  # `Dataset.map`'s bars (tokenizing)
     ours = logging.getLogger("hf_synthesizer")
     level = ours.level
     if verbose:
         hf_logging.set_verbosity(min(verbosity, logging.WARNING))
         hf_logging.enable_progress_bar()
+        datasets_utils.enable_progress_bars()
         ours.setLevel(logging.WARNING)
     else:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        datasets_utils.disable_progress_bars()
         ours.setLevel(logging.ERROR)
     try:
         yield
@@ -219,6 +233,7 @@ def quiet_logs(verbose: bool = False):
         hf_logging.set_verbosity(verbosity)
         ours.setLevel(level)
         (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        (datasets_utils.enable_progress_bars if datasets_bars else datasets_utils.disable_progress_bars)()
 
 
 _QUERY_KEY = re.compile(r"\.(query|key|q|k)\.(weight|bias)$")

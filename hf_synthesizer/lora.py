@@ -1,14 +1,17 @@
-"""Which projections LoRA (peft) can adapt in a synthesizer model.
+"""LoRA (peft) on synthesizer models: what PEFT cannot say by itself.
 
-Pure synthesizer variants have no `query`/`key` projections (their logits do not come from QKᵀ): the usual BERT LoRA
-targets `["query", "value"]` silently adapt `value` alone there (peft fails only when no target exists at all; use
-`check_lora_targets`). `value` always exists;
-`query`/`key` exist in layers with a vanilla term; the dense synthesizers add linear layers of their own
-(`dense_w1`, `factorized_dense_a`, `factorized_dense_b`). Random matrices (`random_r`, `factorized_random_r1/r2`)
-are not linear layers: train them fully with `modules_to_save=["synthesizer"]` or leave them frozen.
+Pick targets with PEFT: `target_modules="all-linear"` adapts every linear layer that exists, whatever the variant
+(`query`/`key` only where a vanilla term has them, `value`, the attention output and feed-forward layers, and the
+dense synthesizers' own `dense_w1`, `factorized_dense_a`, `factorized_dense_b`, whose LoRA deltas the attention uses).
+Random matrices (`random_r`, `factorized_random_r1/r2`, the mixture weights) are not linear layers: train them fully
+with `modules_to_save=["synthesizer"]` or leave them frozen.
 
     from peft import LoraConfig, get_peft_model
-    model = get_peft_model(model, LoraConfig(target_modules=lora_target_modules(model), task_type="SEQ_CLS"))
+    model = get_peft_model(model, LoraConfig(target_modules="all-linear", task_type="SEQ_CLS"))
+
+What PEFT does not say: pure synthesizer variants have no `query`/`key` projections, so the usual BERT targets
+`["query", "value"]` silently adapt `value` alone (PEFT fails only when no target exists at all).
+`check_lora_targets` raises for such a list.
 """
 
 from torch import nn
@@ -17,26 +20,19 @@ ATTENTION_PROJECTIONS = ("query", "key", "value")
 SYNTHESIZER_LINEARS = ("dense_w1", "factorized_dense_a", "factorized_dense_b")
 
 
-def lora_target_modules(model, include_synthesizer: bool = False) -> list[str]:
-    """Names of the attention projections (and, with `include_synthesizer`, the synthesizer's own linear layers)
-    that exist as `nn.Linear` somewhere in `model`, for `peft.LoraConfig(target_modules=...)`."""
-    wanted = ATTENTION_PROJECTIONS + (SYNTHESIZER_LINEARS if include_synthesizer else ())
-    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    return [name for name in wanted if name in present]
-
-
 def check_lora_targets(model, target_modules) -> None:
     """Raise a `ValueError` naming the attention projections in `target_modules` that this synthesizer model does
-    not have (peft's own error only says that nothing matched), with the targets that do exist."""
+    not have (PEFT's own error only says that nothing matched), with the targets that do exist."""
     if isinstance(target_modules, str):
-        return  # a regex: peft matches it against full module names; nothing to check by name
+        return  # "all-linear" or a regex: PEFT matches it against the modules that exist
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    missing = [t for t in target_modules if t in ATTENTION_PROJECTIONS + SYNTHESIZER_LINEARS and t not in present]
+    known = ATTENTION_PROJECTIONS + SYNTHESIZER_LINEARS
+    missing = [t for t in target_modules if t in known and t not in present]
     if missing:
         variant = getattr(model.config, "synthesizer_variant", "?")
         raise ValueError(
             f"LoRA target_modules {missing} do not exist in this synthesizer_{variant} model: a synthesizer without a "
-            f"vanilla term has no query/key projections. Targets that exist: {lora_target_modules(model, True)} "
-            f"(hf_synthesizer.lora.lora_target_modules(model)); train the random matrices with "
+            f"vanilla term has no query/key projections. Targets that exist: {[t for t in known if t in present]}, "
+            f"or target_modules='all-linear' for every linear layer there is; train the random matrices with "
             f"modules_to_save=['synthesizer'] if you want them updated."
         )

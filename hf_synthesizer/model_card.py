@@ -1,15 +1,21 @@
-"""Model cards for synthesizer checkpoints, rendered from the template in `hf_synthesizer/model_cards/`.
+"""Model cards for synthesizer checkpoints, rendered from the template `model_cards/synthesizer.md`.
 
-The template ships inside the package (package data) and is found with `importlib.resources`, so rendering works
-from an installed wheel, whatever the current directory. `save_pretrained`/`push_to_hub` of every synthesizer model
-call `render_model_card` (see hub_mixin.py); `hf-synthesizer card PATH` writes one for a saved checkpoint;
-`use_synthesizer_model_card(trainer)` makes `Trainer.push_to_hub` upload it instead of transformers' generic card.
+The template has one copy, in the repository's top-level `model_cards/` folder; the wheel installs it as package data
+(`hf_synthesizer/model_cards/synthesizer.md`, see pyproject.toml), found with `importlib.resources`, so rendering
+works from an installed wheel, whatever the current directory, and from the source tree. `model_cards/examples/`
+holds the cards of every named variant rendered from it; regenerate them after changing the template or the card
+code with `python -m hf_synthesizer.model_card --render-examples` (tests/test_sharing.py checks they are current).
+
+`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card` (see hub_mixin.py);
+`hf-synthesizer card PATH` writes one for a saved checkpoint; `SynthesizerTrainer` (hf_synthesizer.trainer) makes
+`Trainer.push_to_hub` upload it instead of transformers' generic card.
 """
 
+import argparse
 import os
 import sys
-import types
 from importlib import resources
+from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import get_relative_import_files
@@ -133,9 +139,16 @@ def _supported_pipeline_tasks() -> set[str]:
     return set(SUPPORTED_TASKS)
 
 
+# The top-level model_cards/ folder of a source tree (or editable install); None in an installed wheel.
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+EXAMPLES_DIR = SOURCE_DIR / "examples"
+
+
 def template_text() -> str:
-    """The card template, read from the installed package (works from a wheel, any working directory)."""
-    return resources.files("hf_synthesizer").joinpath("model_cards", TEMPLATE).read_text(encoding="utf-8")
+    """The card template: package data of an installed wheel, else the source tree's `model_cards/` folder."""
+    packaged = resources.files("hf_synthesizer").joinpath("model_cards", TEMPLATE)
+    path = packaged if packaged.is_file() else SOURCE_DIR / TEMPLATE
+    return path.read_text(encoding="utf-8")
 
 
 def _as_list(value) -> list:
@@ -276,19 +289,74 @@ def trainer_card_kwargs(trainer, **kwargs) -> dict:
     }
 
 
-def use_synthesizer_model_card(trainer):
-    """Make `trainer.create_model_card` (called by `Trainer.push_to_hub`) write the synthesizer card, with the
-    Trainer's hyperparameters and evaluation results, instead of transformers' generic one. Works on `Trainer`
-    and `Seq2SeqTrainer` instances; returns the trainer."""
+class SynthesizerModelCardMixin:
+    """Mixed into a `Trainer` class (before it): its `create_model_card`, which `Trainer.push_to_hub` calls after
+    saving the model, writes the synthesizer card with the Trainer's hyperparameters and evaluation results instead
+    of transformers' generic one. A model that is not a synthesizer gets transformers' card. See
+    `hf_synthesizer.trainer.SynthesizerTrainer`."""
 
     def create_model_card(self, **kwargs):
-        if not self.is_world_process_zero():
-            return
         model = self.accelerator.unwrap_model(self.model)
+        if getattr(model.config, "synthesizer_variant", "vanilla") == "vanilla":
+            return super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return None
         card_kwargs = trainer_card_kwargs(self, **kwargs)
         card_kwargs["repo_id"] = self.hub_model_id or card_kwargs["model_name"]
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(model, **card_kwargs))
+        return None
 
-    trainer.create_model_card = types.MethodType(create_model_card, trainer)
-    return trainer
+
+def example_cards() -> dict[str, str]:
+    """`{file name: card}` for every named variant on bert-base-uncased (masked LM, `synthesizer_length` 128) and for
+    t5-small converted to random+vanilla: what `model_cards/examples/` holds. Models are built on the meta device
+    (structure and parameter counts only)."""
+    from transformers import BertConfig, T5Config
+
+    from .checkpoints import empty_model, families
+    from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+
+    bert, t5 = families()["bert"], families().get("t5")
+    examples = [(bert, "google-bert/bert-base-uncased", BertConfig(), "masked-lm", v) for v in NAMED_VARIANTS]
+    if t5 is not None:
+        examples.append((t5, "google-t5/t5-small", T5Config(), "seq2seq-lm", "random+vanilla"))
+    cards = {}
+    for family, base_model, stock_config, head, variant in examples:
+        config = family.config_class(**stock_config.to_dict(), synthesizer_variant=variant, synthesizer_length=128)
+        name = f"{base_model.split('/')[-1]}-{attn_implementation_name(variant)}"
+        cards[f"{name}.md"] = render_model_card(
+            empty_model(family, config, head), model_name=name, repo_id=f"your-name/{name}", base_model=base_model,
+            license="apache-2.0",
+        )
+    return cards
+
+
+def render_examples(directory=None) -> list[Path]:
+    """Write `example_cards()` into `directory` (default `model_cards/examples/` of the source tree), removing cards
+    of variants no longer rendered; returns the files written."""
+    directory = Path(directory or EXAMPLES_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    cards = example_cards()
+    for stale in set(p.name for p in directory.glob("*.md")) - set(cards):
+        (directory / stale).unlink()
+    for name, text in cards.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    return [directory / name for name in cards]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hf_synthesizer.model_card", description=__doc__.split("\n")[0])
+    parser.add_argument("--render-examples", action="store_true",
+                        help=f"Regenerate the example cards (default folder: {EXAMPLES_DIR}).")
+    parser.add_argument("--output", type=Path, help="Write the example cards here instead.")
+    args = parser.parse_args(argv)
+    if not args.render_examples:
+        parser.error("nothing to do: pass --render-examples")
+    for path in render_examples(args.output):
+        print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,8 +29,19 @@ BERT_CODE_FILES = frozenset({
 T5_CODE_FILES = BERT_CODE_FILES - {"modeling_bert_synthesizer.py"} | {"modeling_t5_synthesizer.py"}
 
 # transformers.utils.hub.hf_api() returns this cached instance: replacing it reroutes every Hub call of
-# PreTrainedModel.push_to_hub, PushToHubMixin._upload_modified_files and Trainer.push_to_hub.
+# PreTrainedModel.push_to_hub (and its upload), HfApi.upload_file of the card and Trainer.push_to_hub.
 HF_API_HOOK = ("transformers.utils.hub", "_hf_api")
+# huggingface_hub.ModelCard.load(repo_id) downloads README.md with this function (transformers'
+# create_and_tag_model_card, called by push_to_hub, loads the repository's card through it).
+CARD_DOWNLOAD_HOOK = ("huggingface_hub.repocard", "hf_hub_download")
+
+
+def install_fake_hub(monkeypatch) -> "FakeHfApi":
+    """Route every Hub call of transformers' and hf_synthesizer's push flows to a new `FakeHfApi`."""
+    fake = FakeHfApi()
+    monkeypatch.setattr(sys.modules[HF_API_HOOK[0]], HF_API_HOOK[1], fake)
+    monkeypatch.setattr(sys.modules[CARD_DOWNLOAD_HOOK[0]], CARD_DOWNLOAD_HOOK[1], fake.hf_hub_download)
+    return fake
 
 
 class FakeHfApi:
@@ -75,6 +86,13 @@ class FakeHfApi:
                                           for p in ignore):
                 files[rel] = path.read_bytes()
         return self._commit(repo_id, files, commit_message)
+
+    def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, commit_message=None, run_as_future=False,
+                    **kwargs):
+        assert not run_as_future, "the fake only records blocking uploads"
+        source = path_or_fileobj
+        data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else source
+        return self._commit(repo_id, {path_in_repo: data}, commit_message)
 
     def hf_hub_download(self, repo_id, filename, **kwargs):
         if filename not in self.repos.get(repo_id, {}):

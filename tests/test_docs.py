@@ -4,12 +4,11 @@ Hub ids are replaced by local stand-ins of the same family, and the Hub client b
 
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hub_fakes import HF_API_HOOK, FakeHfApi
+from hub_fakes import install_fake_hub
 from transformers import (
     AutoTokenizer,
     BertConfig,
@@ -17,7 +16,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
-    Trainer,
     TrainingArguments,
 )
 
@@ -73,22 +71,25 @@ def hub_ids(minilm_dir, tmp_path_factory) -> dict[str, Path]:
             "sentence-transformers/all-MiniLM-L6-v2": bert, "t5-small": t5}
 
 
-def given_trainer(hub_ids):
-    """docs/sharing.md continues from "your Trainer": a fine-tuned synthesizer classifier that pushes to the Hub."""
-    path = hub_ids["bert-base-uncased"]
-    model = hf_synthesizer.BertSynthesizerForSequenceClassification.from_pretrained(
-        path, attn_implementation="synthesizer_random", num_labels=2, synthesizer_length=16)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    rows = [dict(tokenizer(text), labels=label) for text, label in (("a fine movie", 1), ("a dull one", 0))] * 2
-    args = TrainingArguments(output_dir="trainer-out", max_steps=1, per_device_train_batch_size=2, report_to=[],
+def given_classifier(hub_ids):
+    """docs/sharing.md continues from "your model": a synthesizer classifier to fine-tune."""
+    return hf_synthesizer.BertSynthesizerForSequenceClassification.from_pretrained(
+        hub_ids["bert-base-uncased"], attn_implementation="synthesizer_random", num_labels=2, synthesizer_length=16)
+
+
+def given_training_args(hub_ids):
+    return TrainingArguments(output_dir="trainer-out", max_steps=1, per_device_train_batch_size=2, report_to=[],
                              save_strategy="no", use_cpu=True, hub_model_id="my-synth-trainer", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
-    trainer.train()
-    return trainer
 
 
-# Names a page's prose says the reader already has ("your Trainer"), by page.
-GIVEN = {"docs/sharing.md": {"trainer": given_trainer}}
+def given_train_dataset(hub_ids):
+    tokenizer = AutoTokenizer.from_pretrained(hub_ids["bert-base-uncased"])
+    return [dict(tokenizer(text), labels=label) for text, label in (("a fine movie", 1), ("a dull one", 0))] * 2
+
+
+# Names a page's prose says the reader already has ("your model"), by page.
+GIVEN = {"docs/sharing.md": {"classifier": given_classifier, "training_args": given_training_args,
+                             "train_dataset": given_train_dataset}}
 
 
 def run_python(code: str, namespace: dict, hub_ids: dict, where: str) -> None:
@@ -121,7 +122,7 @@ def run_shell(code: str, hub_ids: dict, full_main_job: bool) -> list[str]:
 def reader(hub_ids, tmp_path, monkeypatch):
     """A fresh working directory and an offline Hub, as a reader following a page would have."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys.modules[HF_API_HOOK[0]], HF_API_HOOK[1], FakeHfApi())
+    install_fake_hub(monkeypatch)
     return hub_ids
 
 

@@ -92,6 +92,22 @@ def common_args(output_dir, **extra):
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
+def test_classification_metrics_values():
+    """The example's metrics on a case worked by hand: 3 classes, one never predicted (its F1 counts as 0)."""
+    import numpy as np
+
+    metrics = load_example("run_classification").classification_metrics
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.eye(3)[[0, 1, 1, 1, 0, 1]]  # predictions 0, 1, 1, 1, 0, 1
+    result = metrics((logits, labels), is_regression=False)
+    # class 0: P 1/2, R 1/2, F1 1/2; class 1: P 2/4, R 2/2, F1 2/3; class 2: never predicted, F1 0
+    assert result == {"accuracy": pytest.approx(3 / 6), "macro_f1": pytest.approx((1 / 2 + 2 / 3 + 0) / 3)}
+    predictions, targets = np.array([[1.0], [2.0], [4.0]]), np.array([1.0, 3.0, 3.0])
+    result = metrics((predictions, targets), is_regression=True)
+    assert result["mse"] == pytest.approx((0 + 1 + 1) / 3)
+    assert result["pearson"] == pytest.approx(np.corrcoef([1, 2, 4], [1, 3, 3])[0, 1])
+
+
 def test_loading_helper_dispatches_on_model_type(tiny_bert_with_tokenizer, tmp_path):
     """The one helper the examples and compare share: stock bert + synthesizer choice -> synthesizer classes;
     stock with no choice -> stock transformers; saved synthesizer -> itself; nonsense -> clear errors."""

@@ -5,6 +5,7 @@ generated model card (against a recording fake Hub client)."""
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -13,18 +14,20 @@ import torch
 import transformers
 from conftest import tiny_bert_config
 from huggingface_hub import ModelCard
-from hub_fakes import BERT_CODE_FILES, T5_CODE_FILES, HF_API_HOOK, FakeHfApi, read_json, run_without_package
+from hub_fakes import BERT_CODE_FILES, T5_CODE_FILES, FakeHfApi, install_fake_hub, read_json, run_without_package
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, TrainingArguments
 from transformers.dynamic_module_utils import get_imports
 
 import hf_synthesizer
 from hf_synthesizer import BERT_AUTO_CLASSES, BertSynthesizerForMaskedLM, BertSynthesizerForPreTraining
 from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
-from hf_synthesizer.model_card import render_model_card, use_synthesizer_model_card
+from hf_synthesizer.model_card import render_model_card
+from hf_synthesizer.trainer import SynthesizerTrainer
 
 # Third-party modules the shipped code may import (besides the standard library and flat siblings).
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
+CARD_COMMIT_MESSAGE = "Synthesizer model card (hf_synthesizer)"
 VARIANTS = ["random", "fixed_random", "factorized_random", "dense+vanilla", "factorized_dense"]
 
 INPUT_IDS = torch.tensor([[2, 15, 27, 39, 4, 3, 0, 0], [2, 41, 53, 65, 77, 89, 3, 0]])
@@ -256,6 +259,7 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"
     shutil.copytree(repo / "hf_synthesizer", source / "hf_synthesizer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "model_cards", source / "model_cards")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (repo / name).exists():
             shutil.copy(repo / name, source / name)
@@ -266,8 +270,18 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     )
     assert build.returncode == 0, build.stderr[-3000:]
     [wheel] = (tmp_path / "dist").glob("hf_synthesizer-*.whl")
-    assert "hf_synthesizer/model_cards/synthesizer.md" in zipfile.ZipFile(wheel).namelist()
+    # The one template (top-level model_cards/) is installed as package data; the example cards are not shipped.
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if "model_cards" in n] == ["hf_synthesizer/model_cards/synthesizer.md"]
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    packaged = tmp_path / "site" / "hf_synthesizer" / "model_cards" / "synthesizer.md"
+    assert packaged.read_bytes() == (repo / "model_cards" / "synthesizer.md").read_bytes()
+    # The sdist carries it too (pip builds the wheel from the sdist when installing from one).
+    build_sdist = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path / 'sd')!r}))"
+    sdist = subprocess.run([sys.executable, "-c", build_sdist], capture_output=True, text=True, cwd=source)
+    assert sdist.returncode == 0, sdist.stderr[-3000:]
+    with tarfile.open(tmp_path / "sd" / sdist.stdout.split()[-1]) as archive:
+        assert [n.split("/", 1)[1] for n in archive.getnames() if "model_cards/" in n] == ["model_cards/synthesizer.md"]
     # A fresh interpreter importing the installed copy (not the source tree) renders a card.
     script = (
         "import hf_synthesizer, sys; from hf_synthesizer.model_card import render_model_card;"
@@ -282,24 +296,40 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
     assert run.stdout.strip() == "---"
 
 
+def test_example_cards_are_rendered_from_the_current_template():
+    """model_cards/examples/ holds, for every named variant, the card the template and the card code give today."""
+    from hf_synthesizer.configuration_synthesizer import NAMED_VARIANTS
+    from hf_synthesizer.model_card import EXAMPLES_DIR, SOURCE_DIR, example_cards, template_text
+
+    assert template_text() == (SOURCE_DIR / "synthesizer.md").read_text(encoding="utf-8")  # the one copy
+    cards = example_cards()
+    assert {f"bert-base-uncased-synthesizer_{v}.md" for v in NAMED_VARIANTS} <= set(cards)
+    committed = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES_DIR.glob("*.md")}
+    stale = sorted(n for n in cards.keys() | committed.keys() if cards.get(n) != committed.get(n))
+    assert not stale, (f"model_cards/examples/ is out of date ({stale}): run "
+                       f"`python -m hf_synthesizer.model_card --render-examples` and commit the result")
+
+
 # ----------------------------------------------------------------------------------------------- push_to_hub
 
 
 @pytest.fixture
 def fake_hub(monkeypatch) -> FakeHfApi:
-    fake = FakeHfApi()
-    monkeypatch.setattr(sys.modules[HF_API_HOOK[0]], HF_API_HOOK[1], fake)
+    fake = install_fake_hub(monkeypatch)
     assert transformers.utils.hub.hf_api() is fake
     return fake
 
 
 def test_model_push_to_hub_uploads_weights_config_code_and_card(stock_bert_dir, fake_hub, tmp_path):
     model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "random+vanilla", tmp_path / "local")
-    model.push_to_hub("tiny-synth", tags=["demo"], model_card_kwargs={
+    model.push_to_hub("tiny-synth", tags=["demo"], commit_message="Tiny synthesizer", model_card_kwargs={
         "base_model": "google-bert/bert-base-uncased", "datasets": ["wikitext"], "eval_results": {"perplexity": 12.5}})
-    [commit] = fake_hub.commits
-    assert commit["repo_id"] == "fake-user/tiny-synth"
-    assert commit["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
+    # transformers' push (weights, config, code and its generic card), then the synthesizer card in its own commit.
+    [upload, card_commit] = fake_hub.commits
+    assert upload["repo_id"] == card_commit["repo_id"] == "fake-user/tiny-synth"
+    assert upload["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
+    assert card_commit["files"] == ["README.md"] and card_commit["message"] == CARD_COMMIT_MESSAGE
+    assert upload["message"] == "Tiny synthesizer"
     repo = fake_hub.repos["fake-user/tiny-synth"]
     data = card_of(repo["README.md"].decode()).data.to_dict()
     assert data["library_name"] == "transformers"
@@ -319,9 +349,11 @@ def test_model_push_to_hub_uploads_weights_config_code_and_card(stock_bert_dir, 
 def test_save_pretrained_with_push_to_hub_uploads_the_synthesizer_card(stock_bert_dir, fake_hub, tmp_path):
     model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "factorized_random", tmp_path / "local")
     model.add_model_tags(["added-tag"])
-    model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="via-save")
-    [commit] = fake_hub.commits
-    assert commit["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
+    model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="via-save", commit_message="First upload")
+    [upload, card_commit] = fake_hub.commits
+    assert upload["files"] == sorted({"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES)
+    assert upload["message"] == "First upload" and upload["repo_id"] == card_commit["repo_id"] == "fake-user/via-save"
+    assert card_commit["files"] == ["README.md"]
     data = card_of(fake_hub.repos["fake-user/via-save"]["README.md"].decode()).data
     assert "synthesizer_factorized_random" in data.tags and "added-tag" in data.tags
     assert fake_hub.repos["fake-user/via-save"]["README.md"] == (tmp_path / "pushed" / "README.md").read_bytes()
@@ -332,6 +364,7 @@ def test_push_keeps_a_users_card_and_regenerates_a_generated_one(stock_bert_dir,
     fake_hub.create_repo("fake-user/with-card")
     fake_hub.repos["fake-user/with-card"]["README.md"] = b"---\nlicense: mit\n---\nHand-written.\n"
     model.push_to_hub("fake-user/with-card", tags=["demo"])
+    [upload] = fake_hub.commits  # no card commit: the user's card stays, with the tags added (transformers' way)
     card = ModelCard(fake_hub.repos["fake-user/with-card"]["README.md"].decode())
     assert "Hand-written." in card.text and card.data.license == "mit" and card.data.tags == ["demo"]
 
@@ -339,6 +372,20 @@ def test_push_keeps_a_users_card_and_regenerates_a_generated_one(stock_bert_dir,
     model.push_to_hub("regenerated", model_card_kwargs={"datasets": ["wikitext"]})
     data = card_of(fake_hub.repos["fake-user/regenerated"]["README.md"].decode()).data
     assert data.datasets == ["wikitext"] and "synthesizer_dense" in data.tags
+
+
+def test_save_pretrained_push_keeps_a_users_local_card(stock_bert_dir, fake_hub, tmp_path):
+    model = convert(stock_bert_dir, BertSynthesizerForMaskedLM, "random", tmp_path / "local")
+    (tmp_path / "local" / "README.md").write_text("my own card\n")
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="mine")
+    assert (tmp_path / "local" / "README.md").read_text() == "my own card\n"
+    assert [c["files"] for c in fake_hub.commits] == [sorted({"config.json", "model.safetensors", "README.md"}
+                                                               | BERT_CODE_FILES)]  # no synthesizer card pushed
+    # A card the user wrote on the Hub stays there too.
+    fake_hub.create_repo("fake-user/theirs")
+    fake_hub.repos["fake-user/theirs"]["README.md"] = b"---\nlicense: mit\n---\nHand-written.\n"
+    model.save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="theirs")
+    assert len(fake_hub.commits) == 2 and "Hand-written." in fake_hub.repos["fake-user/theirs"]["README.md"].decode()
 
 
 def test_trainer_push_to_hub_uploads_code_and_synthesizer_card(stock_bert_dir, fake_hub, tmp_path):
@@ -352,10 +399,9 @@ def test_trainer_push_to_hub_uploads_code_and_synthesizer_card(stock_bert_dir, f
         output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4,
         report_to=[], save_strategy="no", use_cpu=True, hub_model_id="trainer-synth", disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    trainer = SynthesizerTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
     trainer.train()
     trainer.evaluate()
-    use_synthesizer_model_card(trainer)
     trainer.push_to_hub(dataset="my-local-pairs")
     [commit] = fake_hub.commits
     assert commit["repo_id"] == "fake-user/trainer-synth"
@@ -373,6 +419,16 @@ def test_trainer_push_to_hub_uploads_code_and_synthesizer_card(stock_bert_dir, f
     metrics = {m["type"] for m in data["model-index"][0]["results"][0]["metrics"]}
     assert "loss" in {m.lower() for m in metrics}
     assert "## Training procedure" in text and "train_batch_size: 4" in text
+
+
+def test_synthesizer_trainer_gives_a_stock_model_transformers_card(stock_bert_dir, fake_hub, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(stock_bert_dir, num_labels=2)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, hub_model_id="stock")
+    SynthesizerTrainer(model=model, args=args).push_to_hub()
+    text = fake_hub.repos["fake-user/stock"]["README.md"].decode()
+    assert GENERATED_CARD_MARKER not in text and "generated_from_trainer" in ModelCard(text).data.tags
 
 
 def read_json_bytes(data: bytes) -> dict:
