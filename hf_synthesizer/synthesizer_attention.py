@@ -30,6 +30,7 @@ from .synthesizer_fast import (
     CHUNK_ELEMENTS,
     MASKED,
     InputIndependentCache,
+    keyless_rows,
     cpu_tuned,
     feature_attention,
     general_bias,
@@ -41,6 +42,7 @@ from .synthesizer_fast import (
     shared_logits_attention,
     shared_probabilities,
     split_mask,
+    uniform_rows,
 )
 from .synthesizer_math import (
     additive_mask,
@@ -506,7 +508,7 @@ def fast_synthesizer_attention(
             # the two biases added would leave a row without kept keys attending to the padded keys only
             bias, causal = full, False
         elif kind == "key":
-            bias = key_bias[:, None, None, :]
+            bias = key_bias[:, None, None, :].to(bias_dtype)
         else:
             bias = None
         alphas = torch.stack(alphas) if alphas else None
@@ -524,7 +526,11 @@ def fast_synthesizer_attention(
     # The full mask as an additive float mask in the value dtype (masked entries MASKED, finite): a row with every
     # key masked then attends uniformly, as in the reference (a boolean mask would give NaN in sdpa).
     mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-    return feature_attention(qf, kf, value, None if mask is None else general_bias(mask).to(dtype), dropout)
+    if mask is None:
+        return feature_attention(qf, kf, value, None, dropout)
+    bias = general_bias(mask, bias_dtype)
+    out = feature_attention(qf, kf, value, bias.to(dtype), dropout)
+    return out if tuned or bias.dim() != 4 else uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)
 
 
 def chunked_reference_attention(
