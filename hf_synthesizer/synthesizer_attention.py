@@ -511,8 +511,8 @@ def fast_synthesizer_attention(
             kf.append(key.to(dtype))
         elif name == "dense":
             h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
-            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(batch, heads, -1, -1)
-            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(batch, heads, -1, -1)
+            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(1, heads, -1, -1)
+            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(1, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))
             qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
             kf.append(w2.to(dtype))
@@ -521,13 +521,16 @@ def fast_synthesizer_attention(
             r1 = take(synthesizer.factorized_random_r1, 1, q0, lq)[None]
             r1 = r1 if single else r1 * alpha
             qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
-            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype).expand(batch, heads, -1, -1))
+            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype))
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])
     # query-major memory (B, lq, H, f): flash writes its output in the query's layout (see feature_attention)
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
-    kf = torch.cat(kf, dim=-1) if kf else None
+    # Key features the same for every example (dense, factorized random) are joined once and expanded, not copied
+    # per example.
+    one = all(k.shape[0] == 1 for k in kf)
+    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1).expand(batch, -1, -1, -1) if kf else None
     bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
     if kind == "general" or kind == "key" and causal:

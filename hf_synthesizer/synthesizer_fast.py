@@ -320,8 +320,10 @@ def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2
 def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=None):
     """The device-generic form of `shared_logits_attention`, public ops only (autograd does the backward):
     `P = softmax(logits + causal)` `(H, lq, lk)` once per batch, `out_b = (P @ (w_b V_b)) / (P @ w_b)` with key weights
-    `w_b = exp(m_b - max m_b)`. `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
-    value `(B, H, lk, dh)` -> `(B, lq, H, dh)`."""
+    `w_b = exp(m_b - max m_b)`, as one `(H, lq, lk) @ (H, lk, B * (dh + 1))` matmul (a broadcasting
+    `(H, lq, lk) @ (B, H, lk, dh)` would copy P B times, and its backward would build a `(B, H, lq, lk)` gradient to
+    sum over the batch). `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
+    value `(B, H, lk, dh)` -> `(B, lq, H, dh)`, contiguous."""
     batch, heads, lk, dh = value.shape
     if probs is None:
         s = _f32(logits)  # no reshape: its view check would guard on lk == L under torch.export
@@ -329,11 +331,17 @@ def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=Non
             s = s + causal_bias(q0, slice(0, s.shape[-2]), lk, s.device)
         probs = torch.softmax(s, dim=-1)
     p = probs.to(value.dtype)
+    v = value.permute(1, 2, 0, 3)  # (H, lk, B, dh)
     if key_bias is None:  # every row sees a key (under causality, key 0)
-        return torch.matmul(p, value).transpose(1, 2)
-    w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)[:, None, :, None]
-    y = torch.matmul(p, torch.cat([value * w, w.expand(batch, heads, lk, 1)], dim=-1))  # (B, H, lq, dh + 1)
-    out = (y[..., :dh] / y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)).transpose(1, 2)
+        # clone, not reshape: whether a reshape copies depends on the batch size, which export would guard on
+        y = torch.matmul(p, v.clone(memory_format=torch.contiguous_format).view(heads, lk, batch * dh))
+        return y.view(heads, -1, batch, dh).permute(2, 1, 0, 3).clone(memory_format=torch.contiguous_format)
+    w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)  # (B, lk)
+    w = w.t()[None, :, :, None].expand(heads, lk, batch, 1)
+    x = torch.cat([v * w, w], dim=-1)  # (H, lk, B, dh + 1), contiguous
+    y = torch.matmul(p, x.view(heads, lk, batch * (dh + 1))).view(heads, -1, batch, dh + 1)
+    out = (y[..., :dh] / y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)).permute(2, 1, 0, 3)
+    out = out.clone(memory_format=torch.contiguous_format)  # (B, lq, H, dh)
     empty = no_key_rows(key_bias, causal, q0, out.shape[1])[:, None]
     return uniform_rows(out, value, empty, logits=logits)
 
@@ -668,8 +676,8 @@ def feature_attention(qf, kf, value, attention_mask, dropout):
     if q.shape[-1] < width:
         q = torch.cat([q, q.new_zeros(*q.shape[:-1], width - q.shape[-1])], dim=-1)
     q = q.contiguous().transpose(1, 2)
-    if kf.shape[-1] < width:
-        kf = F.pad(kf, (0, width - kf.shape[-1]))
+    if kf.shape[-1] < width:  # (key features the same for every example: padded once)
+        kf = F.pad(kf[:1] if kf.stride(0) == 0 else kf, (0, width - kf.shape[-1]))
     if dh < width:
         value = F.pad(value, (0, width - dh))
     out = F.scaled_dot_product_attention(
