@@ -565,7 +565,9 @@ def fast_synthesizer_attention(
         return feature_attention(qf, kf, value, None, dropout)
     bias = general_bias(mask, bias_dtype)
     out = feature_attention(qf, kf, value, bias.to(dtype), dropout)
-    return out if tuned or bias.dim() != 4 else uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)
+    if tuned or attention_mask is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
+        return out
+    return uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)  # rows without a kept key, as the reference
 
 
 def chunked_reference_attention(

@@ -610,7 +610,8 @@ def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, 
     """The device-generic form of `per_example_attention`: `F.scaled_dot_product_attention` with the mixed
     input-independent terms, padding and causal mask as its additive float mask (`sum_n alphas[n] R_n + bias +
     causal`, fp32 built, cast to the value dtype); autograd (or the device's sdpa kernel) does the backward. q/k
-    features zero-padded to the value head dim (zeros when there are none). Same arguments; returns `(B, lq, H, dh)`."""
+    features zero-padded to the value head dim (zeros when there are none); rows without a kept key as the reference,
+    forward and backward (`uniform_rows`). Same arguments; returns `(B, lq, H, dh)`."""
     batch, heads, lk, dh = value.shape
     mix = None  # the input-independent logits
     for n, r in enumerate(shared):

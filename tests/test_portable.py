@@ -1,6 +1,9 @@
 """Where users train (issue 18): device dispatch (CPU-tuned kernels on CPU only, device-generic routes elsewhere),
 one graph under torch.compile (fullgraph, no recompilation, dynamic lengths), tracing on `meta`, and the device-generic
-routes against the reference in float64, forward and backward. Tiny configs; `aot_eager` (no C++ compile)."""
+routes against the reference in float64, forward and backward, static-cache decoding in one graph. Tiny configs;
+`aot_eager` (no C++ compile). The default run keeps every variant with padding and causal masks, forward and
+backward, fullgraph; repeats of a route already covered (encoder compiles, export of every variant, ONNX) run with
+`-m slow`."""
 
 import pytest
 import torch
@@ -109,8 +112,17 @@ def test_routes_match_reference_on_rows_without_keys(variant, causal, route, mon
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-7, atol=1e-9, msg=name)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("variant", VARIANTS)
+# The default run compiles every variant as a causal decoder with padding on both sides (its masks hold everything an
+# encoder's do, plus rows without a kept key) and, as encoders, one variant per route: shared softmax(R), per-example
+# with a full-rank R, sdpa on features; the other encoders with `-m slow`.
+ENCODER_DEFAULT = ("random", "dense+random", "dense+vanilla")
+
+
+@pytest.mark.parametrize(
+    "variant, causal",
+    [(v, True) for v in VARIANTS]
+    + [(v, False) if v in ENCODER_DEFAULT else pytest.param(v, False, marks=pytest.mark.slow) for v in VARIANTS],
+)
 def test_torch_compile_fullgraph_no_recompile(variant, causal):
     """`torch.compile(model, fullgraph=True)` -- no graph break, as stock BERT -- with padding (and a causal decoder
     with left padding), forward and backward equal to eager; a second batch of the same shape reuses the graph
@@ -166,7 +178,13 @@ def _export_inputs():
     return dict(input_ids=ids, attention_mask=mask), shapes, dict(zip(("input_ids", "attention_mask"), other))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# One variant per route by default (shared, per-example with R, sdpa on features, chunked reference); all with -m slow.
+EXPORT_DEFAULT = ("random", "random+vanilla", "dense", "factorized_dense")
+
+
+@pytest.mark.parametrize(
+    "variant", [v if v in EXPORT_DEFAULT else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
 def test_torch_export_dynamic_batch_and_length(variant):
     """`torch.export` of a converted encoder for inference (the README's command), dynamic batch and length up to
     `synthesizer_length`: the exported program matches eager on another batch size and length."""
@@ -248,7 +266,7 @@ def test_dynamic_cache_decoding_compiles_to_one_graph():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("variant", ["random+vanilla", "dense"])
+@pytest.mark.parametrize("variant", ["random+vanilla", pytest.param("dense", marks=pytest.mark.slow)])
 def test_static_cache_decoding_step_compiles_to_one_graph(variant):
     """A T5 decoding step with a StaticCache compiles fullgraph: the cache's offset stays an on-device tensor (no
     host read, no graph break; CUDA graphs possible) and the steps give eager's logits. (A BERT decoder's own
