@@ -97,7 +97,8 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
             if isinstance(cache, EncoderDecoderCache):
                 cache = cache.self_attention_cache
             query_offset, key_layer, value_layer, attention_mask = update_self_attention_cache(
-                cache, self.layer_idx, key_layer, value_layer, attention_mask
+                cache, self.layer_idx, key_layer, value_layer, attention_mask,
+                None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(

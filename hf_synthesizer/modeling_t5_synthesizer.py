@@ -112,7 +112,8 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     cache.is_updated[self.layer_idx] = True
             elif cache is not None:
                 query_offset, key_states, value_states, mask = update_self_attention_cache(
-                    layer_cache, self.layer_idx, key_states, value_states, mask
+                    layer_cache, self.layer_idx, key_states, value_states, mask,
+                    None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
 
         if position_bias is None:

@@ -30,6 +30,7 @@ from .synthesizer_fast import (
     CHUNK_ELEMENTS,
     MASKED,
     InputIndependentCache,
+    keyless_rows,
     cpu_tuned,
     feature_attention,
     general_bias,
@@ -41,6 +42,7 @@ from .synthesizer_fast import (
     shared_logits_attention,
     shared_probabilities,
     split_mask,
+    uniform_rows,
 )
 from .synthesizer_math import (
     additive_mask,
@@ -146,9 +148,11 @@ class SynthesizerLogits(nn.Module):
             return random_logits(self.fixed_random_r, q0, lq, lk)
         return factorized_random_logits(self.factorized_random_r1, self.factorized_random_r2, q0, lq, lk)
 
-    def check_length(self, q0: int, lq: int, lk: int) -> None:
+    def check_length(self, q0, lq: int, lk: int) -> None:
+        """`q0` an int, or a static cache's on-device offset (its keys were cut to the limit, see
+        `update_self_attention_cache`, and `q0 + lq <= lk`)."""
         if not self.is_vanilla:
-            check_length(max(q0 + lq, lk), self.length)
+            check_length(lk if isinstance(q0, torch.Tensor) else max(q0 + lq, lk), self.length)
 
     def forward(self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True):
         logits = []
@@ -234,18 +238,34 @@ def resolve_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
-def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask):
+def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask, length_limit: int | None = None):
     """Append this step's key/value to a self-attention `cache` layer; returns `(query_offset, key, value, mask)`.
 
-    `query_offset` is the number of positions cached before this step (the position of the first query), an int.
-    key/value `(B, H, query_offset + lq, dh)` and the mask are cut to the positions filled so far: a `StaticCache`
-    returns all `max_cache_len` slots, and the slots after the last query are empty (masked by the causal mask);
-    keeping them would read synthesizer columns past the filled length, or past `synthesizer_length`.
+    `query_offset` is the number of positions cached before this step (the position of the first query): the int a
+    `DynamicCache` reports, or the on-device 0-dim tensor a `StaticCache` keeps (`cumulative_length`, cloned before the
+    update adds to it in place), never read on the host here, so that a compiled decoding step stays one graph (no
+    sync, CUDA graphs possible); transformers' T5 takes the same tensor for its position bias. key/value
+    `(B, H, lk, dh)`: a `DynamicCache` returns the `query_offset + lq` positions filled so far; a `StaticCache` all
+    `max_cache_len` slots, the ones after the last query empty (hidden by the causal mask, which the attention then
+    applies to a single query too). Synthesized layers (`length_limit`, their synthesizer_length) cut a static cache
+    longer than that to it: a slot past it could only be filled by decoding past the limit, which raises the
+    documented ValueError (read on the host in eager mode, an on-device assertion while compiling).
     """
-    query_offset = int(cache.get_seq_length(layer_idx))
-    live = query_offset + value.shape[2]
+    query_offset = cache.get_seq_length(layer_idx)
+    lq = value.shape[2]
+    if isinstance(query_offset, torch.Tensor):
+        query_offset = query_offset.clone()
     key, value = cache.update(key, value, layer_idx)
-    if value.shape[2] > live:
+    if isinstance(query_offset, torch.Tensor):
+        live = length_limit if length_limit is not None and value.shape[2] > length_limit else None
+        if live is not None:
+            if torch.compiler.is_compiling():
+                torch._assert_async(query_offset + lq <= live, "decoding past config.synthesizer_length")
+            else:
+                check_length(int(query_offset) + lq, live)
+    else:
+        live = query_offset + lq if value.shape[2] > query_offset + lq else None
+    if live is not None:
         key, value = key[:, :, :live], value[:, :, :live]
         if attention_mask is not None and attention_mask.shape[-1] > live:
             attention_mask = attention_mask[..., :live]
@@ -320,7 +340,8 @@ class SynthesizerAttentionMixin:
         mask is used as given;
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
-        first query (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides
+        first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
+        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides
         `self.is_causal`. Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
@@ -329,11 +350,24 @@ class SynthesizerAttentionMixin:
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
         q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
+        if isinstance(q0, torch.Tensor) and cpu_tuned(value):
+            # A static cache's offset (see update_self_attention_cache): CPU eager reads it (free there) and cuts the
+            # empty slots, so that the CPU-tuned routes see an int offset and only the positions filled.
+            q0 = int(q0)
+            lk = q0 + lq
+            key = None if key is None else key[:, :, :lk]
+            value = value[:, :, :lk]
+            attention_mask = None if attention_mask is None else attention_mask[..., :lk]
+            position_bias = None if position_bias is None else position_bias[..., :lk]
         synthesizer.check_length(q0, lq, lk)
         is_causal = getattr(self, "is_causal", False) if is_causal is None else is_causal
         # The causal part is added here unless the mask is a full one (which holds it): `synthesizer_mask` hands over
-        # padding as a `(B, 1, 1, lk)` key mask, so that the routes know the mask's structure from its shape.
-        causal = bool(is_causal) and lq > 1 and (attention_mask is None or attention_mask.shape[-2] == 1)
+        # padding as a `(B, 1, 1, lk)` key mask, so that the routes know the mask's structure from its shape. A single
+        # query needs it too when the keys run past it (a static cache's empty slots, offset kept on the device).
+        causal = (
+            bool(is_causal) and (lq > 1 or isinstance(q0, torch.Tensor))
+            and (attention_mask is None or attention_mask.shape[-2] == 1)
+        )
         bias_synthesized = getattr(self, "bias_synthesized", True)
 
         if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
@@ -445,7 +479,7 @@ def fast_synthesizer_attention(
     if input_independent and dropout == 0.0 and kind != "general" and not features_faster and not keyless:
         if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
             r = getattr(synthesizer, components[0] + "_r")
-            if _use_cache(synthesizer, [r]):
+            if _use_cache(synthesizer, [r], q0):
                 probs = synthesizer.input_independent_cache.get(
                     [r], (q0, lq, lk, causal), lambda: shared_probabilities(r, q0, lq, lk, causal)
                 )
@@ -477,8 +511,8 @@ def fast_synthesizer_attention(
             kf.append(key.to(dtype))
         elif name == "dense":
             h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
-            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(batch, heads, -1, -1)
-            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(batch, heads, -1, -1)
+            w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(1, heads, -1, -1)
+            b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(1, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))
             qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
             kf.append(w2.to(dtype))
@@ -487,13 +521,16 @@ def fast_synthesizer_attention(
             r1 = take(synthesizer.factorized_random_r1, 1, q0, lq)[None]
             r1 = r1 if single else r1 * alpha
             qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
-            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype).expand(batch, heads, -1, -1))
+            kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype))
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])
     # query-major memory (B, lq, H, f): flash writes its output in the query's layout (see feature_attention)
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
-    kf = torch.cat(kf, dim=-1) if kf else None
+    # Key features the same for every example (dense, factorized random) are joined once and expanded, not copied
+    # per example.
+    one = all(k.shape[0] == 1 for k in kf)
+    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1).expand(batch, -1, -1, -1) if kf else None
     bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
     if kind == "general" or kind == "key" and causal:
@@ -506,7 +543,7 @@ def fast_synthesizer_attention(
             # the two biases added would leave a row without kept keys attending to the padded keys only
             bias, causal = full, False
         elif kind == "key":
-            bias = key_bias[:, None, None, :]
+            bias = key_bias[:, None, None, :].to(bias_dtype)
         else:
             bias = None
         alphas = torch.stack(alphas) if alphas else None
@@ -516,7 +553,7 @@ def fast_synthesizer_attention(
         if shared and qf is not None and dropout == 0.0:
             mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
             sources = shared + mixing
-            if _use_cache(synthesizer, sources):
+            if _use_cache(synthesizer, sources, q0):
                 cached = synthesizer.input_independent_cache.get(
                     sources, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
                 )
@@ -524,7 +561,13 @@ def fast_synthesizer_attention(
     # The full mask as an additive float mask in the value dtype (masked entries MASKED, finite): a row with every
     # key masked then attends uniformly, as in the reference (a boolean mask would give NaN in sdpa).
     mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-    return feature_attention(qf, kf, value, None if mask is None else general_bias(mask).to(dtype), dropout)
+    if mask is None:
+        return feature_attention(qf, kf, value, None, dropout)
+    bias = general_bias(mask, bias_dtype)
+    out = feature_attention(qf, kf, value, bias.to(dtype), dropout)
+    if tuned or attention_mask is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
+        return out
+    return uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)  # rows without a kept key, as the reference
 
 
 def chunked_reference_attention(
@@ -567,10 +610,12 @@ def _reference_chunk(
     return torch.matmul(probs.to(value.dtype), value)
 
 
-def _use_cache(synthesizer, sources) -> bool:
-    """The layer's input-independent cache applies: enabled, no source needs a gradient, not compiling."""
+def _use_cache(synthesizer, sources, q0) -> bool:
+    """The layer's input-independent cache applies: enabled, no source needs a gradient, not compiling, an int offset
+    (a static cache's on-device offset would have to be read to compare keys)."""
     return (
         synthesizer.cache_input_independent
+        and not isinstance(q0, torch.Tensor)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in sources))
         and not torch.compiler.is_compiling()
     )

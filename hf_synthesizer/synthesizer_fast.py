@@ -114,6 +114,67 @@ def uniform_where_no_key(out, value, key_bias, causal: bool, q0: int):
     return torch.where(empty, value.mean(2)[:, None].to(out.dtype), out)
 
 
+class _UniformRows(torch.autograd.Function):
+    """`torch.where(empty, mean of the values, out)` with the reference's gradient on the `empty` rows (rows that see
+    no kept key): the reference adds `finfo.min` to every logit of such a row, so its probabilities round to uniform
+    and autograd differentiates the softmax there, at uniform probabilities `u = 1/lk`:
+    `dS_ij = (g_i . v_j - g_i . vbar) / lk` into the row's logits, `g_i / lk` into every value. `out` gets no gradient
+    on those rows (a fused kernel's saved log-sum-exp rounds to the mask value there, which would weigh each key 1).
+    The logits are `qf kf^T + logits` (either part may be None); public ops only, in backward only (nothing is added
+    to the forward)."""
+
+    @staticmethod
+    def forward(ctx, out, value, empty, qf, kf, logits):
+        # out (B, lq, H, dh); value (B, H, lk, dh); empty bool (B or 1, H or 1, lq); qf (B, H, lq, f), kf (B, H, lk, f)
+        # or None; logits (.., H, lq, lk) (input-independent: (H, lq, lk) or (1, H, lq, lk)) or None.
+        ctx.save_for_backward(value, empty, qf, kf)
+        ctx.logits_shape = None if logits is None else logits.shape
+        return torch.where(empty.transpose(1, 2)[..., None], value.mean(2)[:, None].to(out.dtype), out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        value, empty, qf, kf = ctx.saved_tensors
+        lk = value.shape[2]
+        rows = empty.transpose(1, 2)[..., None]  # (B or 1, lq, H or 1, 1)
+        grad_out = torch.where(rows, 0.0, grad)
+        g = torch.where(rows, grad, 0.0).transpose(1, 2).to(value.dtype)  # (B, H, lq, dh): the empty rows' gradient
+        grad_value = (g.sum(2, keepdim=True) / lk).expand(value.shape)
+        grad_qf = grad_kf = grad_logits = None
+        if any(ctx.needs_input_grad[3:]):
+            vbar = value.mean(2, keepdim=True)  # (B, H, 1, dh)
+            shape = ctx.logits_shape
+            if qf is None and kf is None and (len(shape) == 3 or shape[0] == 1):
+                # logits shared by the batch: sum_b g_bi . v_bj as one matmul over (batch, head dim)
+                batch, heads, lq, dh = g.shape
+                dp = torch.matmul(g.permute(1, 2, 0, 3).reshape(heads, lq, batch * dh),
+                                  value.permute(1, 0, 3, 2).reshape(heads, batch * dh, lk))
+                grad_logits = ((dp - (g * vbar).sum((0, 3))[..., None]) / lk).reshape(shape)  # (H, lq, lk)
+            else:
+                ds = (torch.matmul(g, value.transpose(-1, -2)) - (g * vbar).sum(-1, keepdim=True)) / lk
+                if ctx.needs_input_grad[5]:
+                    grad_logits = ds.sum_to_size(shape)
+                ds = ds.to(qf.dtype) if qf is not None else ds
+                grad_qf = torch.matmul(ds, kf).sum_to_size(qf.shape) if ctx.needs_input_grad[3] else None
+                grad_kf = torch.matmul(ds.transpose(-1, -2), qf).sum_to_size(kf.shape) if ctx.needs_input_grad[4] else None
+        return grad_out, grad_value.to(value.dtype), None, grad_qf, grad_kf, grad_logits
+
+
+def keyless_rows(bias, lq: int):
+    """`(B or 1, H or 1, lq)` bool, on-device: the rows of a 4-D additive mask (MASKED where masked) that see no kept
+    key."""
+    return (bias.amax(-1) <= MASKED / 2).expand(bias.shape[0], bias.shape[1], lq)
+
+
+def uniform_rows(out, value, empty, qf=None, kf=None, logits=None):
+    """`out` `(B, lq, H, dh)` with the rows where `empty` `(B or 1, H or 1, lq)` holds attending uniformly over all keys,
+    as in the reference, forward and backward (`_UniformRows`); the logits of those rows are `qf kf^T + logits`.
+    Without gradients a plain `torch.where`."""
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (out, value, qf, kf, logits))
+    if not grads:
+        return torch.where(empty.transpose(1, 2)[..., None], value.mean(2)[:, None].to(out.dtype), out)
+    return _UniformRows.apply(out, value, empty, qf, kf, logits)
+
+
 def general_bias(attention_mask, dtype=torch.float32):
     """An arbitrary mask as an additive float mask with -inf for masked-out entries."""
     if attention_mask.dtype == torch.bool:
@@ -259,8 +320,10 @@ def shared_logits_attention(value, key_bias, causal, q0, lq, r=None, r1=None, r2
 def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=None):
     """The device-generic form of `shared_logits_attention`, public ops only (autograd does the backward):
     `P = softmax(logits + causal)` `(H, lq, lk)` once per batch, `out_b = (P @ (w_b V_b)) / (P @ w_b)` with key weights
-    `w_b = exp(m_b - max m_b)`. `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
-    value `(B, H, lk, dh)` -> `(B, lq, H, dh)`."""
+    `w_b = exp(m_b - max m_b)`, as one `(H, lq, lk) @ (H, lk, B * (dh + 1))` matmul (a broadcasting
+    `(H, lq, lk) @ (B, H, lk, dh)` would copy P B times, and its backward would build a `(B, H, lq, lk)` gradient to
+    sum over the batch). `logits` `(H, lq, lk)` (sliced), or `probs` the softmax already taken.
+    value `(B, H, lk, dh)` -> `(B, lq, H, dh)`, contiguous."""
     batch, heads, lk, dh = value.shape
     if probs is None:
         s = _f32(logits)  # no reshape: its view check would guard on lk == L under torch.export
@@ -268,12 +331,19 @@ def generic_shared_attention(value, key_bias, causal, q0, logits=None, probs=Non
             s = s + causal_bias(q0, slice(0, s.shape[-2]), lk, s.device)
         probs = torch.softmax(s, dim=-1)
     p = probs.to(value.dtype)
-    if key_bias is None:
-        return torch.matmul(p, value).transpose(1, 2)
-    w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)[:, None, :, None]
-    y = torch.matmul(p, torch.cat([value * w, w.expand(batch, heads, lk, 1)], dim=-1))  # (B, H, lq, dh + 1)
-    out = (y[..., :dh] / y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)).transpose(1, 2)
-    return uniform_where_no_key(out, value, key_bias, causal, q0)
+    v = value.permute(1, 2, 0, 3)  # (H, lk, B, dh)
+    if key_bias is None:  # every row sees a key (under causality, key 0)
+        # clone, not reshape: whether a reshape copies depends on the batch size, which export would guard on
+        y = torch.matmul(p, v.clone(memory_format=torch.contiguous_format).view(heads, lk, batch * dh))
+        return y.view(heads, -1, batch, dh).permute(2, 1, 0, 3).clone(memory_format=torch.contiguous_format)
+    w = torch.exp(key_bias - key_bias.amax(-1, keepdim=True).clamp_min(MASKED)).to(value.dtype)  # (B, lk)
+    w = w.t()[None, :, :, None].expand(heads, lk, batch, 1)
+    x = torch.cat([v * w, w], dim=-1)  # (H, lk, B, dh + 1), contiguous
+    y = torch.matmul(p, x.view(heads, lk, batch * (dh + 1))).view(heads, -1, batch, dh + 1)
+    out = (y[..., :dh] / y[..., dh:].clamp_min(torch.finfo(y.dtype).tiny)).permute(2, 1, 0, 3)
+    out = out.clone(memory_format=torch.contiguous_format)  # (B, lq, H, dh)
+    empty = no_key_rows(key_bias, causal, q0, out.shape[1])[:, None]
+    return uniform_rows(out, value, empty, logits=logits)
 
 
 class InputIndependentCache:
@@ -540,30 +610,33 @@ def generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, 
     """The device-generic form of `per_example_attention`: `F.scaled_dot_product_attention` with the mixed
     input-independent terms, padding and causal mask as its additive float mask (`sum_n alphas[n] R_n + bias +
     causal`, fp32 built, cast to the value dtype); autograd (or the device's sdpa kernel) does the backward. q/k
-    features zero-padded to the value head dim (zeros when there are none). Same arguments; returns `(B, lq, H, dh)`."""
+    features zero-padded to the value head dim (zeros when there are none); rows without a kept key as the reference,
+    forward and backward (`uniform_rows`). Same arguments; returns `(B, lq, H, dh)`."""
     batch, heads, lk, dh = value.shape
-    mask = None
+    mix = None  # the input-independent logits
     for n, r in enumerate(shared):
         term = _f32(alphas[n]).view(1, -1, 1, 1) * _f32(take(take(r, 1, q0, lq), 2, 0, lk))
-        mask = term if mask is None else mask + term
-    if bias is not None:
-        mask = bias if mask is None else mask + bias
+        mix = term if mix is None else mix + term
+    constant = bias  # padding and causality
     if causal:
         c = causal_bias(q0, slice(0, lq), lk, value.device)
-        mask = c if mask is None else mask + c
-    if qf is None:
-        qf, kf = value.new_zeros(batch, heads, lq, 1), value.new_zeros(batch, heads, lk, 1)
-    width = max(qf.shape[-1], kf.shape[-1], dh)
-    q = F.pad(qf, (0, width - qf.shape[-1])).to(value.dtype)
-    k = F.pad(kf, (0, width - kf.shape[-1])).to(value.dtype)
+        constant = c if constant is None else constant + c
+    mask = mix if constant is None else constant if mix is None else mix + constant
+    q, k = (value.new_zeros(batch, heads, lq, 1), value.new_zeros(batch, heads, lk, 1)) if qf is None else (qf, kf)
+    width = max(q.shape[-1], k.shape[-1], dh)
+    q = F.pad(q, (0, width - q.shape[-1])).to(value.dtype)
+    k = F.pad(k, (0, width - k.shape[-1])).to(value.dtype)
     v = F.pad(value, (0, width - dh))
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=None if mask is None else mask.to(value.dtype), dropout_p=dropout, scale=1.0
     )
+    out = out[..., :dh].transpose(1, 2)
+    if bias is not None:  # rows without a kept key: the reference's uniform attention, forward and backward
+        out = uniform_rows(out, value, keyless_rows(constant, lq), qf, kf, mix)
     # A copy in (B, lq, H, dh) order, always recorded: `.contiguous()` is dropped from an exported graph where sdpa's
     # kernel already returned that layout, and ONNX's decomposition of sdpa returns another, which the caller's
     # `reshape` (recorded as a view) then cannot view.
-    return out[..., :dh].transpose(1, 2).clone(memory_format=torch.contiguous_format)
+    return out.clone(memory_format=torch.contiguous_format)
 
 
 def per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached=None):
@@ -604,8 +677,8 @@ def feature_attention(qf, kf, value, attention_mask, dropout):
     if q.shape[-1] < width:
         q = torch.cat([q, q.new_zeros(*q.shape[:-1], width - q.shape[-1])], dim=-1)
     q = q.contiguous().transpose(1, 2)
-    if kf.shape[-1] < width:
-        kf = F.pad(kf, (0, width - kf.shape[-1]))
+    if kf.shape[-1] < width:  # (key features the same for every example: padded once)
+        kf = F.pad(kf[:1] if kf.stride(0) == 0 else kf, (0, width - kf.shape[-1]))
     if dh < width:
         value = F.pad(value, (0, width - dh))
     out = F.scaled_dot_product_attention(

@@ -47,8 +47,9 @@ def take(t: torch.Tensor, dim: int, start, length) -> torch.Tensor:
     """`t.narrow(dim, start, length)` as a gather (`index_select`): the rows/columns `start:start+length` of a
     length-sized parameter. A strided slice would do, but its contiguity depends on whether `length == L`, so
     `torch.export` with a dynamic length guards on `length != L` and rejects the range up to `L`; a gather's result is
-    contiguous whatever the length (one small copy; compiled graphs fuse it into its consumer)."""
-    return t.index_select(dim, torch.arange(start, start + length, device=t.device))
+    contiguous whatever the length (one small copy; compiled graphs fuse it into its consumer). `start` may be a 0-dim
+    tensor (a static cache's offset): it stays on the device."""
+    return t.index_select(dim, torch.arange(length, device=t.device) + start)
 
 
 def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -120,8 +121,8 @@ def additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> to
 
 
 def causal_mask(q0: int, query_length: int, key_length: int, device) -> torch.Tensor:
-    """Boolean keep-mask (1, 1, lq, lk) where query `q0 + i` sees keys `0..q0 + i`."""
-    rows = torch.arange(q0, q0 + query_length, device=device)[:, None]
+    """Boolean keep-mask (1, 1, lq, lk) where query `q0 + i` sees keys `0..q0 + i` (`q0` an int or a 0-dim tensor)."""
+    rows = torch.arange(query_length, device=device)[:, None] + q0
     return (rows >= torch.arange(key_length, device=device)[None, :])[None, None]
 
 

@@ -148,3 +148,39 @@ def test_decoding_past_the_synthesizer_length_raises(family, variant):
         assert out.sequences.shape[1] == LENGTH + 1
         with pytest.raises(ValueError, match=r"config.synthesizer_length.*prompt length \+ max_new_tokens"):
             _generate(model, family, ids, mask, cache, max_new_tokens=reach + 1, min_new_tokens=reach + 1)
+
+
+@pytest.mark.parametrize("family", ["t5", "bert"])
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "random+vanilla", "factorized_random"])
+def test_static_cache_offset_stays_on_device_on_generic_routes(family, variant, monkeypatch):
+    """Off CPU eager (GPU, compile) a StaticCache's offset is used as the on-device tensor it is: every slot is attended
+    under the causal mask, a single query included, and a cache longer than synthesizer_length is cut to it (the one
+    case that reads the offset in eager mode, to raise the length error). Teacher forcing through it equals the full
+    forward (generic routes forced); with a cache of synthesizer_length, attention reads no offset on the host."""
+    import hf_synthesizer.synthesizer_attention as sa
+
+    monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
+    reads = []
+    for name in ("__int__", "__index__", "item"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, _f=original: reads.append(t) or _f(t))
+    model = build(family, variant)
+    n = 8
+    source, source_mask = padded_batch("left", lengths=(5, 3, 4))
+    target = torch.randint(2, 40, (3, n), generator=torch.Generator().manual_seed(5))
+    inputs = dict(input_ids=source, attention_mask=source_mask) if family == "t5" else {}
+    key = "decoder_input_ids" if family == "t5" else "input_ids"
+    with torch.no_grad():
+        full = model(**inputs, **{key: target}).logits
+        for length in (LENGTH, LENGTH + 3):
+            static = StaticCache(config=model.config, max_cache_len=length)
+            cache = EncoderDecoderCache(static, DynamicCache(config=model.config)) if family == "t5" else static
+            steps, start = [], 0
+            reads.clear()
+            for end in [3, *range(4, n + 1)]:
+                steps.append(model(**inputs, **{key: target[:, start:end], CACHE: cache}, use_cache=True).logits)
+                start = end
+            if length == LENGTH and family == "t5":  # (BERT's own embeddings slice positions by the offset)
+                assert not reads, len(reads)
+            error = (torch.cat(steps, dim=1) - full).abs().max().item()
+            assert error <= 1e-10, (length, error)
