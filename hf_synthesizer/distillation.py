@@ -57,9 +57,9 @@ def attention_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor, token
     token_mask: `(B, l)`, 1 for real tokens. Returns a scalar (nats). Entries where the teacher puts no mass
     contribute nothing (and no gradient), so the -inf log of a masked student probability never appears.
     """
-    t = teacher_probs.float()
-    s = student_probs.float()
-    tiny = torch.finfo(torch.float32).tiny
+    dtype = torch.promote_types(teacher_probs.dtype, torch.float32)  # fp32 at least (bf16 runs), fp64 kept
+    t, s = teacher_probs.to(dtype), student_probs.to(dtype)
+    tiny = torch.finfo(dtype).tiny
     kl = torch.special.xlogy(t, t) - torch.special.xlogy(t, s.clamp_min(tiny))  # (B, H, l, l)
     rows = kl.sum(-1)  # (B, H, l)
     real = token_mask.to(rows.dtype)[:, None, :]
@@ -70,7 +70,8 @@ def hidden_state_loss(teacher_hidden: torch.Tensor, student_hidden: torch.Tensor
                       kind: str = "mse") -> torch.Tensor:
     """Mean over real tokens of the squared error averaged over the hidden size (`"mse"`) or of `1 - cosine`
     (`"cosine"`). teacher_hidden, student_hidden: `(B, l, d)`; token_mask `(B, l)`. Returns a scalar."""
-    t, s = teacher_hidden.float(), student_hidden.float()
+    dtype = torch.promote_types(teacher_hidden.dtype, torch.float32)
+    t, s = teacher_hidden.to(dtype), student_hidden.to(dtype)
     if kind == "mse":
         per_token = (s - t).pow(2).mean(-1)
     elif kind == "cosine":
@@ -115,16 +116,35 @@ class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher: nn.Module, attention_loss_weight: float = 1.0, hidden_loss: str = "mse",
-                 hidden_loss_weight: float = 1.0, **kwargs):
+                 hidden_loss_weight: float = 1.0, attention_learning_rate: float | None = None, **kwargs):
         if hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {hidden_loss!r}.")
         super().__init__(*args, **kwargs)
+        self.attention_learning_rate = attention_learning_rate
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         self.attention_loss_weight = attention_loss_weight
         self.hidden_loss = hidden_loss
         self.hidden_loss_weight = hidden_loss_weight
         self._parts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": 0, "eval": 0}
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the synthesizer parameters (`*.synthesizer.*`: R, dense W1/W2, mixture weights)
+        in groups of their own at `attention_learning_rate`: they start far from what they must learn (or at the
+        calibrated average), where the pretrained weights around them need the small fine-tuning rate."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if not fresh or self.attention_learning_rate is None:
+            return optimizer
+        opt_model = self.model if model is None else model
+        synthesizer = {id(p) for n, p in opt_model.named_parameters() if ".synthesizer." in n}
+        for group in list(optimizer.param_groups):
+            own = [p for p in group["params"] if id(p) in synthesizer]
+            if own:
+                group["params"] = [p for p in group["params"] if id(p) not in synthesizer]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**settings, "params": own, "lr": self.attention_learning_rate})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs["attention_mask"]
@@ -180,6 +200,9 @@ class DistillationArguments:
     hidden_loss: str = field(default="mse", metadata={"help": "Hidden-state loss per layer.",
                                                        "choices": list(HIDDEN_LOSSES)})
     hidden_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the hidden-state loss."})
+    attention_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of the synthesizer parameters (default: 10 × --learning_rate; "
+                                "the other weights use --learning_rate)."})
     head: Optional[str] = field(default=None, metadata={"help": "Model head to save (default: the source's)."})
     base_model: Optional[str] = field(default=None, metadata={"help": "Hub id of the teacher, for the model card."})
     overwrite: bool = field(default=False, metadata={"help": "Write into DST even if it holds a checkpoint."})
@@ -232,7 +255,8 @@ def card_section(facts: dict) -> str:
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer/distillation.py`) from the stock "
         f"teacher `{facts['teacher']}` on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
         f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
-        f"({facts['epochs']:.2f} epochs, {facts['batch_size']} texts per step, learning rate {facts['learning_rate']:g})"
+        f"({facts['epochs']:.2f} epochs, {facts['batch_size']} texts per step, learning rate {facts['learning_rate']:g}, "
+        f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
         + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
         + ".",
         "",
@@ -243,7 +267,8 @@ def card_section(facts: dict) -> str:
         "| | attention KL | hidden-state loss | total |",
         "|---|---|---|---|",
     ]
-    for label, key in (("first logged", "first"), ("last logged", "last"), ("held-out (last evaluation)", "eval")):
+    for label, key in (("first logged (training batches)", "first"), ("last logged (training batches)", "last"),
+                       ("held-out, first evaluation", "eval_first"), ("held-out, last evaluation", "eval")):
         row = facts.get("losses", {}).get(key)
         if row:
             lines.append(f"| {label} | {row['attention']:.4f} | {row['hidden']:.4f} | {row['total']:.4f} |")
@@ -261,7 +286,7 @@ def _logged_losses(log_history: list[dict], weights: tuple[float, float]) -> dic
     if train:
         losses["first"], losses["last"] = row(train[0]), row(train[-1])
     if evals:
-        losses["eval"] = row(evals[-1], "eval_")
+        losses["eval_first"], losses["eval"] = row(evals[0], "eval_"), row(evals[-1], "eval_")
     return losses
 
 
@@ -337,8 +362,12 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, teacher=teacher,
         attention_loss_weight=args.attention_loss_weight, hidden_loss=args.hidden_loss,
         hidden_loss_weight=args.hidden_loss_weight,
+        attention_learning_rate=args.attention_learning_rate or 10 * training_args.learning_rate,
     )
+    before = None
     try:
+        if evaluation is not None and not training_args.resume_from_checkpoint:
+            before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
         train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
         if evaluation is not None:
             trainer.evaluate()
@@ -358,13 +387,14 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
         "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
         * max(training_args.world_size, 1),
         "learning_rate": training_args.learning_rate,
+        "attention_learning_rate": trainer.attention_learning_rate,
         "calibrated": bool(args.calibrate_first),
         "calibration_texts": min(len(texts), args.calibration_samples) if args.calibrate_first else 0,
         "attention_loss_weight": args.attention_loss_weight,
         "hidden_loss": args.hidden_loss,
         "hidden_loss_weight": args.hidden_loss_weight,
         "train_runtime_s": train_output.metrics.get("train_runtime"),
-        "losses": _logged_losses(trainer.state.log_history, weights),
+        "losses": _logged_losses(([before] if before else []) + trainer.state.log_history, weights),
     }
     if trainer.is_world_process_zero():
         card = trainer_card_kwargs(trainer, model_name=dst.name, finetuned_from=args.base_model)
