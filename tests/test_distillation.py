@@ -185,3 +185,41 @@ def test_cli_errors_name_the_fix(stock_dir, texts_file, tmp_path, capsys):
     code = cli.main(["distill", str(stock_dir), str(tmp_path / "b"), "--train_file", str(texts_file),
                      "--report_to", "none"])
     assert code == 2 and "synthesizer_<variant>" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def stock_t5_dir(tmp_path_factory):
+    """A tiny stock T5 (seq2seq) with a word-level tokenizer of WORDS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + i for i, w in enumerate(dict.fromkeys(WORDS))}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    path = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                        num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                                        initializer_factor=3.0)).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                            model_input_names=["input_ids", "attention_mask"]).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["factorized_random", "dense"])
+def test_t5_encoder_distills(stock_t5_dir, texts_file, tmp_path, one_thread, variant):
+    """T5: the encoder's attention (relative position bias included on both sides) and hidden states are the
+    targets; the saved seq2seq checkpoint reloads as the variant."""
+    from hf_synthesizer.calibration import load_teacher
+
+    result = run_distill(stock_t5_dir, texts_file, tmp_path / "out", variant, validation_file=str(texts_file),
+                         max_steps=24, eval_strategy="steps", eval_steps=12)
+    first, last = result.facts["losses"]["eval_first"], result.facts["losses"]["eval"]
+    assert last["total"] < 0.9 * first["total"], (first, last)
+    reloaded = hf_synthesizer.T5SynthesizerForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert reloaded.config.synthesizer_variant == variant
+    teacher = load_teacher(stock_t5_dir, like=reloaded)
+    ids, mask = padded_batch("right", lengths=(6, 3, 5), vocab=20)
+    losses = distillation_losses(encoder_outputs(teacher, ids, mask), encoder_outputs(reloaded, ids, mask), mask)
+    assert torch.isfinite(losses["attention"]) and losses["attention"] > 0
