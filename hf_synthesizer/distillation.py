@@ -18,7 +18,8 @@ T5: the encoder is distilled; a decoder's synthesized self-attention (if `synthe
 initialised by `calibrate_first` only.
 
 Built on `Trainer` (`DistillationTrainer.compute_loss`), so progress, checkpoints, `--resume_from_checkpoint`,
-gradient accumulation, bf16 and logging behave as in any Trainer run. The result is a normal synthesizer checkpoint
+gradient accumulation, bf16 and logging behave as in any Trainer run (in one process: the student's encoder is
+called directly, so multi-process DDP launches are refused rather than left unsynchronised). The result is a normal synthesizer checkpoint
 (plus the source's tokenizer and other files, as `hf-synthesizer convert` writes) whose model card says how it was
 distilled; the same facts are in `distillation.json`.
 
@@ -120,6 +121,12 @@ class DistillationTrainer(Trainer):
         if hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {hidden_loss!r}.")
         super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise ValueError(
+                "DistillationTrainer runs in one process: it calls the student's encoder directly (not the "
+                "DistributedDataParallel wrapper), so gradients would not be synchronised across processes. Launch it "
+                "without torchrun/accelerate's multi-process launchers."
+            )
         self.attention_learning_rate = attention_learning_rate
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         self.attention_loss_weight = attention_loss_weight
@@ -206,7 +213,6 @@ class DistillationArguments:
     head: Optional[str] = field(default=None, metadata={"help": "Model head to save (default: the source's)."})
     base_model: Optional[str] = field(default=None, metadata={"help": "Hub id of the teacher, for the model card."})
     overwrite: bool = field(default=False, metadata={"help": "Write into DST even if it holds a checkpoint."})
-    seed_synthesizer: int = field(default=0, metadata={"help": "Seed of the new synthesizer parameters."})
 
 
 def read_texts(path, limit: int | None = None) -> list[str]:
@@ -337,7 +343,9 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     options["synthesizer_variant"] = canonical_variant(attn_implementation[len(ATTN_PREFIX):])
     family, config = load_config(stock, **options)
     head = args.head or default_head(family, config)
-    torch.manual_seed(args.seed_synthesizer)
+    if head not in family.heads:
+        raise ValueError(f"--head {head!r} is not a {family.name} head; choose one of {', '.join(sorted(family.heads))}.")
+    torch.manual_seed(training_args.seed)  # the new synthesizer parameters (before calibration, if any)
     with quiet_logs():  # the per-key load report: the new synthesizer weights are "missing" by design
         model = family.heads[head].from_pretrained(stock, config=config)
         teacher = load_teacher(stock, like=model)
