@@ -18,7 +18,8 @@ distilled.
 
     nice python benchmarks/quality.py --output benchmarks/quality_run --variants random dense random+vanilla \
         factorized_random dense+vanilla                                          # the run in QUALITY.md
-    python benchmarks/quality.py --quick --output /tmp/q                         # a minute: the test's run
+    python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
+    # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
 """
 
 from __future__ import annotations
