@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from .checkpoints import CheckpointError, empty_model, load_config
+from .distillation import DISTILLATION_FILE, card_section
 from .hub_mixin import is_generated_card
 from .model_card import render_model_card
 
@@ -54,8 +55,12 @@ def write_card(path, output=None, model_name=None, base_model=None, datasets=Non
         eval_results = path / "eval_results.json"
     results = read_eval_results(eval_results) if eval_results else None
     model = empty_model(family, config)
+    extra_sections = None
+    if (path / DISTILLATION_FILE).is_file():  # a distilled checkpoint: the card keeps saying how it was distilled
+        extra_sections = card_section(json.loads((path / DISTILLATION_FILE).read_text(encoding="utf-8")))
     text = render_model_card(model, model_name=model_name or path.resolve().name, repo_id=model_name or str(path),
-                             base_model=base_model, datasets=datasets, eval_results=results, license=license)
+                             base_model=base_model, datasets=datasets, eval_results=results, license=license,
+                             extra_sections=extra_sections)
     output.write_text(text, encoding="utf-8")
     return output
 

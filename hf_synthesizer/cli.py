@@ -5,7 +5,7 @@ import argparse
 import importlib
 
 # Modules of hf_synthesizer that provide a subcommand.
-SUBCOMMAND_MODULES = ["compare", "convert", "info", "card", "attention_maps"]
+SUBCOMMAND_MODULES = ["compare", "convert", "info", "card", "attention_maps", "distillation"]
 
 
 def build_parser() -> argparse.ArgumentParser:

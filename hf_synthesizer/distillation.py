@@ -1,0 +1,468 @@
+"""Attention-transfer distillation: a short continued-training stage on unlabeled text in which a converted
+synthesizer (the student) learns to attend and represent like the stock checkpoint it was converted from (the frozen
+teacher), as MiniLM was made by distilling self-attention distributions (Wang et al. 2020, arXiv 2002.10957, sec. 3).
+
+For every layer `l`, head `h` and real query token `i` of a batch (padding excluded):
+
+- attention loss: `KL(A_t[l, h, i] || A_s[l, h, i])`, the teacher's attention probabilities over the real keys
+  against the student's (`output_attentions=True`: the teacher runs plain `eager` attention, the student synthesizer
+  attention's reference route), averaged over layers, heads and real queries;
+- hidden-state loss: per layer output (embeddings excluded), the mean squared error over the hidden size
+  (`hidden_loss="mse"`) or `1 - cosine` (`"cosine"`) of each real token, averaged over tokens and layers; the widths
+  are equal (same checkpoint), so no projection is learned.
+
+`loss = attention_loss_weight * attention + hidden_loss_weight * hidden`. The teacher's weights are frozen; every
+weight of the student trains (synthesizer parameters, and the value/output/feed-forward weights they feed). Dropout
+is off in the student while it distills (the teacher runs in eval mode: the targets are its eval-mode function).
+T5: the encoder is distilled; a decoder's synthesized self-attention (if `synthesizer_stacks` includes it) is
+initialised by `calibrate_first` only.
+
+Built on `Trainer` (`DistillationTrainer.compute_loss`), so progress, checkpoints, `--resume_from_checkpoint`,
+gradient accumulation, bf16 and logging behave as in any Trainer run (in one process: the student's encoder is
+called directly, so multi-process DDP launches are refused rather than left unsynchronised). The result is a normal synthesizer checkpoint
+(plus the source's tokenizer and other files, as `hf-synthesizer convert` writes) whose model card says how it was
+distilled; the same facts are in `distillation.json`.
+
+    hf-synthesizer distill STOCK DST --attn_implementation synthesizer_random --train_file texts.txt \\
+        [--calibrate_first] [--hidden_loss cosine] [any TrainingArguments flag: --max_steps 300 --learning_rate 3e-4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+HIDDEN_LOSSES = ("mse", "cosine")
+DISTILLATION_FILE = "distillation.json"
+
+
+# ----------------------------------------------------------------------------------------------------- losses
+def attention_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over heads and real query rows of `KL(teacher row || student row)`.
+
+    teacher_probs, student_probs: `(B, H, l, l)` attention probabilities (padded keys hold 0 in both);
+    token_mask: `(B, l)`, 1 for real tokens. Returns a scalar (nats). Entries where the teacher puts no mass
+    contribute nothing (and no gradient), so the -inf log of a masked student probability never appears.
+    """
+    dtype = torch.promote_types(teacher_probs.dtype, torch.float32)  # fp32 at least (bf16 runs), fp64 kept
+    t, s = teacher_probs.to(dtype), student_probs.to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    kl = torch.special.xlogy(t, t) - torch.special.xlogy(t, s.clamp_min(tiny))  # (B, H, l, l)
+    rows = kl.sum(-1)  # (B, H, l)
+    real = token_mask.to(rows.dtype)[:, None, :]
+    return (rows * real).sum() / (real.sum() * rows.shape[1]).clamp_min(1)
+
+
+def hidden_state_loss(teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, token_mask: torch.Tensor,
+                      kind: str = "mse") -> torch.Tensor:
+    """Mean over real tokens of the squared error averaged over the hidden size (`"mse"`) or of `1 - cosine`
+    (`"cosine"`). teacher_hidden, student_hidden: `(B, l, d)`; token_mask `(B, l)`. Returns a scalar."""
+    dtype = torch.promote_types(teacher_hidden.dtype, torch.float32)
+    t, s = teacher_hidden.to(dtype), student_hidden.to(dtype)
+    if kind == "mse":
+        per_token = (s - t).pow(2).mean(-1)
+    elif kind == "cosine":
+        per_token = 1 - nn.functional.cosine_similarity(s, t, dim=-1)
+    else:
+        raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {kind!r}.")
+    real = token_mask.to(per_token.dtype)
+    return (per_token * real).sum() / real.sum().clamp_min(1)
+
+
+def distillation_losses(teacher_out, student_out, token_mask, *, hidden_loss: str = "mse") -> dict[str, torch.Tensor]:
+    """`{"attention": ..., "hidden": ...}` averaged over layers, from two encoder outputs run with
+    `output_attentions=True, output_hidden_states=True` on the same batch."""
+    t_att, s_att = teacher_out.attentions, student_out.attentions
+    if not t_att or not s_att or len(t_att) != len(s_att):
+        raise ValueError(
+            f"Teacher and student must return one attention map per layer (got {len(t_att or ())} and "
+            f"{len(s_att or ())}): distillation pairs layer l of the student with layer l of the stock model it was "
+            f"converted from, so both must have the same number of layers."
+        )
+    attention = sum(attention_kl(t, s, token_mask) for t, s in zip(t_att, s_att)) / len(t_att)
+    t_hid, s_hid = teacher_out.hidden_states[1:], student_out.hidden_states[1:]  # layer outputs, not embeddings
+    hidden = sum(hidden_state_loss(t, s, token_mask, hidden_loss) for t, s in zip(t_hid, s_hid)) / len(t_hid)
+    return {"attention": attention, "hidden": hidden}
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The part of `model` that maps `input_ids` to per-layer hidden states and attentions: the encoder stack of an
+    encoder-decoder (T5), else the base model (BERT's `bert`, without the task head)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model.get_encoder()
+    return model.base_model
+
+
+# ---------------------------------------------------------------------------------------------------- Trainer
+class DistillationTrainer(Trainer):
+    """`Trainer` whose loss is the attention-transfer distillation loss against a frozen `teacher` (module
+    docstring). Batches need `input_ids` and `attention_mask` only (no labels). Logs `attention_loss` and
+    `hidden_loss` (and `eval_*` ones) beside `loss`."""
+
+    # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, teacher: nn.Module, attention_loss_weight: float = 1.0, hidden_loss: str = "mse",
+                 hidden_loss_weight: float = 1.0, attention_learning_rate: float | None = None, **kwargs):
+        if hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {hidden_loss!r}.")
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise ValueError(
+                "DistillationTrainer runs in one process: it calls the student's encoder directly (not the "
+                "DistributedDataParallel wrapper), so gradients would not be synchronised across processes. Launch it "
+                "without torchrun/accelerate's multi-process launchers."
+            )
+        self.attention_learning_rate = attention_learning_rate
+        self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
+        self.attention_loss_weight = attention_loss_weight
+        self.hidden_loss = hidden_loss
+        self.hidden_loss_weight = hidden_loss_weight
+        self._parts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._counts = {"train": 0, "eval": 0}
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the synthesizer parameters (`*.synthesizer.*`: R, dense W1/W2, mixture weights)
+        in groups of their own at `attention_learning_rate`: they start far from what they must learn (or at the
+        calibrated average), where the pretrained weights around them need the small fine-tuning rate."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if not fresh or self.attention_learning_rate is None:
+            return optimizer
+        opt_model = self.model if model is None else model
+        synthesizer = {id(p) for n, p in opt_model.named_parameters() if ".synthesizer." in n}
+        for group in list(optimizer.param_groups):
+            own = [p for p in group["params"] if id(p) in synthesizer]
+            if own:
+                group["params"] = [p for p in group["params"] if id(p) not in synthesizer]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**settings, "params": own, "lr": self.attention_learning_rate})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs["attention_mask"]
+        encoder_inputs = {"input_ids": inputs["input_ids"], "attention_mask": mask,
+                          "output_attentions": True, "output_hidden_states": True}
+        if "token_type_ids" in inputs:
+            encoder_inputs["token_type_ids"] = inputs["token_type_ids"]
+        with torch.no_grad():
+            teacher_out = encoder_of(self.teacher)(**encoder_inputs)
+        student_out = encoder_of(self.accelerator.unwrap_model(model))(**encoder_inputs)
+        parts = distillation_losses(teacher_out, student_out, mask, hidden_loss=self.hidden_loss)
+        loss = self.attention_loss_weight * parts["attention"] + self.hidden_loss_weight * parts["hidden"]
+        split = "train" if model.training else "eval"
+        for name, value in parts.items():
+            self._parts[split][name] += value.detach().item()
+        self._counts[split] += 1
+        return (loss, student_out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for split, prefix, key in (("train", "", "loss"), ("eval", "eval_", "eval_loss")):
+            if key in logs and self._counts[split]:
+                for name, total in self._parts[split].items():
+                    logs[f"{prefix}{name}_loss"] = round(total / self._counts[split], 6)
+                self._parts[split].clear()
+                self._counts[split] = 0
+        super().log(logs, start_time)
+
+
+# --------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class DistillationArguments:
+    """What to distill on and how (`hf-synthesizer distill` flags; the rest are `TrainingArguments` and the
+    synthesizer config fields)."""
+
+    train_file: str = field(metadata={"help": "Unlabeled text, one example per line (UTF-8)."})
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "Held-out text (one example per line) for eval_loss (--eval_strategy)."})
+    calibrate_first: bool = field(
+        default=False, metadata={"help": "Initialise the synthesizer by closed-form calibration on the first "
+                                 "--calibration_samples lines of --train_file before distilling (docs/conversion.md)."})
+    calibration_samples: int = field(default=512, metadata={"help": "Lines calibration reads (--calibrate_first)."})
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Truncate texts to this many tokens (default: the synthesizer length, at "
+                                "most 128)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N lines."})
+    attention_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the attention KL loss."})
+    hidden_loss: str = field(default="mse", metadata={"help": "Hidden-state loss per layer.",
+                                                       "choices": list(HIDDEN_LOSSES)})
+    hidden_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the hidden-state loss."})
+    attention_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of the synthesizer parameters (default: 10 × --learning_rate; "
+                                "the other weights use --learning_rate)."})
+    head: Optional[str] = field(default=None, metadata={"help": "Model head to save (default: the source's)."})
+    base_model: Optional[str] = field(default=None, metadata={"help": "Hub id of the teacher, for the model card."})
+    overwrite: bool = field(default=False, metadata={"help": "Write into DST even if it holds a checkpoint."})
+
+
+def read_texts(path, limit: int | None = None) -> list[str]:
+    """Non-empty lines of a UTF-8 text file (stripped), at most `limit`."""
+    with open(path, encoding="utf-8") as handle:
+        texts = [line.strip() for line in handle if line.strip()]
+    if not texts:
+        raise ValueError(f"{path} has no text: distillation trains on unlabeled text, one example per line.")
+    return texts[:limit] if limit else texts
+
+
+def tokenized_dataset(texts: list[str], tokenizer, max_length: int):
+    import datasets
+
+    def tokenize(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    return datasets.Dataset.from_dict({"text": texts}).map(tokenize, batched=True, remove_columns=["text"])
+
+
+def _disable_dropout(model: nn.Module) -> list:
+    """Set every dropout probability of `model` to 0 (nn.Dropout modules, and T5 attention's float `dropout`);
+    returns what to restore."""
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            saved.append((module, "p", module.p))
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            saved.append((module, "dropout", module.dropout))
+            module.dropout = 0.0
+    return saved
+
+
+def _restore(saved) -> None:
+    for module, name, value in saved:
+        setattr(module, name, value)
+
+
+def card_section(facts: dict) -> str:
+    """The model card's "Distillation" section, from the facts `distill` records (`distillation.json`)."""
+    hidden = {"mse": "mean squared error", "cosine": "1 − cosine similarity"}[facts["hidden_loss"]]
+    lines = [
+        "## Distillation",
+        "",
+        f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer/distillation.py`) from the stock "
+        f"teacher `{facts['teacher']}` on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
+        f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
+        f"({facts['epochs']:.2f} epochs, {facts['batch_size']} texts per step, learning rate {facts['learning_rate']:g}, "
+        f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
+        + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
+        + ".",
+        "",
+        f"Loss: {facts['attention_loss_weight']:g} × KL(teacher ‖ student) of every layer's attention probabilities "
+        f"over real tokens, per head, + {facts['hidden_loss_weight']:g} × {hidden} of every layer's hidden states "
+        f"(averaged over layers and real tokens). The teacher was frozen; dropout was off.",
+        "",
+        "| | attention KL | hidden-state loss | total |",
+        "|---|---|---|---|",
+    ]
+    for label, key in (("first logged (training batches)", "first"), ("last logged (training batches)", "last"),
+                       ("held-out, first evaluation", "eval_first"), ("held-out, last evaluation", "eval")):
+        row = facts.get("losses", {}).get(key)
+        if row:
+            lines.append(f"| {label} | {row['attention']:.4f} | {row['hidden']:.4f} | {row['total']:.4f} |")
+    return "\n".join(lines)
+
+
+def _logged_losses(log_history: list[dict], weights: tuple[float, float]) -> dict:
+    def row(entry, prefix=""):
+        a, h = entry[f"{prefix}attention_loss"], entry[f"{prefix}hidden_loss"]
+        return {"attention": a, "hidden": h, "total": weights[0] * a + weights[1] * h}
+
+    train = [e for e in log_history if "attention_loss" in e]
+    evals = [e for e in log_history if "eval_attention_loss" in e]
+    losses = {}
+    if train:
+        losses["first"], losses["last"] = row(train[0]), row(train[-1])
+    if evals:
+        losses["eval_first"], losses["eval"] = row(evals[0], "eval_"), row(evals[-1], "eval_")
+    return losses
+
+
+@dataclass
+class DistillationResult:
+    model: nn.Module
+    trainer: DistillationTrainer
+    facts: dict
+    calibration: object = None  # the CalibrationReport when calibrate_first
+
+
+def distill(stock, training_args: TrainingArguments, distillation_args: DistillationArguments,
+            attn_implementation: str | None = None, **synthesizer_options) -> DistillationResult:
+    """Convert the stock checkpoint folder `stock` to `attn_implementation` (as `hf-synthesizer convert` does),
+    distill it from the stock model on `distillation_args.train_file`, and save it to `training_args.output_dir`.
+
+    Returns the student, the trainer and the recorded facts. Raises `CheckpointError`/`ValueError` naming the fix
+    for a bad source, an existing output folder or empty text.
+    """
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from .calibration import calibrate_synthesizer, load_teacher
+    from .checkpoints import CheckpointError, default_head, family_of, load_config
+    from .configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
+    from .convert import cap_tokenizer_length, carry_over
+    from .loading import quiet_logs
+    from .model_card import trainer_card_kwargs
+
+    args = distillation_args
+    stock, dst = Path(stock), Path(training_args.output_dir)
+    family, config_dict = family_of(stock)
+    if config_dict.get("synthesizer_variant", "vanilla") != "vanilla":
+        raise ValueError(
+            f"{stock} is already a synthesizer checkpoint (variant {config_dict['synthesizer_variant']}): distillation "
+            f"needs the stock (dot-product) checkpoint as its teacher. Pass the stock folder it was converted from."
+        )
+    if not attn_implementation or not attn_implementation.startswith(ATTN_PREFIX):
+        raise ValueError(
+            f"--attn_implementation must name the student's synthesizer variant (synthesizer_<variant>), got "
+            f"{attn_implementation!r}; e.g. {', '.join(ATTN_PREFIX + v for v in NAMED_VARIANTS)}."
+        )
+    if dst.resolve() == stock.resolve():
+        raise CheckpointError("DST must differ from STOCK (the teacher is read from STOCK).")
+    if (dst / "config.json").exists() and not args.overwrite and not training_args.resume_from_checkpoint:
+        raise CheckpointError(f"{dst} already holds a checkpoint; pass --overwrite to replace it.")
+    texts = read_texts(args.train_file, args.max_train_samples)
+    options = {k: v for k, v in synthesizer_options.items() if v is not None}
+    options["synthesizer_variant"] = canonical_variant(attn_implementation[len(ATTN_PREFIX):])
+    family, config = load_config(stock, **options)
+    head = args.head or default_head(family, config)
+    if head not in family.heads:
+        raise ValueError(f"--head {head!r} is not a {family.name} head; choose one of {', '.join(sorted(family.heads))}.")
+    torch.manual_seed(training_args.seed)  # the new synthesizer parameters (before calibration, if any)
+    with quiet_logs():  # the per-key load report: the new synthesizer weights are "missing" by design
+        model = family.heads[head].from_pretrained(stock, config=config)
+        teacher = load_teacher(stock, like=model)
+    tokenizer = AutoTokenizer.from_pretrained(stock)
+    limit = min(config.synthesizer_length, getattr(config, "max_position_embeddings", config.synthesizer_length))
+    max_length = min(args.max_seq_length or min(limit, 128), limit)
+    if getattr(config, "is_encoder_decoder", False) and "decoder" in (getattr(config, "synthesizer_stacks", ()) or ()):
+        logger.warning("Distillation trains the encoder's attention; the decoder's synthesized self-attention is "
+                       + ("calibrated only." if args.calibrate_first else "left at its plain initialisation "
+                          "(pass --calibrate_first to initialise it from the teacher)."))
+    calibration = None
+    if args.calibrate_first:
+        calibration = calibrate_synthesizer(model, teacher, texts[: args.calibration_samples], tokenizer,
+                                            max_length=max_length, max_samples=args.calibration_samples)
+    train = tokenized_dataset(texts, tokenizer, max_length)
+    evaluation = None
+    if args.validation_file:
+        evaluation = tokenized_dataset(read_texts(args.validation_file), tokenizer, max_length)
+    saved_dropout = _disable_dropout(model)
+    trainer = DistillationTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, teacher=teacher,
+        attention_loss_weight=args.attention_loss_weight, hidden_loss=args.hidden_loss,
+        hidden_loss_weight=args.hidden_loss_weight,
+        attention_learning_rate=args.attention_learning_rate or 10 * training_args.learning_rate,
+    )
+    before = None
+    try:
+        if evaluation is not None and not training_args.resume_from_checkpoint:
+            before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+        if evaluation is not None:
+            trainer.evaluate()
+    finally:
+        _restore(saved_dropout)
+    weights = (args.attention_loss_weight, args.hidden_loss_weight)
+    tokens = int(sum(len(ids) for ids in train["input_ids"]))
+    facts = {
+        "teacher": args.base_model or stock.resolve().name,
+        "variant": config.synthesizer_variant,
+        "train_file": str(args.train_file),
+        "train_texts": len(texts),
+        "train_tokens": tokens,
+        "max_seq_length": max_length,
+        "steps": trainer.state.global_step,
+        "epochs": float(trainer.state.epoch or 0.0),
+        "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        * max(training_args.world_size, 1),
+        "learning_rate": training_args.learning_rate,
+        "attention_learning_rate": trainer.attention_learning_rate,
+        "calibrated": bool(args.calibrate_first),
+        "calibration_texts": min(len(texts), args.calibration_samples) if args.calibrate_first else 0,
+        "attention_loss_weight": args.attention_loss_weight,
+        "hidden_loss": args.hidden_loss,
+        "hidden_loss_weight": args.hidden_loss_weight,
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "losses": _logged_losses(([before] if before else []) + trainer.state.log_history, weights),
+    }
+    if trainer.is_world_process_zero():
+        card = trainer_card_kwargs(trainer, model_name=dst.name, finetuned_from=args.base_model)
+        model.save_pretrained(dst, model_card_kwargs={
+            "base_model": args.base_model, "tags": ["distillation"],
+            "extra_sections": card_section(facts) + "\n\n" + card["extra_sections"].replace(
+                "## Training procedure", "### Trainer settings"),
+        })
+        tokenizer.save_pretrained(dst)
+        cap_tokenizer_length(dst / "tokenizer_config.json", model.config.synthesizer_length)
+        carry_over(stock, dst, model.config)
+        (dst / DISTILLATION_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    return DistillationResult(model, trainer, facts, calibration)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def argument_classes():
+    from .loading import SynthesizerArguments
+
+    return (DistillationArguments, SynthesizerArguments, TrainingArguments)
+
+
+def add_parser(subparsers) -> None:
+    from transformers import HfArgumentParser
+
+    flags = HfArgumentParser(argument_classes(), add_help=False)
+    parser = subparsers.add_parser(
+        "distill", parents=[flags], help="Distill a stock BERT/T5 checkpoint into a synthesizer variant (Trainer).",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stock", type=Path, help="Stock BERT/T5 checkpoint folder (the teacher).")
+    parser.add_argument("dst", type=Path, help="Output folder (also the Trainer's output_dir: checkpoint-N folders).")
+    parser.set_defaults(func=run)
+
+
+def _dataclass_from(namespace, cls):
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(namespace, f.name)}
+    return cls(**values)
+
+
+def run(args) -> int:
+    from .checkpoints import CheckpointError
+
+    if args.output_dir not in (None, "trainer_output") and Path(args.output_dir).resolve() != args.dst.resolve():
+        print(f"hf-synthesizer distill: error: DST ({args.dst}) is the output folder; --output_dir "
+              f"{args.output_dir} differs from it. Drop --output_dir.", file=sys.stderr)
+        return 2
+    args.output_dir = str(args.dst)
+    try:
+        distillation_args, synth_args, training_args = (_dataclass_from(args, cls) for cls in argument_classes())
+        result = distill(args.stock, training_args, distillation_args, synth_args.attn_implementation,
+                         **synth_args.options())
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"hf-synthesizer distill: error: {e}", file=sys.stderr)
+        return 2
+    facts = result.facts
+    losses = facts["losses"]
+    summary = ", ".join(f"{k} {v['total']:.4f}" for k, v in losses.items())
+    print(f"Distilled {args.stock} into {args.dst} (variant {facts['variant']}): {facts['steps']} steps on "
+          f"{facts['train_texts']} texts; loss {summary or 'not logged'}.")
+    if result.calibration is not None:
+        print(result.calibration.summary() + ".")
+    return 0

@@ -1,0 +1,225 @@
+"""Attention-transfer distillation (issue 15): the loss is zero for a student that is the teacher, decreases while
+training a tiny synthesizer, resumes exactly from a Trainer checkpoint, and `hf-synthesizer distill` writes a loadable
+checkpoint with its card."""
+
+import json
+import random
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModel, BertForPreTraining, TrainingArguments
+from safetensors.torch import load_file
+
+import hf_synthesizer
+from hf_synthesizer import cli
+from hf_synthesizer.distillation import (
+    DISTILLATION_FILE,
+    DistillationArguments,
+    attention_kl,
+    distill,
+    distillation_losses,
+    encoder_of,
+    hidden_state_loss,
+)
+
+from conftest import padded_batch, tiny_bert_config, with_wordpiece_tokenizer
+
+WORDS = "the a cat dog sat on mat ran to house big small red green tree bird sang old new".split()
+
+
+@pytest.fixture(scope="module")
+def stock_dir(tmp_path_factory):
+    """A tiny stock BERT whose attention is far from uniform (std 0.3), with a WordPiece tokenizer."""
+    torch.manual_seed(0)
+    weights = tmp_path_factory.mktemp("peaky")
+    BertForPreTraining(tiny_bert_config(initializer_range=0.3)).save_pretrained(weights)
+    return with_wordpiece_tokenizer(weights, tmp_path_factory.mktemp("stock"), WORDS)
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("texts") / "texts.txt"
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 18))) for _ in range(48)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def encoder_outputs(model, ids, mask):
+    return encoder_of(model)(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+
+
+def test_loss_is_zero_when_the_student_is_the_teacher(stock_dir):
+    """A vanilla synthesizer student converted from the stock checkpoint is the teacher: both losses are 0 (float64,
+    padded batch), and a perturbed student's are not."""
+    from hf_synthesizer.calibration import load_teacher
+
+    student = hf_synthesizer.BertSynthesizerForPreTraining.from_pretrained(
+        stock_dir, attn_implementation="synthesizer_vanilla").double().eval()
+    teacher = load_teacher(stock_dir, like=student).double()
+    ids, mask = padded_batch("right", lengths=(9, 4, 7), vocab=90)
+    t_out, s_out = encoder_outputs(teacher, ids, mask), encoder_outputs(student, ids, mask)
+    for kind in ("mse", "cosine"):
+        losses = distillation_losses(t_out, s_out, mask, hidden_loss=kind)
+        assert losses["attention"].item() == pytest.approx(0.0, abs=1e-12)
+        assert losses["hidden"].item() == pytest.approx(0.0, abs=1e-12)
+    with torch.no_grad():
+        student.bert.encoder.layer[0].attention.self.query.weight.mul_(1.5)
+    losses = distillation_losses(t_out, encoder_outputs(student, ids, mask), mask)
+    assert losses["attention"].item() > 1e-3 and losses["hidden"].item() > 1e-4
+
+
+def test_losses_ignore_padding_and_match_a_plain_reference():
+    """Per-row KL over real queries (padded keys hold 0 in both) and per-token hidden losses, against a loop."""
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    keep = mask[:, None, None, :].bool()
+    t = torch.softmax(torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64).masked_fill(~keep, -torch.inf), -1)
+    s = torch.softmax(torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64).masked_fill(~keep, -torch.inf), -1)
+    s = s.requires_grad_()
+    rows = []
+    for b in range(2):
+        for h in range(3):
+            for i in range(4):
+                if mask[b, i]:
+                    real = mask[b].bool()
+                    rows.append((t[b, h, i, real] * (t[b, h, i, real] / s[b, h, i, real]).log()).sum())
+    expected = torch.stack(rows).mean()
+    got = attention_kl(t, s, mask)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+    got.backward()
+    assert torch.isfinite(s.grad).all() and s.grad[0, :, :, 3].abs().max() == 0  # no gradient through padded keys
+    a, b = torch.randn(2, 4, 5, generator=gen), torch.randn(2, 4, 5, generator=gen)
+    b[0, 3] = 1e6  # a padded token: ignored
+    mse = torch.stack([((a[i, j] - b[i, j]) ** 2).mean() for i in range(2) for j in range(4) if mask[i, j]]).mean()
+    torch.testing.assert_close(hidden_state_loss(a, b, mask, "mse"), mse)
+    cos = torch.stack([1 - torch.cosine_similarity(a[i, j], b[i, j], dim=0)
+                       for i in range(2) for j in range(4) if mask[i, j]]).mean()
+    torch.testing.assert_close(hidden_state_loss(a, b, mask, "cosine"), cos)
+
+
+def run_distill(stock_dir, texts_file, out, variant="random", validation_file=None, **training):
+    settings = dict(output_dir=str(out), max_steps=12, learning_rate=3e-3, per_device_train_batch_size=8,
+                    logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=True,
+                    dataloader_pin_memory=False)
+    settings.update(training)
+    return distill(stock_dir, TrainingArguments(**settings),
+                   DistillationArguments(train_file=str(texts_file), validation_file=validation_file, overwrite=True),
+                   f"synthesizer_{variant}")
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_distillation_loss_decreases(stock_dir, texts_file, tmp_path, one_thread, variant):
+    """The loss on a fixed held-out set (the same texts, evaluated before distilling and every 8 steps) goes down,
+    both parts of it included."""
+    result = run_distill(stock_dir, texts_file, tmp_path / "out", variant, validation_file=str(texts_file),
+                         max_steps=32, eval_strategy="steps", eval_steps=8, logging_steps=8)
+    evals = [e for e in result.trainer.state.log_history if "eval_attention_loss" in e]
+    assert len(evals) >= 4 and evals[-1]["step"] == 32
+    first, last = result.facts["losses"]["eval_first"], result.facts["losses"]["eval"]
+    assert last["total"] < 0.8 * first["total"], (first, last)
+    assert last["attention"] < first["attention"] and last["hidden"] < first["hidden"]
+    # The synthesizer parameters trained at their own (10x) learning rate, the rest at the Trainer's.
+    rates = sorted({g["initial_lr"] for g in result.trainer.optimizer.param_groups if g["params"]})
+    assert rates == pytest.approx([3e-3, 3e-2])
+
+
+def test_resume_from_checkpoint_is_exact(stock_dir, texts_file, tmp_path, one_thread):
+    """8 steps straight, and 4 + 4 resumed from checkpoint-4 (optimizer, scheduler, RNG, data order): the same
+    weights."""
+    straight = run_distill(stock_dir, texts_file, tmp_path / "straight", max_steps=8)
+    run_distill(stock_dir, texts_file, tmp_path / "resumed", max_steps=8, save_strategy="steps", save_steps=4)
+    # A fresh process would start here: the same command with --resume_from_checkpoint.
+    resumed = run_distill(stock_dir, texts_file, tmp_path / "resumed", max_steps=8,
+                          resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    assert resumed.trainer.state.global_step == 8
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    moved = 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+        moved += ".synthesizer." in name
+    assert moved
+    start = hf_synthesizer.BertSynthesizerForPreTraining.from_pretrained(
+        tmp_path / "resumed" / "checkpoint-4").state_dict()
+    assert any(not torch.equal(start[n], b[n]) for n in b if ".synthesizer." in n)  # the second half trained
+
+
+def test_cli_writes_a_loadable_checkpoint_with_its_card(stock_dir, texts_file, tmp_path, capsys, one_thread):
+    dst = tmp_path / "distilled"
+    code = cli.main(["distill", str(stock_dir), str(dst), "--attn_implementation", "synthesizer_random+vanilla",
+                     "--train_file", str(texts_file), "--calibrate_first", "--calibration_samples", "16",
+                     "--max_steps", "6", "--per_device_train_batch_size", "8", "--logging_steps", "2",
+                     "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no",
+                     "--base_model", "org/tiny-bert", "--use_cpu", "true"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Distilled" in out and "Calibration on 16 texts" in out
+    model = AutoModel.from_pretrained(dst, trust_remote_code=True)
+    assert model.config.synthesizer_variant == "random+vanilla"
+    saved = load_file(dst / "model.safetensors")
+    assert any(".synthesizer.random_r" in k for k in saved)
+    card = ModelCard.load(dst / "README.md")
+    assert "distillation" in card.data.tags and card.data.base_model == "org/tiny-bert"
+    text = card.text
+    assert "## Distillation" in text and "`org/tiny-bert`" in text and "48 unlabeled texts" in text
+    assert "6 optimizer steps" in text and "KL(teacher ‖ student)" in text and "after closed-form calibration" in text
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert facts["steps"] == 6 and facts["train_texts"] == 48 and facts["calibrated"]
+    assert set(facts["losses"]) == {"first", "last"}
+    assert (dst / "tokenizer.json").is_file()
+    # Existing output without --overwrite: a clear error, nothing replaced.
+    before = (dst / "model.safetensors").read_bytes()
+    code = cli.main(["distill", str(stock_dir), str(dst), "--attn_implementation", "synthesizer_random",
+                     "--train_file", str(texts_file), "--max_steps", "1", "--report_to", "none"])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (dst / "model.safetensors").read_bytes() == before
+
+
+def test_cli_errors_name_the_fix(stock_dir, texts_file, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "a"), "--attn_implementation", "synthesizer_random",
+                     "--train_file", str(empty), "--report_to", "none"])
+    assert code == 2 and "has no text" in capsys.readouterr().err
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "b"), "--train_file", str(texts_file),
+                     "--report_to", "none"])
+    assert code == 2 and "synthesizer_<variant>" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def stock_t5_dir(tmp_path_factory):
+    """A tiny stock T5 (seq2seq) with a word-level tokenizer of WORDS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + i for i, w in enumerate(dict.fromkeys(WORDS))}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    path = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                        num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                                        initializer_factor=3.0)).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                            model_input_names=["input_ids", "attention_mask"]).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["factorized_random", "dense"])
+def test_t5_encoder_distills(stock_t5_dir, texts_file, tmp_path, one_thread, variant):
+    """T5: the encoder's attention (relative position bias included on both sides) and hidden states are the
+    targets; the saved seq2seq checkpoint reloads as the variant."""
+    from hf_synthesizer.calibration import load_teacher
+
+    result = run_distill(stock_t5_dir, texts_file, tmp_path / "out", variant, validation_file=str(texts_file),
+                         max_steps=24, eval_strategy="steps", eval_steps=12)
+    first, last = result.facts["losses"]["eval_first"], result.facts["losses"]["eval"]
+    assert last["total"] < 0.9 * first["total"], (first, last)
+    reloaded = hf_synthesizer.T5SynthesizerForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert reloaded.config.synthesizer_variant == variant
+    teacher = load_teacher(stock_t5_dir, like=reloaded)
+    ids, mask = padded_batch("right", lengths=(6, 3, 5), vocab=20)
+    losses = distillation_losses(encoder_outputs(teacher, ids, mask), encoder_outputs(reloaded, ids, mask), mask)
+    assert torch.isfinite(losses["attention"]) and losses["attention"] > 0
