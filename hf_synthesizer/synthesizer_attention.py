@@ -55,9 +55,9 @@ from .synthesizer_math import (
     left_padding,
     mix_logits,
     mixture_weights,
-    slot_positions,
     random_logits,
     shift_to_start,
+    slot_positions,
     take,
     vanilla_logits,
 )
@@ -163,9 +163,8 @@ class SynthesizerLogits(nn.Module):
         if name == "factorized_random":
             r1, r2 = self.factorized_random_r1, self.factorized_random_r2
             return factorized_random_logits_at(r1, r2, query_positions, key_positions)
-        if name in ("random", "fixed_random"):  # the whole (1, H, L, L) table, rows and columns by position
-            table = self.component_logits(name, hidden_states, query, key, scaling, 0, self.length, self.length)
-            return at_positions(table, query_positions, key_positions)
+        if name in ("random", "fixed_random"):  # R (H, L, L) read at the rows and columns of the positions
+            return at_positions(getattr(self, name + "_r")[None], query_positions, key_positions)
         # dense, factorized dense: a row of length L per query token, columns by position
         lq = hidden_states.shape[1]
         table = self.component_logits(name, hidden_states, query, key, scaling, 0, lq, self.length)

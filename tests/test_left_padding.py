@@ -114,8 +114,8 @@ def test_encoder_left_padding_equals_each_example_alone(family, variant, fast):
 
 @pytest.mark.parametrize("variant", SYNTHESIZED)
 def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward(variant):
-    """Per-example positions after a cached prefix (a 3-token step, then single tokens) against the whole-sequence
-    forward, on a left-padded batch, with generate's position ids."""
+    """Per-example positions after a cached prefix (3 tokens, 2 more, then single tokens) against the whole-sequence
+    forward, on a left-padded batch (example 1's first step is all padding), with generate's position ids."""
     from test_decoding import CACHE
     from transformers import DynamicCache
 
@@ -125,7 +125,7 @@ def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
         cache, steps, start = DynamicCache(config=model.config), [], 0
-        for end in [3, *range(4, ids.shape[1] + 1)]:
+        for end in [3, 5, *range(6, ids.shape[1] + 1)]:  # a 2-token step after the prefix too
             step = dict(input_ids=ids[:, start:end], position_ids=position_ids[:, start:end], **{CACHE: cache})
             steps.append(model(**step, attention_mask=mask[:, :end], use_cache=True).logits)
             start = end
