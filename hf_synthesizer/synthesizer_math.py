@@ -162,8 +162,10 @@ def shift_to_start(t: torch.Tensor, pad: torch.Tensor, dim: int, undo: bool = Fa
     index = torch.arange(length, device=t.device) + (-pad if undo else pad)[:, None]  # (B, length)
     # modulo length without `%` (ONNX export cannot take a remainder by a symbolic length)
     index = torch.where(index >= length, index - length, torch.where(index < 0, index + length, index))
-    index = index.view(index.shape + (1,) * (t.dim() - 2)).transpose(1, dim)  # length along `dim`
-    return t.gather(dim, index.expand(t.shape))
+    # whole slots (all other dims) per index, in `t`'s own memory layout: routes that want a query-major layout
+    # (flash) keep it
+    rows = torch.arange(t.shape[0], device=t.device)[:, None]
+    return t.movedim(dim, 1)[rows, index].movedim(1, dim)
 
 
 def slot_positions(pad: torch.Tensor, first: int, length: int) -> torch.Tensor:
