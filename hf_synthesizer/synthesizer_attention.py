@@ -46,15 +46,20 @@ from .synthesizer_fast import (
 )
 from .synthesizer_math import (
     additive_mask,
+    at_positions,
     attention_probabilities,
     causal_mask,
     check_length,
     dense_logits,
     factorized_dense_logits,
     factorized_random_logits,
+    factorized_random_logits_at,
+    left_padding,
     mix_logits,
     mixture_weights,
     random_logits,
+    shift_to_start,
+    slot_positions,
     take,
     vanilla_logits,
 )
@@ -154,10 +159,32 @@ class SynthesizerLogits(nn.Module):
         if not self.is_vanilla:
             check_length(lk if isinstance(q0, torch.Tensor) else max(q0 + lq, lk), self.length)
 
-    def forward(self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True):
+    def component_logits_at(self, name, hidden_states, query, key, scaling, query_positions, key_positions):
+        """`component_logits` with per-example positions (left padding, see synthesizer_math.left_padding): query i of
+        example b uses row `query_positions[b, i]`, key j column `key_positions[b, j]` -> (B, H, lq, lk)."""
+        if name == "vanilla":
+            return vanilla_logits(query, key, scaling)
+        if name == "factorized_random":
+            r1, r2 = self.factorized_random_r1, self.factorized_random_r2
+            return factorized_random_logits_at(r1, r2, query_positions, key_positions)
+        if name in ("random", "fixed_random"):  # R (H, L, L) read at the rows and columns of the positions
+            return at_positions(getattr(self, name + "_r")[None], query_positions, key_positions)
+        # dense, factorized dense: a row of length L per query token, columns by position
+        lq = hidden_states.shape[1]
+        table = self.component_logits(name, hidden_states, query, key, scaling, 0, lq, self.length)
+        return at_positions(table, None, key_positions)
+
+    def forward(
+        self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True, positions=None
+    ):
+        """Mixed logits; `positions` `(query_positions (B, lq), key_positions (B, lk))` replaces the slots
+        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`)."""
         logits = []
         for name in self.components:
-            s = self.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
+            if positions is None:
+                s = self.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
+            else:
+                s = self.component_logits_at(name, hidden_states, query, key, scaling, *positions)
             if position_bias is not None and (bias_synthesized or name == "vanilla"):
                 s = s + position_bias
             logits.append(s)
@@ -330,6 +357,7 @@ class SynthesizerAttentionMixin:
         query_offset: int | None = None,
         is_causal: bool | None = None,
         output_attentions: bool | None = False,
+        left_aligned: bool = False,
         **kwargs,
     ):
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
@@ -341,8 +369,11 @@ class SynthesizerAttentionMixin:
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
-        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides
-        `self.is_causal`. Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
+        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`. Left padding:
+        with a key mask, query/key positions count from each example's first kept key (`left_padding`), so padding on
+        either side leaves real tokens' outputs unchanged; `left_aligned` (internal) marks a call whose examples were
+        already shifted to start at slot 0.
+        Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
         synthesizer = synthesizer_of(self)
@@ -370,7 +401,28 @@ class SynthesizerAttentionMixin:
         )
         bias_synthesized = getattr(self, "bias_synthesized", True)
 
-        if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
+        pad = None if synthesizer.is_vanilla or left_aligned else left_padding(attention_mask)  # (B,) on-device
+        if pad is not None and cpu_tuned(value) and not bool(pad.any()):
+            pad = None  # CPU eager, nothing left-padded (one host read): the routes run exactly as without the shift
+        by_position = None
+        if pad is not None and isinstance(q0, int) and q0 == 0 and lq == lk:  # (a static cache's q0 is a tensor)
+            # Whole sequences: shift each example to start at slot 0 (left padding becomes right padding, positions
+            # become slots), run every route unchanged, shift back. T5's position bias is a function of j - i only,
+            # unchanged by a shift of both axes (for real tokens).
+            shifted = [None if t is None else shift_to_start(t, pad, dim) for t, dim in (
+                (query, 2), (key, 2), (value, 2), (attention_mask, 3), (synthesizer_inputs, 1))]
+            output, probs = self.synthesizer_attention(
+                *shifted[:4], scaling, dropout, shifted[4], position_bias, q0, is_causal, output_attentions,
+                left_aligned=True, **kwargs,
+            )
+            if probs is not None:
+                probs = probs.expand(value.shape[0], -1, -1, -1)
+                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
+            return shift_to_start(output, pad, 1, undo=True), probs
+        if pad is not None:  # decoding after a cached prefix: the reference math with per-example positions
+            by_position = (slot_positions(pad, q0, lq), slot_positions(pad, 0, lk))
+
+        if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla and by_position is None:
             output = fast_synthesizer_attention(
                 synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
                 q0, lq, lk, position_bias, bias_synthesized, causal,
@@ -378,7 +430,7 @@ class SynthesizerAttentionMixin:
             if output is not None:
                 return output, None
         attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-        if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
+        if synthesizer.vanilla_backend == "sdpa" and not output_attentions and by_position is None:
             if synthesizer.is_vanilla:
                 return sdpa_attention_forward(
                     self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -389,7 +441,9 @@ class SynthesizerAttentionMixin:
                     synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
                     self.training, q0, lq, lk, position_bias, bias_synthesized,
                 )
-        logits = synthesizer(synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized)
+        logits = synthesizer(
+            synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
+        )
         probs = attention_probabilities(logits, attention_mask)
         probs = F.dropout(probs, p=dropout, training=self.training)
         output = torch.matmul(probs.to(value.dtype), value)

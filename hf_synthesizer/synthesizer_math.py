@@ -135,3 +135,60 @@ def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor |
     if mask is not None:
         logits = logits + mask.to(logits.dtype)
     return torch.softmax(logits, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------- left padding
+# Synthesized rows and columns are indexed by position. An example padded on the left has its tokens at slots
+# `pad .. lk - 1`; its positions count from its first kept token (position = slot - pad), as transformers' `generate`
+# counts `position_ids` (`attention_mask.cumsum(-1) - 1`). Right padding and unpadded examples have pad = 0.
+
+
+def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`(B or 1,)` long: the number of padded slots before each example's first kept key, read on-device (no host
+    read) from a key mask `(B or 1, 1, 1, lk)`, boolean keep-mask or additive float mask (what `synthesizer_mask`
+    hands over for padding). 0 for unpadded, right-padded and fully padded examples. None when there is no mask or
+    another kind of mask (a full `(B, 1, lq, lk)` mask, per-head masks): positions are then the slots."""
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1:3] != (1, 1):
+        return None
+    keep = attention_mask[:, 0, 0, :]
+    if keep.dtype != torch.bool:
+        keep = keep > torch.finfo(keep.dtype).min / 2
+    return keep.int().argmax(-1)  # the first maximum: the first kept slot (0 when none is kept)
+
+
+def shift_to_start(t: torch.Tensor, pad: torch.Tensor, dim: int, undo: bool = False) -> torch.Tensor:
+    """`t` `(B, ...)` with example b's slots along `dim` rotated left by `pad[b]` (`undo`: right): a left-padded
+    example becomes a right-padded one whose tokens sit at their positions (its padding moves to the end)."""
+    length = t.shape[dim]
+    index = torch.arange(length, device=t.device) + (-pad if undo else pad)[:, None]  # (B, length)
+    # modulo length without `%` (ONNX export cannot take a remainder by a symbolic length)
+    index = torch.where(index >= length, index - length, torch.where(index < 0, index + length, index))
+    # whole slots (all other dims) per index, in `t`'s own memory layout: routes that want a query-major layout
+    # (flash) keep it
+    rows = torch.arange(t.shape[0], device=t.device)[:, None]
+    return t.movedim(dim, 1)[rows, index].movedim(1, dim)
+
+
+def slot_positions(pad: torch.Tensor, first, length: int) -> torch.Tensor:
+    """`(B, length)` long: positions of slots `first .. first + length - 1` in each example, `slot - pad[b]`, clamped
+    at 0 for the padded slots before the first kept one (their logits are masked or their outputs unused). `first`
+    an int or a static cache's on-device 0-dim offset (no host read)."""
+    return (torch.arange(length, device=pad.device)[None] + first - pad[:, None]).clamp_min(0)
+
+
+def at_positions(table: torch.Tensor, query_positions: torch.Tensor | None, key_positions: torch.Tensor):
+    """Logits by position: `out[b, h, i, j] = table[b, h, query_positions[b, i], key_positions[b, j]]`.
+
+    table: `(B or 1, H, L or lq, L)`, rows by query position (None: rows are already the queries, e.g. dense
+    logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` -> `(B, H, lq, lk)`."""
+    if query_positions is not None:
+        table = torch.take_along_dim(table, query_positions[:, None, :, None], 2)
+    return torch.take_along_dim(table, key_positions[:, None, None, :], 3)
+
+
+def factorized_random_logits_at(r1, r2, query_positions, key_positions) -> torch.Tensor:
+    """Factorized random by position: `R1_h[query_positions[b, i]] . R2_h[key_positions[b, j]]`. r1, r2: (H, L, k)
+    -> (B, H, lq, lk)."""
+    rows = torch.take_along_dim(r1[None], query_positions[:, None, :, None], 2)  # (B, H, lq, k)
+    cols = torch.take_along_dim(r2[None], key_positions[:, None, :, None], 2)  # (B, H, lk, k)
+    return torch.matmul(rows, cols.transpose(-1, -2))

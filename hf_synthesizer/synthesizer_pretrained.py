@@ -6,6 +6,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 """
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from .configuration_synthesizer import ATTN_PREFIX, CheckpointFamilyError, canonical_variant
 from .hub_mixin import SynthesizerHubMixin
@@ -64,11 +65,16 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
+            mismatched = cls._mismatched_synthesizer_keys(args, kwargs)
+            if not mismatched:
+                raise  # e.g. another num_labels: transformers' own error, with its ignore_mismatched_sizes=True hint
+            shapes = "; ".join(f"{k}: checkpoint {tuple(a)}, config {tuple(b)}" for k, a, b in mismatched[:3])
             raise ValueError(
-                "The checkpoint's synthesizer parameters have other shapes than this config makes: it was saved with "
-                "a different synthesizer_length, synthesizer_factorized_rank, synthesizer_factorized_dense_split or "
-                "synthesizer_dense_shared_w2. Load it without overriding those fields (its config.json holds them); "
-                "to change the length, resize the loaded model instead."
+                f"The checkpoint's synthesizer parameters have other shapes than this config makes ({shapes}"
+                f"{' ...' if len(mismatched) > 3 else ''}): it was saved with a different synthesizer_length, "
+                "synthesizer_factorized_rank, synthesizer_factorized_dense_split or synthesizer_dense_shared_w2. "
+                "Load it without overriding those fields (its config.json holds them); to change the length, resize "
+                "the loaded model instead."
             ) from error
         dropped = sorted(k for k in info["unexpected_keys"] if SYNTHESIZER_KEY in k)
         if dropped:
@@ -79,3 +85,19 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
                 f"overriding them."
             )
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _mismatched_synthesizer_keys(cls, args, kwargs) -> list:
+        """After transformers refused a load for mismatched sizes (a RuntimeError whose table lists the keys only in
+        the log): load again with `ignore_mismatched_sizes=True`, logs silenced, and return the synthesizer entries
+        `(key, checkpoint shape, model shape)` of its `mismatched_keys`. Public API only, and run only on that error
+        path."""
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            _, info = super().from_pretrained(
+                *args, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True}
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return sorted(entry for entry in info["mismatched_keys"] if SYNTHESIZER_KEY in entry[0])

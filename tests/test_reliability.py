@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import spread_synthesizer, tiny_bert_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_self_attention
@@ -78,6 +78,58 @@ def test_checkpoint_never_loads_into_a_model_that_would_drop_or_misslice_it(tmp_
     with pytest.raises(ValueError, match=message):
         BertSynthesizerModel.from_pretrained(tmp_path, **override)
     BertSynthesizerModel.from_pretrained(tmp_path)  # as saved: fine
+
+
+def _classifier(family, **fields):
+    """A tiny 3-label sequence classifier of `family` (random synthesizer, length 16), synthesizer far from init."""
+    from test_t5 import tiny_t5_kwargs
+
+    from hf_synthesizer import T5SynthesizerConfig, T5SynthesizerForSequenceClassification
+
+    fields = dict(synthesizer_variant="random", synthesizer_length=16, num_labels=3, **fields)
+    if family == "t5":
+        model = T5SynthesizerForSequenceClassification(T5SynthesizerConfig(**tiny_t5_kwargs(**fields)))
+    else:
+        model = BertSynthesizerForSequenceClassification(config(**fields))
+    return spread_synthesizer(model)
+
+
+def _synthesizer_tensors(model):
+    return {n: t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if ".synthesizer." in n}
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_other_head_size_gets_transformers_error_and_ignore_mismatched_sizes_works(tmp_path, family):
+    """Issue 14 item 2: only the classifier differs (num_labels=42 on a 3-label checkpoint): transformers' own
+    RuntimeError, not ours, and `ignore_mismatched_sizes=True` then loads with a new classifier and every synthesizer
+    tensor as saved."""
+    saved = _classifier(family)
+    saved.save_pretrained(tmp_path)
+    cls = type(saved)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes") as caught:
+        cls.from_pretrained(tmp_path, num_labels=42)
+    assert "synthesizer" not in str(caught.value)
+    model, info = cls.from_pretrained(tmp_path, num_labels=42, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert info["mismatched_keys"] and all(".synthesizer." not in k for k, *_ in info["mismatched_keys"])
+    assert model.config.num_labels == 42
+    ids = torch.randint(2, 40, (2, 6))
+    ids[:, -1] = 1  # T5 classifies from the <eos> token (id 1)
+    assert model(input_ids=ids).logits.shape == (2, 42)
+    expected = _synthesizer_tensors(saved)
+    assert expected and _synthesizer_tensors(model).keys() == expected.keys()
+    for name, tensor in _synthesizer_tensors(model).items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("override", [dict(synthesizer_length=20), dict(synthesizer_length=20, num_labels=42)])
+def test_synthesizer_shape_mismatch_names_the_synthesizer_keys(tmp_path, family, override):
+    """Another synthesizer_length (alone or with another num_labels) is blamed on the synthesizer, naming its keys."""
+    saved = _classifier(family)
+    saved.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"synthesizer parameters have other shapes.*synthesizer\.random_r: "
+                                         r"checkpoint \(4, 16, 16\), config \(4, 20, 20\)"):
+        type(saved).from_pretrained(tmp_path, **override)
 
 
 def test_adding_a_component_to_a_saved_synthesizer_keeps_what_it_learned(tmp_path):

@@ -1,0 +1,168 @@
+"""Left padding (issue 14 item 4): synthesized rows and columns are indexed by position, and an example's positions
+count from its first kept token, so a left-padded example gives its real tokens the outputs it gives alone.
+
+- the helpers (`left_padding`, `shift_to_start`, `at_positions`) on small hand-made cases;
+- BERT encoder with `position_ids = attention_mask.cumsum(-1) - 1` (as stock BERT needs for its absolute position
+  embeddings), T5 encoder as is: outputs, attention maps and gradients of a left-padded batch equal each example's
+  alone, fast and reference routes, every variant;
+- teacher-forced decoding of a left-padded BERT decoder through a cache (per-example positions) equals its full
+  forward;
+- `generate` (greedy, beam) on left-padded prompts gives each prompt the tokens and logits it gets alone: BERT as a
+  decoder, T5 with left-padded encoder inputs, every variant.
+
+float64, synthesizer parameters far from init (std 0.5): a row or column off by the padding shows at 1e-2 or more.
+"""
+
+import pytest
+import torch
+from conftest import padded_batch, spread_synthesizer, tiny_bert_config
+from test_decoding import LENGTH, VARIANTS, build
+from test_fast_paths import set_fast
+
+from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
+from hf_synthesizer.synthesizer_math import at_positions, left_padding, shift_to_start, slot_positions
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SYNTHESIZED = [v for v in VARIANTS if v != "vanilla"]
+LENGTHS = (5, 3, 4)  # the left-padded batch: 0, 2 and 1 padded slots
+
+
+def test_left_padding_counts_the_slots_before_the_first_kept_key():
+    keep = torch.tensor([[0, 0, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 1]]).bool()
+    expected = torch.tensor([2, 0, 0, 0, 1])
+    assert torch.equal(left_padding(keep[:, None, None, :]), expected)
+    additive = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    assert torch.equal(left_padding(additive[:, None, None, :]), expected)
+    assert left_padding(None) is None
+    assert left_padding(keep[:, None, None, :].expand(-1, 1, 5, -1)) is None  # a full mask: positions are slots
+
+
+def test_shift_to_start_rotates_each_example_and_back():
+    t = torch.arange(2 * 3 * 5).view(2, 3, 5)
+    pad = torch.tensor([2, 0])
+    shifted = shift_to_start(t, pad, 2)
+    assert shifted[0, 0].tolist() == [2, 3, 4, 0, 1] and torch.equal(shifted[1], t[1])
+    assert torch.equal(shift_to_start(shifted, pad, 2, undo=True), t)
+    assert torch.equal(shift_to_start(t.transpose(1, 2), pad, 1), shifted.transpose(1, 2))
+
+
+def test_at_positions_reads_rows_and_columns_per_example():
+    table = torch.randn(1, 2, 6, 6)
+    pad = torch.tensor([0, 2])
+    q, k = slot_positions(pad, 3, 2), slot_positions(pad, 0, 5)  # queries at slots 3, 4; keys 0..4
+    assert q.tolist() == [[3, 4], [1, 2]] and k.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
+    out = at_positions(table, q, k)
+    assert out.shape == (2, 2, 2, 5)
+    assert torch.equal(out[0], table[0, :, 3:5, :5])
+    assert torch.equal(out[1][..., 2:], table[0, :, 1:3, :3])
+
+
+def _alone(ids, mask, row):
+    keep = mask[row].bool()
+    return ids[row][keep][None]
+
+
+def _bert_encoder(variant):
+    """`build`'s BERT as an encoder (not causal)."""
+    torch.manual_seed(0)
+    fields = dict(synthesizer_variant=variant.removeprefix("gate:"), synthesizer_length=LENGTH)
+    if variant.startswith("gate:"):
+        fields["synthesizer_mixture"] = "gate"
+    config = BertSynthesizerConfig(**tiny_bert_config(pad_token_id=0).to_dict(), **fields)
+    return spread_synthesizer(BertSynthesizerModel(config)).double().eval()
+
+
+def _encoder_run(family, model, ids, mask):
+    """Last hidden states, and the attention maps of every layer `(B, H, l, l)`."""
+    if family == "t5":
+        out = model.encoder(input_ids=ids, attention_mask=mask, output_attentions=True)
+    else:
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0) if mask is not None else None
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, output_attentions=True)
+    return out.last_hidden_state, out.attentions
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("variant", SYNTHESIZED)
+def test_encoder_left_padding_equals_each_example_alone(family, variant, fast):
+    """Outputs, attention maps and the gradient of every parameter: the left-padded batch's real tokens against the
+    examples run alone (the sum of their losses)."""
+    model = build(family, variant) if family == "t5" else _bert_encoder(variant)
+    set_fast(model, fast)
+    ids, mask = padded_batch("left", lengths=LENGTHS)
+    proj = torch.randn(*ids.shape, model.config.hidden_size if family == "bert" else model.config.d_model,
+                       dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out, maps = _encoder_run(family, model, ids, mask)
+    (out * mask[..., None] * proj).sum().backward()
+    batch_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for row in range(len(LENGTHS)):
+        keep = mask[row].bool()
+        alone, alone_maps = _encoder_run(family, model, _alone(ids, mask, row), None)
+        (alone[0] * proj[row][keep]).sum().backward()
+        torch.testing.assert_close(out[row][keep], alone[0], atol=1e-12, rtol=1e-12)
+        for layer, (m, a) in enumerate(zip(maps, alone_maps)):
+            torch.testing.assert_close(m[row][:, keep][..., keep], a[0], atol=1e-12, rtol=1e-12, msg=f"layer {layer}")
+            assert not m[row][:, keep][..., ~keep].any()  # padded keys get no weight
+    assert batch_grads
+    for name, parameter in model.named_parameters():
+        if name in batch_grads:
+            torch.testing.assert_close(batch_grads[name], parameter.grad, atol=1e-11, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("cache_class", ["dynamic", "static-generic"])
+@pytest.mark.parametrize("variant", SYNTHESIZED)
+def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward(variant, cache_class, monkeypatch):
+    """Per-example positions after a cached prefix (3 tokens, 2 more, then single tokens) against the whole-sequence
+    forward, on a left-padded batch (example 1's first step is all padding), with generate's position ids. Also with
+    a StaticCache on the device-generic routes, where the query offset is an on-device tensor (no host read)."""
+    from test_decoding import CACHE
+    from transformers import DynamicCache, StaticCache
+
+    import hf_synthesizer.synthesizer_attention as sa
+
+    model = build("bert", variant)
+    ids, mask = padded_batch("left", lengths=(7, 4, 6))
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    if cache_class == "static-generic":
+        monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        cache = (DynamicCache(config=model.config) if cache_class == "dynamic"
+                 else StaticCache(config=model.config, max_cache_len=LENGTH))
+        steps, start = [], 0
+        for end in [3, 5, *range(6, ids.shape[1] + 1)]:  # a 2-token step after the prefix too
+            step = dict(input_ids=ids[:, start:end], position_ids=position_ids[:, start:end], **{CACHE: cache})
+            steps.append(model(**step, attention_mask=mask[:, :end], use_cache=True).logits)
+            start = end
+    keep = mask.bool()
+    torch.testing.assert_close(torch.cat(steps, dim=1)[keep], full[keep], atol=1e-10, rtol=1e-10)
+
+
+def _generate(model, family, ids, mask, **kwargs):
+    new = LENGTH - 5 if family == "bert" else LENGTH - 2
+    return model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+        return_dict_in_generate=True, output_logits=True, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_on_left_padded_prompts_gives_each_prompt_its_tokens_alone(family, variant):
+    """BERT as a decoder (left-padded prompts) and T5 (left-padded encoder inputs): greedy logits and tokens, and the
+    beams' tokens, equal to each prompt alone."""
+    model = build(family, variant)
+    ids, mask = padded_batch("left", lengths=LENGTHS)
+    for mode, kwargs in {"greedy": dict(do_sample=False), "beam": dict(do_sample=False, num_beams=3)}.items():
+        batch = _generate(model, family, ids, mask, **kwargs)
+        new = len(batch.logits)
+        for row in range(len(LENGTHS)):
+            alone = _generate(model, family, _alone(ids, mask, row), None, **kwargs)
+            where = f"{mode}, prompt {row}"
+            assert torch.equal(batch.sequences[row, -new:], alone.sequences[0, -new:]), where
+            if mode == "greedy":
+                error = (torch.stack(batch.logits)[:, row] - torch.stack(alone.logits)[:, 0]).abs().max().item()
+                assert error < 1e-10, f"{where}: {error}"
