@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import (
@@ -72,7 +73,6 @@ class SynthesizerLogits(nn.Module):
         self.num_heads = num_heads
         self.length = config.synthesizer_length
         self.mixture = config.synthesizer_mixture
-        self.vanilla_backend = config.synthesizer_vanilla_backend
         length, heads = self.length, num_heads
         if "dense" in self.components:
             w2_heads = 1 if config.synthesizer_dense_shared_w2 else heads
@@ -99,7 +99,8 @@ class SynthesizerLogits(nn.Module):
         # Validity conditions: see InputIndependentCache.
         self.input_independent_cache = InputIndependentCache()
         self.cache_input_independent = True
-        # False runs the plain reference implementation (synthesizer_math) instead of the fast paths.
+        # False runs the plain reference implementation (synthesizer_math) instead of the fast paths, as the "eager"
+        # backend does for the whole model.
         self.use_fast_paths = True
         if len(self.components) > 1:
             if self.mixture == "gate":
@@ -275,6 +276,27 @@ def synthesizer_attention_forward(module: nn.Module, query, key, value, attentio
     return own(query, key, value, attention_mask, **kwargs)
 
 
+def reference_attention_forward(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The `"eager"` backend of a synthesizer module: its synthesizer math by the plain reference (materialised
+    logits and probabilities, returned as attention maps). Same contract as `synthesizer_attention_forward`."""
+    own = getattr(module, "synthesizer_attention", None)
+    if own is None:
+        raise ValueError(STOCK_MODULE_ERROR.format(name=type(module).__name__))
+    return own(query, key, value, attention_mask, reference=True, **kwargs)
+
+
+def attention_function(implementation: str):
+    """The function a synthesizer attention module runs under `config._attn_implementation`: `"sdpa"` its
+    synthesizer math by the fast routes, `"eager"` by the plain reference (on a vanilla layer: dot-product attention
+    in sdpa / materialised), any other name what is registered under it in `AttentionInterface` (the
+    `synthesizer_<variant>` names run the fast routes too)."""
+    if implementation == "sdpa":
+        return synthesizer_attention_forward
+    if implementation == "eager":
+        return reference_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
 def synthesizer_of(module: nn.Module):
     """The module's synthesizer, recognised by its interface (`components`), not by a class: another copy's
     `SynthesizerLogits` or PEFT's `ModulesToSaveWrapper` (which forwards attribute reads and calls to the active
@@ -310,6 +332,7 @@ class SynthesizerAttentionMixin:
         query_offset: int | None = None,
         is_causal: bool | None = None,
         output_attentions: bool | None = False,
+        reference: bool = False,
         **kwargs,
     ):
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
@@ -321,11 +344,14 @@ class SynthesizerAttentionMixin:
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding; default `lk - lq`); `is_causal` overrides
-        `self.is_causal`. Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
+        `self.is_causal`; `reference` runs the plain reference (the `"eager"` backend: materialised probabilities,
+        always returned) instead of the fast routes (`"sdpa"`: probabilities only with `output_attentions`).
+        Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
         synthesizer = synthesizer_of(self)
         check_attention_keywords(kwargs)
+        attention_mask = key_mask_view(attention_mask)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
         q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
@@ -336,7 +362,8 @@ class SynthesizerAttentionMixin:
         causal = bool(is_causal) and lq > 1 and (attention_mask is None or attention_mask.shape[-2] == 1)
         bias_synthesized = getattr(self, "bias_synthesized", True)
 
-        if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla:
+        fast = synthesizer.use_fast_paths and not reference and not output_attentions
+        if fast and not synthesizer.is_vanilla:
             output = fast_synthesizer_attention(
                 synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
                 q0, lq, lk, position_bias, bias_synthesized, causal,
@@ -344,7 +371,7 @@ class SynthesizerAttentionMixin:
             if output is not None:
                 return output, None
         attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-        if synthesizer.vanilla_backend == "sdpa" and not output_attentions:
+        if fast:
             if synthesizer.is_vanilla:
                 return sdpa_attention_forward(
                     self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -359,9 +386,19 @@ class SynthesizerAttentionMixin:
         probs = attention_probabilities(logits, attention_mask)
         probs = F.dropout(probs, p=dropout, training=self.training)
         output = torch.matmul(probs.to(value.dtype), value)
-        if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
+        if output_attentions or reference:  # input-independent probabilities have a batch of 1: one map per example
             return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
         return output.transpose(1, 2).contiguous(), None
+
+
+def key_mask_view(attention_mask):
+    """A mask that only varies along keys, `(B, 1, lq, lk)` expanded from `(B, 1, 1, lk)` (what transformers' sdpa mask
+    gives for padding without causality), as the `(B, 1, 1, lk)` key mask the fast routes recognise by its shape. Read
+    from the strides: no host read of values."""
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1 \
+            and attention_mask.stride(-2) == 0:
+        return attention_mask[..., :1, :]
+    return attention_mask
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
