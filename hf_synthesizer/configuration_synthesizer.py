@@ -250,7 +250,7 @@ class SynthesizerConfigMixin:
             return self.synthesizer_vanilla_backend
         valid = [*VANILLA_BACKENDS, *(attn_implementation_name(v) for v in NAMED_VARIANTS)]
         raise ValueError(
-            f"attn_implementation={requested!r} is not supported by synthesizer models"
+            f'Specified `attn_implementation="{requested}"` is not supported by synthesizer models'
             f"{did_you_mean([requested], valid)}. Use 'sdpa' (fast routes) or 'eager' (plain reference) as the "
             f"backend, or convert a stock checkpoint with one of "
             f"{', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)} "

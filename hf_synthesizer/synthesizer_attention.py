@@ -191,6 +191,7 @@ IGNORED_KEYWORDS = {
     "output_hidden_states": "hidden states are recorded by the model, not by attention",
     "output_router_logits": "no router in BERT/T5",
     "num_items_in_batch": "a loss-normalisation count, read by the loss",
+    "shift_labels": "labels already shifted for the causal-LM loss, read by the loss",
     "position_ids": "synthesizer rows are indexed by slot (query_offset + i), as the causal mask is",
     "use_cache": "the module updates the cache before calling attention",
     "return_dict": "an output-format flag of the model",
@@ -351,7 +352,6 @@ class SynthesizerAttentionMixin:
         """
         synthesizer = synthesizer_of(self)
         check_attention_keywords(kwargs)
-        attention_mask = key_mask_view(attention_mask)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
         q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
@@ -383,22 +383,12 @@ class SynthesizerAttentionMixin:
                     self.training, q0, lq, lk, position_bias, bias_synthesized,
                 )
         logits = synthesizer(synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized)
-        probs = attention_probabilities(logits, attention_mask)
+        # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
+        # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
+        probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
         probs = F.dropout(probs, p=dropout, training=self.training)
         output = torch.matmul(probs.to(value.dtype), value)
-        if output_attentions or reference:  # input-independent probabilities have a batch of 1: one map per example
-            return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
-        return output.transpose(1, 2).contiguous(), None
-
-
-def key_mask_view(attention_mask):
-    """A mask that only varies along keys, `(B, 1, lq, lk)` expanded from `(B, 1, 1, lk)` (what transformers' sdpa mask
-    gives for padding without causality), as the `(B, 1, 1, lk)` key mask the fast routes recognise by its shape. Read
-    from the strides: no host read of values."""
-    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1 \
-            and attention_mask.stride(-2) == 0:
-        return attention_mask[..., :1, :]
-    return attention_mask
+        return output.transpose(1, 2).contiguous(), probs if output_attentions or reference else None
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -669,6 +659,18 @@ def synthesizer_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
+def sdpa_or_synthesizer_mask(*args, config=None, **kwargs):
+    """What transformers' mask builders call for `attn_implementation="sdpa"` (registered in place of its
+    `sdpa_mask`, through the `config=` they pass for this purpose): for a synthesizer model, whose `"sdpa"` backend
+    is synthesizer attention's fast routes, the masks of `synthesizer_mask` (padding as a key mask the routes
+    recognise by its shape; sdpa's would come materialised `(B, 1, lq, lk)`); for any other model transformers'
+    `sdpa_mask`, unchanged. Synthesizer configs are recognised by their `synthesizer_variant` field, so that a
+    config of any copy of this code qualifies."""
+    if getattr(config, "synthesizer_variant", None) is not None:
+        return synthesizer_mask(*args, config=config, **kwargs)
+    return sdpa_mask(*args, config=config, **kwargs)
+
+
 def register_attn_implementation(name: str) -> None:
     """Make `name` a valid `attn_implementation` whose masks reach the synthesizer attention function."""
     AttentionInterface.register(name, synthesizer_attention_forward)
@@ -677,3 +679,4 @@ def register_attn_implementation(name: str) -> None:
 
 for _variant in NAMED_VARIANTS:
     register_attn_implementation(attn_implementation_name(_variant))
+AttentionMaskInterface.register("sdpa", sdpa_or_synthesizer_mask)
