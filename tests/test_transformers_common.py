@@ -267,6 +267,12 @@ class SynthesizerCommonTests(ModelTesterMixin):
             self.skipTest("stock T5ForConditionalGeneration has no `transformer` base model to find, as ours")
         super().test_model_base_model_prefix()
 
+    def test_init_weights_can_init_buffers(self):
+        if "fixed_random" in self.variant:
+            self.skipTest("fixed random's R is a buffer drawn at random by _init_weights (the paper's Fixed Random); "
+                          "this test assumes buffers are deterministic")
+        super().test_init_weights_can_init_buffers()
+
     # Item 2 of issue 14 (another branch): a size mismatch outside the synthesizer must let transformers' own
     # RuntimeError (with its ignore_mismatched_sizes=True hint) through; these pass once it is merged.
     @pytest.mark.xfail(reason="issue 14 item 2: size mismatches are all blamed on the synthesizer", strict=False)
