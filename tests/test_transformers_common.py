@@ -273,6 +273,11 @@ class SynthesizerCommonTests(ModelTesterMixin):
                           "this test assumes buffers are deterministic")
         super().test_init_weights_can_init_buffers()
 
+    def test_retain_grad_hidden_states_attentions(self):
+        if self.variant == "fixed_random" and self.family == "bert":
+            self.skipTest("BERT fixed random's attention maps are constants (softmax of a frozen R): no gradient")
+        super().test_retain_grad_hidden_states_attentions()
+
     # Item 2 of issue 14 (another branch): a size mismatch outside the synthesizer must let transformers' own
     # RuntimeError (with its ignore_mismatched_sizes=True hint) through; these pass once it is merged.
     @pytest.mark.xfail(reason="issue 14 item 2: size mismatches are all blamed on the synthesizer", strict=False)
