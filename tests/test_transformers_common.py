@@ -56,7 +56,7 @@ def fetch_tests() -> Path:
     version = transformers.__version__
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "pip", "download", f"transformers=={version}", "--no-binary", ":all:",
-                   "--no-deps", "--no-build-isolation", "--quiet", "-d", tmp]
+                   "--no-deps", "--no-build-isolation", "--quiet", "--retries", "1", "--timeout", "20", "-d", tmp]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as error:
