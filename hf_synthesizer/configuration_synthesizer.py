@@ -99,7 +99,11 @@ class SynthesizerFields:
         `sigmoid(a) * first + (1 - sigmoid(a)) * second`, `a = 0` at init; vanilla is always second, so
         `"random+vanilla"` gives Mesh-TF's `(1 - sigmoid(a)) QK^T + sigmoid(a) R`).
     synthesizer_vanilla_backend (`str`, defaults to `"sdpa"`):
-        Attention backend (`"sdpa"` or `"eager"`) of the vanilla term and of layers that stay vanilla.
+        The attention backend the model runs with, saved because transformers does not save `attn_implementation`:
+        `"sdpa"` (the fast routes; a vanilla term or layer runs in `scaled_dot_product_attention`) or `"eager"` (the
+        plain reference: materialised probabilities, attention maps). Set by `attn_implementation="sdpa"` /
+        `"eager"`, which on a synthesizer model are backends of the same synthesizer math, never dot-product
+        attention in its place.
     """
 
     synthesizer_variant: str = "vanilla"
@@ -210,29 +214,26 @@ class SynthesizerConfigMixin:
 
     @property
     def synthesizer_attn_implementation(self) -> str:
-        """The `attn_implementation` the configured variant runs with."""
+        """The `attn_implementation` that converts a stock checkpoint to the configured variant
+        (`"synthesizer_random"`), or the backend of a vanilla config (`"sdpa"`/`"eager"`)."""
         if self.synthesizer_variant == "vanilla":
             return self.synthesizer_vanilla_backend
         return attn_implementation_name(self.synthesizer_variant)
 
     def resolve_attn_implementation(self, requested: str | None) -> str:
-        """Reconcile the `attn_implementation` a user asked for with the variant stored in this config.
+        """The backend (`"sdpa"` or `"eager"`) a model of this config runs with, given the `attn_implementation` a
+        user asked for. The variant lives in `synthesizer_variant`; on a synthesizer model the stock names are
+        backends of its synthesizer math (`"eager"` the plain reference, `"sdpa"` the fast routes).
 
-        - nothing asked: run the stored variant (a saved synthesizer reloads as itself);
-        - `"synthesizer_<variant>"` on a vanilla config (a stock checkpoint): convert to that variant;
-        - `"sdpa"`/`"eager"` on a vanilla config: plain dot-product attention with that backend.
-        Anything that would silently turn a saved synthesizer into another variant raises.
+        - nothing asked: the saved backend, `synthesizer_vanilla_backend` (a saved model reloads as itself);
+        - `"sdpa"`/`"eager"`: that backend, saved in `synthesizer_vanilla_backend`; the variant is kept;
+        - `"synthesizer_<variant>"` on a vanilla config (a stock checkpoint): convert to that variant, saved
+          backend; on a config of that variant already: nothing changes.
+        Anything that would silently turn a saved synthesizer into another variant raises `ValueError`.
         """
-        if requested is None or requested == self.synthesizer_attn_implementation:
-            return self.synthesizer_attn_implementation
+        if requested is None:
+            return self.synthesizer_vanilla_backend
         if requested in VANILLA_BACKENDS:
-            if self.synthesizer_variant != "vanilla":
-                raise ValueError(
-                    f"This config holds a synthesizer_{self.synthesizer_variant} model; attn_implementation="
-                    f"{requested!r} would run it as plain dot-product attention and drop its synthesizer weights. "
-                    f"Omit attn_implementation to load it as saved, or set synthesizer_vanilla_backend={requested!r} "
-                    f"to choose the backend of its vanilla term."
-                )
             self.synthesizer_vanilla_backend = requested
             return requested
         if requested.startswith(ATTN_PREFIX):
@@ -241,17 +242,18 @@ class SynthesizerConfigMixin:
                 raise ValueError(
                     f"This config holds a synthesizer_{self.synthesizer_variant} model; attn_implementation="
                     f"{requested!r} would silently replace its synthesizer weights. Load it without "
-                    f"attn_implementation, or convert explicitly by passing a config with "
-                    f"synthesizer_variant={variant!r}."
+                    f"attn_implementation (or with 'sdpa'/'eager' to choose the backend), or convert explicitly by "
+                    f"passing a config with synthesizer_variant={variant!r}."
                 )
             self.synthesizer_variant = variant
             self.check_synthesizer_fields()
-            return attn_implementation_name(variant)
+            return self.synthesizer_vanilla_backend
         valid = [*VANILLA_BACKENDS, *(attn_implementation_name(v) for v in NAMED_VARIANTS)]
         raise ValueError(
-            f"attn_implementation={requested!r} is not supported by synthesizer models"
-            f"{did_you_mean([requested], valid)}. Use 'sdpa', 'eager' or "
-            f"one of {', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)} "
+            f'Specified `attn_implementation="{requested}"` is not supported by synthesizer models'
+            f"{did_you_mean([requested], valid)}. Use 'sdpa' (fast routes) or 'eager' (plain reference) as the "
+            f"backend, or convert a stock checkpoint with one of "
+            f"{', '.join(attn_implementation_name(v) for v in NAMED_VARIANTS)} "
             f"(any other combination: synthesizer_<component>+<component>)."
         )
 

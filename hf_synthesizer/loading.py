@@ -98,7 +98,8 @@ def load_synthesizer_model(
     - stock checkpoint (`bert`) + `attn_implementation="synthesizer_<variant>"` or any synthesizer option:
       converted; weights that still exist load, new synthesizer parameters are initialised near uniform attention;
     - saved synthesizer checkpoint (`bert_synthesizer`): reloads as the variant it was saved with
-      (`attn_implementation` may be omitted or repeat it);
+      (`attn_implementation` may be omitted, repeat it, or be `"sdpa"`/`"eager"`: the backend of the same
+      synthesizer, fast routes or plain reference);
     - stock checkpoint with no synthesizer choice (or `"sdpa"`/`"eager"`): the stock transformers model, the
       vanilla reference.
 
@@ -149,8 +150,9 @@ _FIELD_DOC = re.compile(
 FIELD_CHOICES = {"synthesizer_mixture": MIXTURES, "synthesizer_vanilla_backend": VANILLA_BACKENDS}
 ATTN_IMPLEMENTATION_HELP = (
     "synthesizer_<variant> to convert a stock checkpoint (e.g. synthesizer_random, synthesizer_random+vanilla; "
-    "components: " + ", ".join(COMPONENTS) + "), or sdpa/eager for vanilla. A saved synthesizer checkpoint reloads "
-    "as its own variant when this is omitted."
+    "components: " + ", ".join(COMPONENTS) + "), or sdpa/eager: the backend (a stock checkpoint stays stock; a "
+    "synthesizer runs its own variant with it). A saved synthesizer checkpoint reloads as its own variant when this "
+    "is omitted."
 )
 
 

@@ -5,12 +5,9 @@ the stock modules, so a stock BERT checkpoint loads into them; query/key load on
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, EncoderDecoderCache
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import (
     BertCrossAttention,
     BertEmbeddings,
@@ -25,18 +22,18 @@ from transformers.models.bert.modeling_bert import (
     BertLMHeadModel,
     BertModel,
     BertPreTrainedModel,
-    eager_attention_forward,
 )
 
 from .configuration_synthesizer import BertSynthesizerConfig
 from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
+    attention_function,
     resolve_cache,
     update_self_attention_cache,
 )
 from .synthesizer_math import check_input_length
-from .synthesizer_pretrained import SynthesizerPreTrainedMixin
+from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
 
 
 class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
@@ -101,9 +98,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
             self,
             query_layer,
@@ -162,11 +157,10 @@ class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedM
     }
 
     def post_init(self):
-        """The stock heads build a stock `BertModel`; swap in the synthesizer one before weights are initialised."""
+        """A `BertModel` installs its synthesizer attention before weights are initialised (the heads build a
+        `BertSynthesizerModel` directly, see `stock_init_building`)."""
         if isinstance(self, BertModel):
             self._install_synthesizer_attention()
-        elif not isinstance(self.bert, BertSynthesizerModel):
-            self.bert = BertSynthesizerModel(self.config, add_pooling_layer=self.bert.pooler is not None)
         super().post_init()
 
 
@@ -186,35 +180,35 @@ class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
 
 
 class BertSynthesizerForPreTraining(BertSynthesizerPreTrainedModel, BertForPreTraining):
-    pass
+    __init__ = stock_init_building(BertForPreTraining, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerLMHeadModel(BertSynthesizerPreTrainedModel, BertLMHeadModel):
-    pass
+    __init__ = stock_init_building(BertLMHeadModel, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForMaskedLM(BertSynthesizerPreTrainedModel, BertForMaskedLM):
-    pass
+    __init__ = stock_init_building(BertForMaskedLM, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForNextSentencePrediction(BertSynthesizerPreTrainedModel, BertForNextSentencePrediction):
-    pass
+    __init__ = stock_init_building(BertForNextSentencePrediction, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForSequenceClassification(BertSynthesizerPreTrainedModel, BertForSequenceClassification):
-    pass
+    __init__ = stock_init_building(BertForSequenceClassification, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForMultipleChoice(BertSynthesizerPreTrainedModel, BertForMultipleChoice):
-    pass
+    __init__ = stock_init_building(BertForMultipleChoice, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForTokenClassification(BertSynthesizerPreTrainedModel, BertForTokenClassification):
-    pass
+    __init__ = stock_init_building(BertForTokenClassification, BertModel=BertSynthesizerModel)
 
 
 class BertSynthesizerForQuestionAnswering(BertSynthesizerPreTrainedModel, BertForQuestionAnswering):
-    pass
+    __init__ = stock_init_building(BertForQuestionAnswering, BertModel=BertSynthesizerModel)
 
 
 __all__ = [

@@ -25,18 +25,17 @@ from transformers.models.t5.modeling_t5 import (
     T5Model,
     T5PreTrainedModel,
     T5Stack,
-    eager_attention_forward,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_synthesizer import T5SynthesizerConfig
 from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
+    attention_function,
     resolve_cache,
     update_self_attention_cache,
 )
-from .synthesizer_pretrained import SynthesizerPreTrainedMixin
+from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
 
 
 class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
@@ -129,9 +128,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     input_shape[1], key_length, device=value_states.device, past_seen_tokens=query_offset
                 )
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -194,19 +191,10 @@ class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel
         super()._initialize_weights(module, is_custom_code=False)
 
     def post_init(self):
-        """The stock classes build stock `T5Stack`s / `T5Model`s; swap in synthesizer ones before weights are
-        initialised (a stack installs its attention modules itself)."""
+        """A `T5Stack` installs its synthesizer attention modules before weights are initialised (the models build
+        `T5SynthesizerStack`s directly, see `stock_init_building`)."""
         if isinstance(self, T5Stack):
             self._install_synthesizer_attention()
-        for name in ("encoder", "decoder"):
-            stack = getattr(self, name, None)
-            if isinstance(stack, T5Stack) and not isinstance(stack, T5SynthesizerStack):
-                setattr(self, name, T5SynthesizerStack(stack.config))
-        transformer = getattr(self, "transformer", None)
-        if isinstance(transformer, T5EncoderModel) and not isinstance(transformer, T5SynthesizerEncoderModel):
-            self.transformer = T5SynthesizerEncoderModel(self.config)
-        elif isinstance(transformer, T5Model) and not isinstance(transformer, T5SynthesizerModel):
-            self.transformer = T5SynthesizerModel(self.config)
         super().post_init()
 
 
@@ -233,27 +221,27 @@ class T5SynthesizerStack(T5SynthesizerPreTrainedModel, T5Stack):
 
 
 class T5SynthesizerModel(T5SynthesizerPreTrainedModel, T5Model):
-    pass
+    __init__ = stock_init_building(T5Model, T5Stack=T5SynthesizerStack)
 
 
 class T5SynthesizerForConditionalGeneration(T5SynthesizerPreTrainedModel, T5ForConditionalGeneration):
-    pass
+    __init__ = stock_init_building(T5ForConditionalGeneration, T5Stack=T5SynthesizerStack)
 
 
 class T5SynthesizerEncoderModel(T5SynthesizerPreTrainedModel, T5EncoderModel):
-    pass
+    __init__ = stock_init_building(T5EncoderModel, T5Stack=T5SynthesizerStack)
 
 
 class T5SynthesizerForSequenceClassification(T5SynthesizerPreTrainedModel, T5ForSequenceClassification):
-    pass
+    __init__ = stock_init_building(T5ForSequenceClassification, T5Model=T5SynthesizerModel)
 
 
 class T5SynthesizerForTokenClassification(T5SynthesizerPreTrainedModel, T5ForTokenClassification):
-    pass
+    __init__ = stock_init_building(T5ForTokenClassification, T5EncoderModel=T5SynthesizerEncoderModel)
 
 
 class T5SynthesizerForQuestionAnswering(T5SynthesizerPreTrainedModel, T5ForQuestionAnswering):
-    pass
+    __init__ = stock_init_building(T5ForQuestionAnswering, T5Stack=T5SynthesizerStack)
 
 
 __all__ = [

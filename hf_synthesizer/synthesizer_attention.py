@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import (
@@ -79,7 +80,6 @@ class SynthesizerLogits(nn.Module):
         self.num_heads = num_heads
         self.length = config.synthesizer_length
         self.mixture = config.synthesizer_mixture
-        self.vanilla_backend = config.synthesizer_vanilla_backend
         length, heads = self.length, num_heads
         if "dense" in self.components:
             w2_heads = 1 if config.synthesizer_dense_shared_w2 else heads
@@ -106,7 +106,8 @@ class SynthesizerLogits(nn.Module):
         # Validity conditions: see InputIndependentCache.
         self.input_independent_cache = InputIndependentCache()
         self.cache_input_independent = True
-        # False runs the plain reference implementation (synthesizer_math) instead of the fast paths.
+        # False runs the plain reference implementation (synthesizer_math) instead of the fast paths, as the "eager"
+        # backend does for the whole model.
         self.use_fast_paths = True
         if len(self.components) > 1:
             if self.mixture == "gate":
@@ -221,6 +222,7 @@ IGNORED_KEYWORDS = {
     "output_hidden_states": "hidden states are recorded by the model, not by attention",
     "output_router_logits": "no router in BERT/T5",
     "num_items_in_batch": "a loss-normalisation count, read by the loss",
+    "shift_labels": "labels already shifted for the causal-LM loss, read by the loss",
     "position_ids": "synthesizer rows are indexed by slot (query_offset + i), as the causal mask is",
     "use_cache": "the module updates the cache before calling attention",
     "return_dict": "an output-format flag of the model",
@@ -322,6 +324,27 @@ def synthesizer_attention_forward(module: nn.Module, query, key, value, attentio
     return own(query, key, value, attention_mask, **kwargs)
 
 
+def reference_attention_forward(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The `"eager"` backend of a synthesizer module: its synthesizer math by the plain reference (materialised
+    logits and probabilities, returned as attention maps). Same contract as `synthesizer_attention_forward`."""
+    own = getattr(module, "synthesizer_attention", None)
+    if own is None:
+        raise ValueError(STOCK_MODULE_ERROR.format(name=type(module).__name__))
+    return own(query, key, value, attention_mask, reference=True, **kwargs)
+
+
+def attention_function(implementation: str):
+    """The function a synthesizer attention module runs under `config._attn_implementation`: `"sdpa"` its
+    synthesizer math by the fast routes, `"eager"` by the plain reference (on a vanilla layer: dot-product attention
+    in sdpa / materialised), any other name what is registered under it in `AttentionInterface` (the
+    `synthesizer_<variant>` names run the fast routes too)."""
+    if implementation == "sdpa":
+        return synthesizer_attention_forward
+    if implementation == "eager":
+        return reference_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
 def synthesizer_of(module: nn.Module):
     """The module's synthesizer, recognised by its interface (`components`), not by a class: another copy's
     `SynthesizerLogits` or PEFT's `ModulesToSaveWrapper` (which forwards attribute reads and calls to the active
@@ -358,6 +381,7 @@ class SynthesizerAttentionMixin:
         is_causal: bool | None = None,
         output_attentions: bool | None = False,
         left_aligned: bool = False,
+        reference: bool = False,
         **kwargs,
     ):
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
@@ -369,10 +393,12 @@ class SynthesizerAttentionMixin:
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
-        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`. Left padding:
-        with a key mask, query/key positions count from each example's first kept key (`left_padding`), so padding on
-        either side leaves real tokens' outputs unchanged; `left_aligned` (internal) marks a call whose examples were
-        already shifted to start at slot 0.
+        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`; `reference`
+        runs the plain reference (the `"eager"` backend: materialised probabilities, always returned) instead of the
+        fast routes (`"sdpa"`: probabilities only with `output_attentions`). Left padding: with a key mask, query/key
+        positions count from each example's first kept key (`left_padding`), so padding on either side leaves real
+        tokens' outputs unchanged; `left_aligned` (internal) marks a call whose examples were already shifted to start
+        at slot 0.
         Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
@@ -413,7 +439,7 @@ class SynthesizerAttentionMixin:
                 (query, 2), (key, 2), (value, 2), (attention_mask, 3), (synthesizer_inputs, 1))]
             output, probs = self.synthesizer_attention(
                 *shifted[:4], scaling, dropout, shifted[4], position_bias, q0, is_causal, output_attentions,
-                left_aligned=True, **kwargs,
+                left_aligned=True, reference=reference, **kwargs,
             )
             if probs is not None:
                 probs = probs.expand(value.shape[0], -1, -1, -1)
@@ -422,7 +448,8 @@ class SynthesizerAttentionMixin:
         if pad is not None:  # decoding after a cached prefix: the reference math with per-example positions
             by_position = (slot_positions(pad, q0, lq), slot_positions(pad, 0, lk))
 
-        if synthesizer.use_fast_paths and not output_attentions and not synthesizer.is_vanilla and by_position is None:
+        fast = synthesizer.use_fast_paths and not reference and not output_attentions and by_position is None
+        if fast and not synthesizer.is_vanilla:
             output = fast_synthesizer_attention(
                 synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
                 q0, lq, lk, position_bias, bias_synthesized, causal,
@@ -430,7 +457,7 @@ class SynthesizerAttentionMixin:
             if output is not None:
                 return output, None
         attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-        if synthesizer.vanilla_backend == "sdpa" and not output_attentions and by_position is None:
+        if fast:
             if synthesizer.is_vanilla:
                 return sdpa_attention_forward(
                     self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -444,12 +471,12 @@ class SynthesizerAttentionMixin:
         logits = synthesizer(
             synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
         )
-        probs = attention_probabilities(logits, attention_mask)
+        # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
+        # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
+        probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
         probs = F.dropout(probs, p=dropout, training=self.training)
         output = torch.matmul(probs.to(value.dtype), value)
-        if output_attentions:  # input-independent probabilities have a batch of 1: give users one map per example
-            return output.transpose(1, 2).contiguous(), probs.expand(value.shape[0], -1, -1, -1)
-        return output.transpose(1, 2).contiguous(), None
+        return output.transpose(1, 2).contiguous(), probs if output_attentions or reference else None
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -731,6 +758,18 @@ def synthesizer_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
+def sdpa_or_synthesizer_mask(*args, config=None, **kwargs):
+    """What transformers' mask builders call for `attn_implementation="sdpa"` (registered in place of its
+    `sdpa_mask`, through the `config=` they pass for this purpose): for a synthesizer model, whose `"sdpa"` backend
+    is synthesizer attention's fast routes, the masks of `synthesizer_mask` (padding as a key mask the routes
+    recognise by its shape; sdpa's would come materialised `(B, 1, lq, lk)`); for any other model transformers'
+    `sdpa_mask`, unchanged. Synthesizer configs are recognised by their `synthesizer_variant` field, so that a
+    config of any copy of this code qualifies."""
+    if getattr(config, "synthesizer_variant", None) is not None:
+        return synthesizer_mask(*args, config=config, **kwargs)
+    return sdpa_mask(*args, config=config, **kwargs)
+
+
 def register_attn_implementation(name: str) -> None:
     """Make `name` a valid `attn_implementation` whose masks reach the synthesizer attention function."""
     AttentionInterface.register(name, synthesizer_attention_forward)
@@ -739,3 +778,4 @@ def register_attn_implementation(name: str) -> None:
 
 for _variant in NAMED_VARIANTS:
     register_attn_implementation(attn_implementation_name(_variant))
+AttentionMaskInterface.register("sdpa", sdpa_or_synthesizer_mask)

@@ -5,15 +5,38 @@ loaded into a model that would drop part of it, and (SynthesizerHubMixin) saving
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
 
+import functools
+import types
+
 import torch
 from transformers.utils import logging as hf_logging
 
-from .configuration_synthesizer import ATTN_PREFIX, CheckpointFamilyError, canonical_variant
+from .configuration_synthesizer import ATTN_PREFIX, CheckpointFamilyError, attn_implementation_name, canonical_variant
 from .hub_mixin import SynthesizerHubMixin
 from .length_resizing import resize_synthesizer_length
 from .synthesizer_attention import init_synthesizer_weights, register_attn_implementation
 
 SYNTHESIZER_KEY = ".synthesizer."
+
+
+def stock_init_building(stock_class: type, **synthesizer_classes):
+    """`stock_class.__init__` (transformers' own code) run so that it builds the synthesizer submodules directly: the
+    global names it builds submodules from (`BertModel`, `T5Stack`, ...) resolve to `synthesizer_classes`.
+
+    A head then builds its synthesizer submodule once, in place of the stock one, instead of building a stock one and
+    replacing it: the stock submodule's `post_init` would consume config flags meant for the one that stays (the
+    legacy `config.gradient_checkpointing`, which it deletes after use). Thread-safe: the stock module's globals are
+    not touched; the function gets its own copy of them."""
+    stock_init = stock_class.__init__
+    missing = sorted(set(synthesizer_classes) - set(stock_init.__code__.co_names))
+    if missing:  # a transformers release that builds the submodule from another name
+        raise TypeError(f"{stock_class.__name__}.__init__ no longer builds {missing}; hf_synthesizer needs updating.")
+    init = types.FunctionType(
+        stock_init.__code__, {**stock_init.__globals__, **synthesizer_classes}, stock_init.__name__,
+        stock_init.__defaults__, stock_init.__closure__,
+    )
+    init.__kwdefaults__ = stock_init.__kwdefaults__
+    return functools.wraps(stock_init)(init)
 
 
 class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
@@ -39,21 +62,22 @@ class SynthesizerPreTrainedMixin(SynthesizerHubMixin):
         init_synthesizer_weights(module, self._synthesizer_init_std())
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """attn_implementation is resolved against the variant stored in the config (see
-        `SynthesizerConfigMixin.resolve_attn_implementation`); any synthesizer combination gets registered."""
-        if not is_init_check and requested_attention and requested_attention.startswith(ATTN_PREFIX):
+        """The backend this model runs with, `"sdpa"` (fast routes) or `"eager"` (plain reference), resolved against
+        the variant stored in the config (see `SynthesizerConfigMixin.resolve_attn_implementation`): on a synthesizer
+        model both run its synthesizer math. A `synthesizer_<variant>` name converts a stock config; it gets
+        registered so that it also works when set on a config directly."""
+        if requested_attention and requested_attention.startswith(ATTN_PREFIX):
             variant = canonical_variant(requested_attention.removeprefix(ATTN_PREFIX))
-            if variant != self.config.synthesizer_variant:
+            if not is_init_check and variant != self.config.synthesizer_variant:
                 raise ValueError(
                     f"This model was built as synthesizer_variant={self.config.synthesizer_variant!r}; the variant "
                     f"decides which parameters exist, so it cannot change on a live model. Load the checkpoint "
                     f"again with from_pretrained(path, attn_implementation={requested_attention!r})."
                 )
-        name = self.config.resolve_attn_implementation(requested_attention)
-        if name.startswith(ATTN_PREFIX):
-            register_attn_implementation(name)
-            return name
-        return super().get_correct_attn_implementation(name, is_init_check)
+            register_attn_implementation(attn_implementation_name(variant))
+        return super().get_correct_attn_implementation(
+            self.config.resolve_attn_implementation(requested_attention), is_init_check
+        )
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

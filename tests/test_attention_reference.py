@@ -34,7 +34,6 @@ def attention_layer(options, seed=0, **config):
     cfg = BertSynthesizerConfig(**tiny_bert_config(**config).to_dict(), **options)
     torch.manual_seed(seed)
     model = BertSynthesizerModel(cfg)
-    model.config._attn_implementation = model.config.synthesizer_attn_implementation
     attn = model.encoder.layer[0].attention.self
     with torch.no_grad():
         for name, tensor in list(attn.synthesizer.named_parameters()) + list(attn.synthesizer.named_buffers()):

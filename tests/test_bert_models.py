@@ -190,8 +190,9 @@ def test_stock_model_with_synthesizer_attn_implementation_explains_the_fix(stock
 
 def test_saved_synthesizer_is_never_silently_changed(stock_bert_dir, tmp_path):
     load(BertSynthesizerModel, stock_bert_dir, "random").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="synthesizer_random model"):
-        BertSynthesizerModel.from_pretrained(tmp_path, attn_implementation="sdpa")
+    for backend in ("sdpa", "eager"):  # backends of the same synthesizer (see the test below)
+        assert BertSynthesizerModel.from_pretrained(tmp_path, attn_implementation=backend).config.synthesizer_variant \
+            == "random"
     with pytest.raises(ValueError, match="would silently replace"):
         BertSynthesizerModel.from_pretrained(tmp_path, attn_implementation="synthesizer_dense")
     with pytest.raises(ValueError, match="not supported by synthesizer models"):
@@ -216,9 +217,44 @@ def test_variant_cannot_change_on_a_live_model(stock_bert_dir):
     random = load(BertSynthesizerModel, stock_bert_dir, "random")
     with pytest.raises(ValueError, match="cannot change on a live model"):
         random.set_attn_implementation("synthesizer_dense")
-    with pytest.raises(ValueError, match="synthesizer_random model"):
-        random.set_attn_implementation("eager")
+    random.set_attn_implementation("eager")  # the backend changes, the variant stays
+    assert random.config.synthesizer_variant == "random" and random.config._attn_implementation == "eager"
     random.set_attn_implementation("synthesizer_random")  # what it already is: fine
+    assert random.config.synthesizer_variant == "random"
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_random", "fixed_random"])
+def test_eager_and_sdpa_run_the_saved_synthesizer(stock_bert_dir, tmp_path, variant):
+    """On a synthesizer checkpoint `eager` and `sdpa` are backends of its synthesizer math (eager the plain reference
+    with attention maps, sdpa the fast routes), never dot-product attention in its place; the backend is saved."""
+    from conftest import spread_synthesizer
+
+    spread_synthesizer(load(BertSynthesizerModel, stock_bert_dir, variant), std=1.0).save_pretrained(tmp_path / "s")
+    input_ids, attention_mask = ids()
+    saved = BertSynthesizerModel.from_pretrained(tmp_path / "s").eval()
+    assert saved.config._attn_implementation == "sdpa"
+    expected = saved(input_ids, attention_mask=attention_mask).last_hidden_state
+    dot_product = BertModel.from_pretrained(stock_bert_dir).eval()(input_ids, attention_mask=attention_mask)
+    # far from what dot-product attention gives (in this tiny model the residual stream dominates either way)
+    assert (expected - dot_product.last_hidden_state).abs().max() > 2e-3
+
+    eager = BertSynthesizerModel.from_pretrained(tmp_path / "s", attn_implementation="eager").eval()
+    assert (eager.config._attn_implementation, eager.config.synthesizer_variant) == ("eager", variant)
+    out = eager(input_ids, attention_mask=attention_mask)
+    torch.testing.assert_close(out.last_hidden_state, expected, atol=2e-5, rtol=1e-4)
+    assert out.attentions is None and len(eager(input_ids, output_attentions=True).attentions) == 2
+    if variant in ("random", "fixed_random"):  # the maps are softmax(R) (+ padding): the synthesizer's, not QK^T's
+        maps = eager(input_ids, attention_mask=attention_mask, output_attentions=True).attentions[0]
+        r = getattr(eager.encoder.layer[0].attention.self.synthesizer, variant + "_r")[:, :10, :10]
+        keep = attention_mask[:, None, None, :].bool()
+        torch.testing.assert_close(maps, torch.softmax(r.masked_fill(~keep, float("-inf")), -1), atol=1e-6, rtol=1e-5)
+
+    saved.set_attn_implementation("eager")  # switching a live model: the same
+    assert saved.config.synthesizer_variant == variant
+    torch.testing.assert_close(saved(input_ids, attention_mask=attention_mask).last_hidden_state, expected,
+                               atol=2e-5, rtol=1e-4)
+    saved.save_pretrained(tmp_path / "e")  # the backend is saved, as the variant is
+    assert BertSynthesizerModel.from_pretrained(tmp_path / "e").config._attn_implementation == "eager"
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
@@ -306,6 +342,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(stock_bert_dir, variant
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_legacy_gradient_checkpointing_flag_reaches_every_head(family):
+    """`config.gradient_checkpointing = True` (the legacy switch) turns checkpointing on in every head class: each
+    builds its synthesizer submodule once, and that module's `post_init` consumes the flag."""
+    from hf_synthesizer import T5_AUTO_CLASSES, T5SynthesizerConfig
+
+    if family == "bert":
+        classes, config = BERT_AUTO_CLASSES.values(), BertSynthesizerConfig(
+            **tiny_bert_config().to_diff_dict(), synthesizer_variant="random")
+    else:
+        classes, config = T5_AUTO_CLASSES.values(), T5SynthesizerConfig(
+            vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, synthesizer_variant="random",
+            synthesizer_length=16)
+    for cls in classes:
+        flagged = config.__class__.from_dict(config.to_dict())
+        flagged.gradient_checkpointing = True
+        model = cls(flagged)
+        layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and isinstance(m, torch.nn.Module)
+                  and type(m).__name__.endswith(("Layer", "Block"))]
+        assert layers and all(m.gradient_checkpointing for m in layers), cls.__name__
+        assert not hasattr(model.config, "gradient_checkpointing"), cls.__name__  # consumed, not saved
 
 
 class _TokenPresenceData(torch.utils.data.Dataset):

@@ -256,7 +256,7 @@ def test_missing_label_column_names_the_flag(bert_with_tokenizer, sentiment_csv,
 def test_misspelled_variant_gets_a_did_you_mean(stock_bert_dir, capsys):
     with pytest.raises(ValueError, match=r"\['randon'\] in variant 'randon' \(did you mean 'random'\?\)"):
         hf_synthesizer.BertSynthesizerModel.from_pretrained(stock_bert_dir, attn_implementation="synthesizer_randon")
-    with pytest.raises(ValueError, match=r"'synthesiser_random' is not supported .* \(did you mean "
+    with pytest.raises(ValueError, match=r'"synthesiser_random"` is not supported .* \(did you mean '
                                          r"'synthesizer_random'\?\)"):
         hf_synthesizer.BertSynthesizerConfig().resolve_attn_implementation("synthesiser_random")
     assert run_cli("compare", "--variants", "vanila,dense") == 2

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_self_attention
 from test_attention_reference import attention_layer
-from test_bert_models import ALL_VARIANTS, _TokenPresenceData, ids, load, perturb
+from test_bert_models import ALL_VARIANTS, _TokenPresenceData, ids, perturb
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerForSequenceClassification, BertSynthesizerModel

@@ -10,7 +10,6 @@ of today) and without it (the code each checkpoint carries, through trust_remote
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
@@ -41,7 +40,7 @@ def test_saved_checkpoints_load_with_the_package_and_give_the_same_logits():
 
 def test_saved_checkpoints_load_without_the_package_and_give_the_same_logits(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "saved")
-    result = run_without_package(f"""
+    result = run_without_package("""
         import torch
         from safetensors.torch import load_file
         from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification

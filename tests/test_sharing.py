@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_config
 from huggingface_hub import ModelCard
 from hub_fakes import BERT_CODE_FILES, T5_CODE_FILES, FakeHfApi, install_fake_hub, read_json, run_without_package
 from safetensors.torch import load_file, save_file
