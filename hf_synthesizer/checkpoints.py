@@ -69,7 +69,10 @@ def read_config_dict(path) -> dict:
     """config.json of a checkpoint folder, or a `CheckpointError` saying what is wrong with `path`."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist. Pass a checkpoint folder (one holding config.json).")
+        raise CheckpointError(
+            f"{path} does not exist. Pass a checkpoint folder (one holding config.json); Hub ids are not downloaded "
+            f"by this command: download the model first (e.g. `hf download <id> --local-dir DIR`)."
+        )
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a checkpoint folder (one holding config.json).")
     config_file = path / "config.json"

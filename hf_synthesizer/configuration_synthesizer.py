@@ -99,11 +99,12 @@ class SynthesizerFields:
         `sigmoid(a) * first + (1 - sigmoid(a)) * second`, `a = 0` at init; vanilla is always second, so
         `"random+vanilla"` gives Mesh-TF's `(1 - sigmoid(a)) QK^T + sigmoid(a) R`).
     synthesizer_vanilla_backend (`str`, defaults to `"sdpa"`):
-        The attention backend the model runs with, saved because transformers does not save `attn_implementation`:
-        `"sdpa"` (the fast routes; a vanilla term or layer runs in `scaled_dot_product_attention`) or `"eager"` (the
-        plain reference: materialised probabilities, attention maps). Set by `attn_implementation="sdpa"` /
-        `"eager"`, which on a synthesizer model are backends of the same synthesizer math, never dot-product
-        attention in its place.
+        The attention backend a model of this config runs with when no `attn_implementation` is given: `"sdpa"` (the
+        fast routes; a vanilla term or layer runs in `scaled_dot_product_attention`) or `"eager"` (the plain
+        reference: materialised probabilities, attention maps). `attn_implementation="sdpa"` / `"eager"` (at
+        `from_pretrained` or `set_attn_implementation`) choose the backend of that model only, as transformers never
+        saves `attn_implementation`: both are backends of the same synthesizer math, never dot-product attention in
+        its place, and a checkpoint saved after a debugging `eager` load keeps this field's backend.
     """
 
     synthesizer_variant: str = "vanilla"
@@ -226,7 +227,8 @@ class SynthesizerConfigMixin:
         backends of its synthesizer math (`"eager"` the plain reference, `"sdpa"` the fast routes).
 
         - nothing asked: the saved backend, `synthesizer_vanilla_backend` (a saved model reloads as itself);
-        - `"sdpa"`/`"eager"`: that backend, saved in `synthesizer_vanilla_backend`; the variant is kept;
+        - `"sdpa"`/`"eager"`: that backend for this model, not saved (as transformers never saves
+          `attn_implementation`); the variant is kept;
         - `"synthesizer_<variant>"` on a vanilla config (a stock checkpoint): convert to that variant, saved
           backend; on a config of that variant already: nothing changes.
         Anything that would silently turn a saved synthesizer into another variant raises `ValueError`.
@@ -234,7 +236,6 @@ class SynthesizerConfigMixin:
         if requested is None:
             return self.synthesizer_vanilla_backend
         if requested in VANILLA_BACKENDS:
-            self.synthesizer_vanilla_backend = requested
             return requested
         if requested.startswith(ATTN_PREFIX):
             variant = canonical_variant(requested[len(ATTN_PREFIX) :])
@@ -242,8 +243,9 @@ class SynthesizerConfigMixin:
                 raise ValueError(
                     f"This config holds a synthesizer_{self.synthesizer_variant} model; attn_implementation="
                     f"{requested!r} would silently replace its synthesizer weights. Load it without "
-                    f"attn_implementation (or with 'sdpa'/'eager' to choose the backend), or convert explicitly by "
-                    f"passing a config with synthesizer_variant={variant!r}."
+                    f"attn_implementation (or with 'sdpa'/'eager' to choose the backend), or convert it to another variant "
+                    f"with `hf-synthesizer convert SRC DST --attn_implementation {requested}` (or convert the stock "
+                    f"checkpoint it came from)."
                 )
             self.synthesizer_variant = variant
             self.check_synthesizer_fields()

@@ -369,7 +369,8 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, teacher=teacher,
         attention_loss_weight=args.attention_loss_weight, hidden_loss=args.hidden_loss,
         hidden_loss_weight=args.hidden_loss_weight,
-        attention_learning_rate=args.attention_learning_rate or 10 * training_args.learning_rate,
+        attention_learning_rate=(10 * training_args.learning_rate if args.attention_learning_rate is None
+                                 else args.attention_learning_rate),  # an explicit 0 freezes the synthesizer
     )
     before = None
     try:
@@ -418,10 +419,21 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
-def argument_classes():
-    from .loading import SynthesizerArguments
+@dataclass
+class StudentArguments:
+    """`--attn_implementation`: the student's variant (distill refuses sdpa/eager: the teacher is the stock model)."""
 
-    return (DistillationArguments, SynthesizerArguments, TrainingArguments)
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": (
+        "synthesizer_<variant> of the student, e.g. synthesizer_random, synthesizer_dense, synthesizer_random+vanilla "
+        "(any '+' mixture of components). Required.")})
+
+
+def argument_classes():
+    """`HfArgumentParser` dataclasses of `hf-synthesizer distill`: what to distill on, the student's variant, the
+    `--synthesizer_*` fields of every family (BERT and T5, as `convert` takes them) and `TrainingArguments`."""
+    from .convert import convert_options
+
+    return (DistillationArguments, StudentArguments, convert_options(), TrainingArguments)
 
 
 def add_parser(subparsers) -> None:
@@ -451,8 +463,10 @@ def run(args) -> int:
         return 2
     args.output_dir = str(args.dst)
     try:
-        distillation_args, synth_args, training_args = (_dataclass_from(args, cls) for cls in argument_classes())
-        result = distill(args.stock, training_args, distillation_args, synth_args.attn_implementation,
+        distillation_args, student, synth_args, training_args = (
+            _dataclass_from(args, cls) for cls in argument_classes()
+        )
+        result = distill(args.stock, training_args, distillation_args, student.attn_implementation,
                          **synth_args.options())
     except (CheckpointError, ValueError, OSError) as e:
         print(f"hf-synthesizer distill: error: {e}", file=sys.stderr)

@@ -226,7 +226,7 @@ def test_variant_cannot_change_on_a_live_model(stock_bert_dir):
 @pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_random", "fixed_random"])
 def test_eager_and_sdpa_run_the_saved_synthesizer(stock_bert_dir, tmp_path, variant):
     """On a synthesizer checkpoint `eager` and `sdpa` are backends of its synthesizer math (eager the plain reference
-    with attention maps, sdpa the fast routes), never dot-product attention in its place; the backend is saved."""
+    with attention maps, sdpa the fast routes), never dot-product attention in its place; only the config field's backend is saved."""
     from conftest import spread_synthesizer
 
     spread_synthesizer(load(BertSynthesizerModel, stock_bert_dir, variant), std=1.0).save_pretrained(tmp_path / "s")
@@ -253,8 +253,15 @@ def test_eager_and_sdpa_run_the_saved_synthesizer(stock_bert_dir, tmp_path, vari
     assert saved.config.synthesizer_variant == variant
     torch.testing.assert_close(saved(input_ids, attention_mask=attention_mask).last_hidden_state, expected,
                                atol=2e-5, rtol=1e-4)
-    saved.save_pretrained(tmp_path / "e")  # the backend is saved, as the variant is
-    assert BertSynthesizerModel.from_pretrained(tmp_path / "e").config._attn_implementation == "eager"
+    # As in transformers, attn_implementation is a run-time choice: a checkpoint saved after a debugging `eager` load
+    # or switch reloads with its saved backend (synthesizer_vanilla_backend), not with the slow reference.
+    saved.save_pretrained(tmp_path / "e")
+    assert BertSynthesizerModel.from_pretrained(tmp_path / "e").config._attn_implementation == "sdpa"
+    eager.save_pretrained(tmp_path / "e2")
+    assert BertSynthesizerModel.from_pretrained(tmp_path / "e2").config._attn_implementation == "sdpa"
+    eager.config.synthesizer_vanilla_backend = "eager"  # the config field, set explicitly, is saved
+    eager.save_pretrained(tmp_path / "e3")
+    assert BertSynthesizerModel.from_pretrained(tmp_path / "e3").config._attn_implementation == "eager"
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)

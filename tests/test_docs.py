@@ -31,6 +31,7 @@ NOT_CODE = {"bibtex", "text"}  # fenced blocks that are data (a citation, a prog
 NOT_RUN = {
     "pip install": "installs the environment these tests run in",
     "HF_HUB_OFFLINE=1 python -m pytest": "the test suite itself",
+    "hf download": "fetches a Hub model into a folder; the folder it names is a stand-in below (hub_ids)",
 }
 # The main job at full size: run by the slow test below, its `--quick` form here.
 MAIN_JOB = "hf-synthesizer compare"
@@ -68,7 +69,7 @@ def hub_ids(minilm_dir, tmp_path_factory) -> dict[str, Path]:
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                             model_input_names=["input_ids", "attention_mask"]).save_pretrained(t5)
     return {"google-bert/bert-base-uncased": bert, "bert-base-uncased": bert,
-            "sentence-transformers/all-MiniLM-L6-v2": bert, "t5-small": t5}
+            "sentence-transformers/all-MiniLM-L6-v2": bert, "all-MiniLM-L6-v2": bert, "t5-small": t5}
 
 
 def given_classifier(hub_ids):
