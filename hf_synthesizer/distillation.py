@@ -83,8 +83,10 @@ def hidden_state_loss(teacher_hidden: torch.Tensor, student_hidden: torch.Tensor
 
 
 def distillation_losses(teacher_out, student_out, token_mask, *, hidden_loss: str = "mse") -> dict[str, torch.Tensor]:
-    """`{"attention": ..., "hidden": ...}` averaged over layers, from two encoder outputs run with
-    `output_attentions=True, output_hidden_states=True` on the same batch."""
+    """`{"attention": ..., "hidden": ...}` (0-dim tensors) averaged over layers, from two encoder outputs run with
+    `output_attentions=True, output_hidden_states=True` on the same batch; `token_mask` `(B, l)`, 1 on real tokens.
+    Attention: `attention_kl` (nats, per head, real tokens); hidden: `hidden_state_loss` of each layer's output.
+    Raises ValueError when the two do not return one attention map per layer each, in the same number."""
     t_att, s_att = teacher_out.attentions, student_out.attentions
     if not t_att or not s_att or len(t_att) != len(s_att):
         raise ValueError(
@@ -297,6 +299,10 @@ def _logged_losses(log_history: list[dict], weights: tuple[float, float]) -> dic
 
 @dataclass
 class DistillationResult:
+    """What `distill` returns: the distilled student (also saved to `output_dir`), its `DistillationTrainer`, the
+    facts its card and `distillation.json` record (teacher, texts, tokens, steps, learning rates, losses) and the
+    `CalibrationReport` when `calibrate_first` ran (else None)."""
+
     model: nn.Module
     trainer: DistillationTrainer
     facts: dict

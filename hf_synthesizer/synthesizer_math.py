@@ -158,7 +158,10 @@ def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 def shift_to_start(t: torch.Tensor, pad: torch.Tensor, dim: int, undo: bool = False) -> torch.Tensor:
     """`t` `(B, ...)` with example b's slots along `dim` rotated left by `pad[b]` (`undo`: right): a left-padded
-    example becomes a right-padded one whose tokens sit at their positions (its padding moves to the end)."""
+    example becomes a right-padded one whose tokens sit at their positions (its padding moves to the end).
+
+    pad: `(B,)` or `(1,)` long, in slots (`left_padding`); `dim` >= 1 (dim 0 is the batch). Returns a tensor of `t`'s
+    shape. `shift_to_start(shift_to_start(t, pad, d), pad, d, undo=True)` is `t`."""
     length = t.shape[dim]
     index = torch.arange(length, device=t.device) + (-pad if undo else pad)[:, None]  # (B, length)
     # modulo length without `%` (ONNX export cannot take a remainder by a symbolic length)
@@ -180,7 +183,9 @@ def at_positions(table: torch.Tensor, query_positions: torch.Tensor | None, key_
     """Logits by position: `out[b, h, i, j] = table[b, h, query_positions[b, i], key_positions[b, j]]`.
 
     table: `(B or 1, H, L or lq, L)`, rows by query position (None: rows are already the queries, e.g. dense
-    logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` -> `(B, H, lq, lk)`."""
+    logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` -> `(B, H, lq, lk)`.
+    Positions must be below the table's size (`slot_positions` of lengths `check_length` accepted): a larger one is
+    an IndexError on CPU and a device-side assert on CUDA."""
     if query_positions is not None:
         table = torch.take_along_dim(table, query_positions[:, None, :, None], 2)
     return torch.take_along_dim(table, key_positions[:, None, None, :], 3)
