@@ -74,16 +74,22 @@ def caches(family, model, source_length):
     return {"dynamic": DynamicCache(config=model.config), "static": static}
 
 
+def teacher_forcing_batch(family):
+    """8 target tokens for 3 examples; T5 also gets a left-padded source (its encoder inputs), BERT decodes alone.
+    Returns (n, source, target, the model's other inputs, the keyword the target goes in)."""
+    n = 8
+    source, source_mask = padded_batch("left", lengths=(5, 3, 4))
+    target = torch.randint(2, 40, (3, n), generator=torch.Generator().manual_seed(5))
+    inputs = dict(input_ids=source, attention_mask=source_mask) if family == "t5" else {}
+    return n, source, target, inputs, ("decoder_input_ids" if family == "t5" else "input_ids")
+
+
 @pytest.mark.parametrize("family", ["t5", "bert"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_teacher_forced_steps_through_each_cache_equal_the_full_forward(family, variant):
     """A 3-token prefix, then one token per step (no position_ids: the model takes positions from the cache)."""
     model = build(family, variant)
-    n = 8
-    source, source_mask = padded_batch("left", lengths=(5, 3, 4))
-    target = torch.randint(2, 40, (3, n), generator=torch.Generator().manual_seed(5))
-    inputs = dict(input_ids=source, attention_mask=source_mask) if family == "t5" else {}
-    key = "decoder_input_ids" if family == "t5" else "input_ids"
+    n, source, target, inputs, key = teacher_forcing_batch(family)
     with torch.no_grad():
         full = model(**inputs, **{key: target}).logits
         for name, cache in caches(family, model, source.shape[1]).items():
@@ -165,11 +171,7 @@ def test_static_cache_offset_stays_on_device_on_generic_routes(family, variant, 
         original = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda t, _f=original: reads.append(t) or _f(t))
     model = build(family, variant)
-    n = 8
-    source, source_mask = padded_batch("left", lengths=(5, 3, 4))
-    target = torch.randint(2, 40, (3, n), generator=torch.Generator().manual_seed(5))
-    inputs = dict(input_ids=source, attention_mask=source_mask) if family == "t5" else {}
-    key = "decoder_input_ids" if family == "t5" else "input_ids"
+    n, source, target, inputs, key = teacher_forcing_batch(family)
     with torch.no_grad():
         full = model(**inputs, **{key: target}).logits
         for length in (LENGTH, LENGTH + 3):
