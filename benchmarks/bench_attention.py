@@ -321,8 +321,8 @@ def run_model(args, results):
 
 # Mode of the compile section's extra training rows (`--compile-fallback-random`): inductor compiled with
 # `fallback_random=True`, i.e. dropout masks drawn by aten's vectorised RNG as in eager mode, instead of inductor's CPU
-# code, which draws each element with its own scalar Philox call (about 3x aten's time for BERT's hidden dropout;
-# RESULTS.md, "Compiled training").
+# code, which draws each element with its own scalar Philox call (2.5-4x aten's `bernoulli_` time for BERT's hidden
+# dropout in our profiles; RESULTS.md, "Compiled training: where the time goes").
 FALLBACK_RANDOM = "train, fallback_random"
 
 
