@@ -16,7 +16,8 @@ the same row and section, so > 1 means faster than stock sdpa):
           (6 + 6 x 512, 8 heads) at encoder/decoder length 512/128 (synthesizer in both stacks, relative position
           bias added as configured by default).
   compile `torch.compile(model)` (inductor) of every variant against compiled sdpa, train and infer, timed
-          round-robin with the eager models (`--compile-shape/-length/-batch`, MiniLM l = 128 b = 8 by default).
+          round-robin with the eager models (`--compile-shape/-length/-batch`, MiniLM l = 128 b = 8 by default);
+          `--compile-fallback-random` adds training rows compiled with inductor's `fallback_random=True`.
   memory  peak of live CPU tensor memory allocated during the measured call, above the level at its start, from
           the torch profiler's memory events (each op's own allocations at its start, frees as they happen;
           allocator-independent -- RSS is not: glibc keeps freed blocks resident). Measured on an extra call after
@@ -318,6 +319,13 @@ def run_model(args, results):
             gc.collect()
 
 
+# Mode of the compile section's extra training rows (`--compile-fallback-random`): inductor compiled with
+# `fallback_random=True`, i.e. dropout masks drawn by aten's vectorised RNG as in eager mode, instead of inductor's CPU
+# code, which draws each element with its own scalar Philox call (2.5-4x aten's `bernoulli_` time for BERT's hidden
+# dropout in our profiles; RESULTS.md, "Compiled training: where the time goes").
+FALLBACK_RANDOM = "train, fallback_random"
+
+
 def run_compile(args, results):
     """`torch.compile(model)` (inductor) of every `--compile-variants` against compiled sdpa, training step and
     inference, in one process; after each model's first (compiling) calls, every compiled and eager function is timed
@@ -333,7 +341,11 @@ def run_compile(args, results):
         ids = torch.randint(0, 30522, (batch, length))
         eager_train, eager_infer = model_fns(model, ids, "fp32")
         train, infer = model_fns(torch.compile(model), ids, "fp32")
-        for mode, fn, ref in (("infer", infer, eager_infer), ("train", train, eager_train)):
+        modes = [("infer", infer, eager_infer), ("train", train, eager_train)]
+        if args.compile_fallback_random:  # the same step with dropout masks from aten's RNG (as eager)
+            modes.append((FALLBACK_RANDOM, model_fns(torch.compile(model, options={"fallback_random": True}), ids,
+                                                     "fp32")[0], eager_train))
+        for mode, fn, ref in modes:
             t0 = time.perf_counter()
             fn()
             first_call[impl, mode] = time.perf_counter() - t0
@@ -341,7 +353,9 @@ def run_compile(args, results):
             print(f"compile {shape} l={length} b={batch} {impl:28s} {mode:5s} first call {first_call[impl, mode]:6.1f} s",
                   flush=True)
         models.append(model)
-    for mode in ("infer", "train"):
+    for mode in ("infer", "train", FALLBACK_RANDOM):
+        if not any(k[1] == mode for k in fns):
+            continue
         timed = interleaved({k: f for k, f in fns.items() if k[1] == mode}, args.repeats)
         for (impl, _, kind), (t, all_t) in timed.items():
             if kind != "compiled":
@@ -440,6 +454,9 @@ def main(argv=None):
     p.add_argument("--compile-shape", default="minilm", choices=list(SHAPES) + ["t5-small"])
     p.add_argument("--compile-length", type=int, default=128)
     p.add_argument("--compile-batch", type=int, default=8)
+    p.add_argument("--compile-fallback-random", action="store_true",
+                   help="compile section: also time each training step compiled with inductor's fallback_random=True "
+                        "(dropout masks from aten's RNG, as eager) in a round-robin of its own")
     p.add_argument("--eager-max", type=int, default=2048, help="skip stock eager above this length")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=9,
