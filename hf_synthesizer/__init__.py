@@ -19,7 +19,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from .configuration_synthesizer import (
+from .modeling.configuration_synthesizer import (
     COMPONENTS,
     NAMED_VARIANTS,
     BertSynthesizerConfig,
@@ -27,8 +27,8 @@ from .configuration_synthesizer import (
     attn_implementation_name,
     parse_variant,
 )
-from .hub_mixin import register_for_hub
-from .modeling_bert_synthesizer import (
+from .modeling.hub_mixin import register_for_hub
+from .modeling.modeling_bert_synthesizer import (
     BertSynthesizerCrossAttention,
     BertSynthesizerForMaskedLM,
     BertSynthesizerForMultipleChoice,
@@ -42,7 +42,7 @@ from .modeling_bert_synthesizer import (
     BertSynthesizerPreTrainedModel,
     BertSynthesizerSelfAttention,
 )
-from .modeling_t5_synthesizer import (
+from .modeling.modeling_t5_synthesizer import (
     T5SynthesizerAttention,
     T5SynthesizerEncoderModel,
     T5SynthesizerForConditionalGeneration,
@@ -53,7 +53,7 @@ from .modeling_t5_synthesizer import (
     T5SynthesizerPreTrainedModel,
     T5SynthesizerStack,
 )
-from .synthesizer_attention import (
+from .modeling.synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     register_attn_implementation,

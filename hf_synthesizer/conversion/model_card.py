@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from .hub_mixin import GENERATED_CARD_MARKER, module_auto_map
+from ..modeling.hub_mixin import GENERATED_CARD_MARKER, module_auto_map
 
 TEMPLATE = "synthesizer.md"
 
@@ -314,8 +314,8 @@ def example_cards() -> dict[str, str]:
     (structure and parameter counts only)."""
     from transformers import BertConfig, T5Config
 
+    from ..modeling.configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
     from .checkpoints import empty_model, families
-    from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 
     bert, t5 = families()["bert"], families().get("t5")
     examples = [(bert, "google-bert/bert-base-uncased", BertConfig(), "masked-lm", v) for v in NAMED_VARIANTS]

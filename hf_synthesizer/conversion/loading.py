@@ -33,14 +33,14 @@ from typing import Any, Literal, Optional
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import families
-from .configuration_synthesizer import (
+from ..modeling.configuration_synthesizer import (
     ATTN_PREFIX,
     COMPONENTS,
     MIXTURES,
     VANILLA_BACKENDS,
     SynthesizerFields,
 )
+from .checkpoints import families
 
 
 def synthesizer_config_classes() -> dict[str, type]:
