@@ -4,8 +4,10 @@
 import argparse
 import importlib
 
-# Modules of hf_synthesizer that provide a subcommand.
-SUBCOMMAND_MODULES = ["compare", "convert", "info", "card", "attention_maps", "distillation"]
+# Modules of hf_synthesizer that provide a subcommand (in the order of `--help`): the conversion tools have theirs next
+# to their code; those that are only a command live here, with the ListOps demo that `compare` trains on.
+SUBCOMMAND_MODULES = ["cli.compare", "conversion.convert", "cli.info", "cli.card", "conversion.attention_maps",
+                      "conversion.distillation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def _add_missing(subparsers, name: str) -> None:
     def run(args):
         raise SystemExit(f"hf-synthesizer {name}: this installation has no hf_synthesizer.{name} module.")
 
-    subparsers.add_parser(name, help="(not available in this build)").set_defaults(func=run)
+    subparsers.add_parser(name.rpartition(".")[2], help="(not available in this build)").set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ and handed to the Auto class as `config=`; a saved synthesizer checkpoint alread
 dispatch on `model_type` in one place.
 
     from transformers import AutoModelForSequenceClassification
-    from hf_synthesizer.loading import load_synthesizer_model
+    from hf_synthesizer.conversion.loading import load_synthesizer_model
 
     # convert a stock BERT checkpoint to the random synthesizer, sized for 128 tokens
     model = load_synthesizer_model(
