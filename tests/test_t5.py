@@ -482,16 +482,17 @@ def test_fast_route_with_position_bias_matches_reference(variant, position_bias,
     model = make_model(variant, synthesizer_position_bias=position_bias).train()
     src, src_mask = padded_batch("right")
     labels = torch.randint(2, 40, (3, 5))
-    monkeypatch.setattr(hf_synthesizer.synthesizer_attention, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0)
+    monkeypatch.setattr(hf_synthesizer.modeling.synthesizer_attention, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0)
     calls = []
-    shared = hf_synthesizer.synthesizer_attention.shared_logits_attention
+    shared = hf_synthesizer.modeling.synthesizer_attention.shared_logits_attention
     monkeypatch.setattr(
-        hf_synthesizer.synthesizer_attention, "shared_logits_attention", lambda *a, **k: calls.append(1) or shared(*a, **k)
+        hf_synthesizer.modeling.synthesizer_attention, "shared_logits_attention",
+        lambda *a, **k: calls.append(1) or shared(*a, **k),
     )
     results = {}
     for fast in (True, False):
         for module in model.modules():
-            if isinstance(module, hf_synthesizer.synthesizer_attention.SynthesizerLogits):
+            if isinstance(module, hf_synthesizer.modeling.synthesizer_attention.SynthesizerLogits):
                 module.use_fast_paths = fast
         model.zero_grad()
         out = model(input_ids=src, attention_mask=src_mask, labels=labels)
