@@ -53,24 +53,11 @@ from .modeling import (
     register_attn_implementation,
     synthesizer_attention_forward,
 )
-from .modeling.hub_mixin import register_card_renderer
 
 __version__ = "0.1.0"
 
 # Every `attn_implementation` name a user can pass, one per named variant.
 ATTN_IMPLEMENTATIONS = tuple(attn_implementation_name(v) for v in NAMED_VARIANTS)
-
-
-def _render_model_card(model, **kwargs) -> str:
-    """`conversion.model_card.render_model_card`, imported on first use (it is not needed to build or run models)."""
-    from .conversion.model_card import render_model_card
-
-    return render_model_card(model, **kwargs)
-
-
-# save_pretrained/push_to_hub of the package's models write the generated card; the modeling code a checkpoint carries
-# has no renderer and keeps transformers' card.
-register_card_renderer(_render_model_card)
 
 # Where each module of the flat layout (before issue 16) now lives.
 MOVED_MODULES = {
@@ -109,12 +96,16 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                        "exec")
 
 
-if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
+sys.meta_path.append(_MovedModuleFinder())
 
 
 def __getattr__(name):
-    """`hf_synthesizer.calibration` and the other old module paths as attributes, imported on first use."""
+    """Imported on first use: `render_model_card` (the model card, which `save_pretrained` of the models, and of the
+    code a checkpoint carries, look up here) and the old module paths as attributes (`hf_synthesizer.calibration`)."""
+    if name == "render_model_card":
+        from .conversion.model_card import render_model_card
+
+        return render_model_card
     if name in MOVED_MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -153,5 +144,6 @@ __all__ = [
     "attn_implementation_name",
     "parse_variant",
     "register_attn_implementation",
+    "render_model_card",
     "synthesizer_attention_forward",
 ]

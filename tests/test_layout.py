@@ -2,7 +2,10 @@
 
 - `hf_synthesizer/modeling/` is what a saved checkpoint ships (transformers copies it flat, beside config.json), so its
   files import only torch, transformers (with huggingface_hub, which transformers requires and its own model files
-  import, e.g. `strict` for configs), the standard library and each other (`from .x import y`);
+  import, e.g. `strict` for configs), the standard library and each other (`from .x import y`); the one exception is
+  optional: `hub_mixin.py` looks up the installed package's public `render_model_card` inside try/except ImportError
+  (transformers' own check treats such imports as optional too), so a checkpoint's copy renders the synthesizer card
+  where the package is installed and runs without it;
 - no module of the package imports, even inside a function, something that imports it back (a circle);
 - the module paths of the flat layout before it (`hf_synthesizer.calibration`, ...) are the moved modules themselves.
 """
@@ -22,13 +25,27 @@ LIBRARIES = {"torch", "transformers", "huggingface_hub"}  # as ALLOWED_IMPORTS i
 
 
 def _imports(path: Path):
-    """(level, module, names) of every import statement in `path`, at any depth (functions, try blocks)."""
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    """(level, module, names, optional) of every import statement in `path`, at any depth (functions, try blocks);
+    optional: inside the body of a try whose handler catches ImportError."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers
+        ):
+            optional |= {id(n) for statement in node.body for n in ast.walk(statement)}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield 0, alias.name, []
+                yield 0, alias.name, [], id(node) in optional
         elif isinstance(node, ast.ImportFrom):
-            yield node.level, node.module or "", [alias.name for alias in node.names]
+            yield node.level, node.module or "", [alias.name for alias in node.names], id(node) in optional
+
+
+def _optional_package_lookup(module, names, optional) -> bool:
+    """hub_mixin's optional `from hf_synthesizer import render_model_card`: a public name of the installed package,
+    looked up at save time, which a checkpoint's code does without."""
+    return optional and module == hf_synthesizer.__name__ and set(names) <= set(hf_synthesizer.__all__)
 
 
 def _module_name(path: Path) -> str:
@@ -42,7 +59,9 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 @pytest.mark.parametrize("path", sorted(MODELING_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_modeling_files_import_only_torch_transformers_stdlib_and_siblings(path):
     siblings = {p.stem for p in MODELING_DIR.glob("*.py")} - {"__init__"}
-    for level, module, names in _imports(path):
+    for level, module, names, optional in _imports(path):
+        if _optional_package_lookup(module, names, optional):
+            continue
         if level == 0:
             top = module.split(".")[0]
             assert top in LIBRARIES or top in sys.stdlib_module_names, (
@@ -58,7 +77,9 @@ def _edges(name: str, path: Path) -> set[str]:
     """The package modules that module `name` imports (a from-import of a submodule counts as that submodule)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets = set()
-    for level, module, names in _imports(path):
+    for level, module, names, optional in _imports(path):
+        if _optional_package_lookup(module, names, optional) and name.startswith(f"{hf_synthesizer.__name__}.modeling"):
+            continue  # not a dependency of the modeling code (see above)
         if level:
             base = ".".join(package.split(".")[: len(package.split(".")) - (level - 1)])
             module = f"{base}.{module}" if module else base
@@ -102,3 +123,11 @@ def test_old_module_paths_are_the_moved_modules(old):
     module = importlib.import_module(f"hf_synthesizer.{old}")
     assert module is sys.modules[new] is sys.modules[f"hf_synthesizer.{old}"] is getattr(hf_synthesizer, old)
     assert module.__name__ == module.__spec__.name == new  # the import under the old name left the module as it was
+
+
+def test_every_package_folder_is_in_the_wheel():
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = {_module_name(p) for p in PACKAGE_DIR.rglob("__init__.py")}
+    assert folders <= set(pyproject["tool"]["setuptools"]["packages"]), "list the new folder in pyproject.toml"

@@ -1,5 +1,7 @@
-"""The `hf-synthesizer` console command. Each subcommand lives in its own module, which exposes
-`add_parser(subparsers)` registering its parser with `set_defaults(func=run)`; `run(args)` returns an exit code."""
+"""The `hf-synthesizer` console command (also `python -m hf_synthesizer`). Each subcommand lives in its own module,
+which exposes `add_parser(subparsers)` registering its parser with `set_defaults(func=run)`; `run(args)` returns an
+exit code. This folder holds the subcommands that are only a command (compare, info, card) and the ListOps demo task
+that `compare` trains on; `convert`, `distill` and `attention-maps` sit next to their code in `conversion/`."""
 
 import argparse
 import importlib
@@ -38,7 +40,3 @@ def _add_missing(subparsers, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,10 +7,10 @@ holds the cards of every named variant rendered from it; regenerate them after c
 code with `python -m hf_synthesizer.conversion.model_card --render-examples` (tests/test_sharing.py checks they are
 current).
 
-`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card` (registered with
-modeling/hub_mixin.py by the package's `__init__`); `hf-synthesizer card PATH` writes one for a saved checkpoint;
-`SynthesizerTrainer` (hf_synthesizer.conversion.trainer) makes `Trainer.push_to_hub` upload it instead of
-transformers' generic card.
+`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card`, found as
+`hf_synthesizer.render_model_card` (see modeling/hub_mixin.py); `hf-synthesizer card PATH` writes one for a saved
+checkpoint; `SynthesizerTrainer` (hf_synthesizer.conversion.trainer) makes `Trainer.push_to_hub` upload it instead
+of transformers' generic card.
 """
 
 import argparse

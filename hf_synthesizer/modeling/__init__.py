@@ -2,8 +2,10 @@
 
 transformers copies a model's modeling file and every sibling it imports (`from .x import y`) into the checkpoint,
 flat; so the files of this folder import only torch, transformers, the standard library and each other, never the
-rest of `hf_synthesizer` (tests/test_layout.py checks). This `__init__` is not shipped: importing the folder registers
-the configs and models with the Auto classes and marks them for the Hub's `auto_map`.
+rest of `hf_synthesizer` (tests/test_layout.py checks; hub_mixin's optional lookup of the installed package's
+`render_model_card`, inside try, is the one exception, and a checkpoint runs without it). This `__init__` is not
+shipped: importing the folder registers the configs and models with the Auto classes and marks them for the Hub's
+`auto_map`.
 
 Where each variant's math lives: `synthesizer_math.py` is the plain reference, small pure functions per term
 (`dense_logits`, `random_logits`, `factorized_dense_logits`, `factorized_random_logits`, `vanilla_logits`, the

@@ -8,9 +8,9 @@
   card with the public `HfApi.upload_file` (unless the repository holds a card of the user's).
 
 This file ships with saved checkpoints (trust_remote_code): it imports only transformers and siblings. The card
-renderer lives in the `hf_synthesizer` package (conversion/model_card.py), which registers it here
-(`register_card_renderer`) when imported; the copy of this file that a checkpoint carries has none: `save_pretrained`
-then writes no card and `push_to_hub` keeps transformers' own.
+renderer lives in the `hf_synthesizer` package, which a machine loading remote code may not have: without it,
+`push_to_hub` falls back to transformers' own card. It is looked up at save time as the package's public
+`hf_synthesizer.render_model_card`, an optional import (inside try), never by where the package keeps it.
 """
 
 import os
@@ -66,15 +66,13 @@ def is_generated_card(path) -> bool:
         return GENERATED_CARD_MARKER in f.read()
 
 
-# `render(model, **model_card_kwargs) -> str`, the generated README.md; None in the copy a checkpoint carries.
-_card_renderer = None
-
-
-def register_card_renderer(render) -> None:
-    """Make `save_pretrained`/`push_to_hub` write the card `render(model, **model_card_kwargs)` returns (the
-    `hf_synthesizer` package registers its `render_model_card`)."""
-    global _card_renderer
-    _card_renderer = render
+def _card_renderer():
+    """`hf_synthesizer.render_model_card`, or None where only the shipped code exists."""
+    try:
+        from hf_synthesizer import render_model_card
+    except ImportError:
+        return None
+    return render_model_card
 
 
 class SynthesizerHubMixin:
@@ -100,7 +98,7 @@ class SynthesizerHubMixin:
 
         model_card (`bool`, defaults to `True`): write the model card. An existing `README.md` that hf_synthesizer
             did not generate (yours, or one from an earlier tool) is left alone.
-        model_card_kwargs (`dict`, *optional*): passed to `hf_synthesizer.conversion.model_card.render_model_card`
+        model_card_kwargs (`dict`, *optional*): passed to `hf_synthesizer.render_model_card`
             (`base_model`, `datasets`, `eval_results`, `license`, ...).
         `push_to_hub=True`: transformers uploads the folder (with the repository's card, or its generic one); the
         generated card follows in a second commit (`HfApi.upload_file`).
@@ -139,7 +137,7 @@ class SynthesizerHubMixin:
         return result
 
     def _write_model_card(self, save_directory, **card_kwargs) -> bool:
-        render = _card_renderer
+        render = _card_renderer()
         if render is None:
             return False
         # Tags added with `model.add_model_tags(...)` belong in the card, as in transformers' own.
