@@ -7,6 +7,7 @@ from conftest import padded_batch, spread_synthesizer
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForSeq2SeqLM,
     T5Config,
     T5EncoderModel,
@@ -297,7 +298,7 @@ def test_every_auto_class_converts_a_gated_stock_checkpoint(stock_gated_t5_dir, 
     assert has_qk == (variant == "dense+vanilla")
     ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 11, 12, 1]])
     kwargs = dict(input_ids=ids)
-    if auto_class in (AutoModel, AutoModelForSeq2SeqLM, hf_synthesizer.AutoModelForPreTraining):
+    if auto_class in (AutoModel, AutoModelForSeq2SeqLM, AutoModelForPreTraining):
         kwargs["decoder_input_ids"] = torch.tensor([[0, 5, 6], [0, 9, 10]])
     with torch.no_grad():
         out = model(**kwargs)
