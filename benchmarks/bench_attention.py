@@ -55,8 +55,8 @@ from hf_synthesizer import (  # noqa: E402
     T5SynthesizerConfig,
     T5SynthesizerForConditionalGeneration,
 )
-from hf_synthesizer.modeling_bert_synthesizer import BertSynthesizerSelfAttention  # noqa: E402
-from hf_synthesizer.synthesizer_attention import init_synthesizer_weights  # noqa: E402
+from hf_synthesizer.modeling.modeling_bert_synthesizer import BertSynthesizerSelfAttention  # noqa: E402
+from hf_synthesizer.modeling.synthesizer_attention import init_synthesizer_weights  # noqa: E402
 
 STOCK = ("eager", "sdpa")
 VARIANTS = (

@@ -24,9 +24,9 @@ import torch
 import transformers
 
 import hf_synthesizer
-from hf_synthesizer.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
+from hf_synthesizer.conversion.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
     record_teacher_attention
-from hf_synthesizer.attention_maps import write_attention_maps
+from hf_synthesizer.conversion.attention_maps import write_attention_maps
 
 SUBJECTS = ["the old farmer", "a young doctor", "my neighbour", "the committee", "our teacher", "a small child",
             "the engineers", "the city council", "her brother", "the tired pilot", "a famous writer", "the team",

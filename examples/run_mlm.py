@@ -34,13 +34,14 @@ from transformers import (
     set_seed,
 )
 
-from hf_synthesizer.loading import (
+from hf_synthesizer.conversion.loading import (
     SynthesizerArguments,
     describe_attention,
     load_synthesizer_model,
     set_model_max_length,
 )
-from hf_synthesizer.trainer import SynthesizerTrainer  # push_to_hub uploads the synthesizer model card
+# push_to_hub uploads the synthesizer model card
+from hf_synthesizer.conversion.trainer import SynthesizerTrainer
 
 logger = logging.getLogger(__name__)
 

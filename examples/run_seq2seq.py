@@ -37,9 +37,10 @@ from transformers import (
 )
 
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
-from hf_synthesizer.checkpoints import TOKENIZER_FILES
-from hf_synthesizer.loading import set_model_max_length, synthesizer_arguments
-from hf_synthesizer.trainer import SynthesizerSeq2SeqTrainer  # push_to_hub uploads the synthesizer model card
+from hf_synthesizer.conversion.checkpoints import TOKENIZER_FILES
+from hf_synthesizer.conversion.loading import set_model_max_length, synthesizer_arguments
+# push_to_hub uploads the synthesizer model card
+from hf_synthesizer.conversion.trainer import SynthesizerSeq2SeqTrainer
 from hf_synthesizer import T5SynthesizerConfig
 
 logger = logging.getLogger(__name__)

@@ -14,19 +14,12 @@ from types import SimpleNamespace
 
 from huggingface_hub.errors import EntryNotFoundError
 
-# The Python files a saved BERT synthesizer checkpoint ships (modeling_bert_synthesizer.py and every sibling it
-# imports, transitively), and nothing else: the one list to update when a new sibling module is imported.
-BERT_CODE_FILES = frozenset({
-    "configuration_synthesizer.py",
-    "hub_mixin.py",
-    "length_resizing.py",
-    "modeling_bert_synthesizer.py",
-    "synthesizer_attention.py",
-    "synthesizer_fast.py",
-    "synthesizer_math.py",
-    "synthesizer_pretrained.py",
-})
-T5_CODE_FILES = BERT_CODE_FILES - {"modeling_bert_synthesizer.py"} | {"modeling_t5_synthesizer.py"}
+# The Python files a saved synthesizer checkpoint ships: the files of hf_synthesizer/modeling/ (its __init__ aside)
+# but the other family's model file. Derived from the folder, so a file added there must ship (or move elsewhere).
+MODELING_DIR = Path(__file__).resolve().parents[1] / "hf_synthesizer" / "modeling"
+MODELING_FILES = frozenset(p.name for p in MODELING_DIR.glob("*.py") if p.name != "__init__.py")
+BERT_CODE_FILES = MODELING_FILES - {"modeling_t5_synthesizer.py"}
+T5_CODE_FILES = MODELING_FILES - {"modeling_bert_synthesizer.py"}
 
 # transformers.utils.hub.hf_api() returns this cached instance: replacing it reroutes every Hub call of
 # PreTrainedModel.push_to_hub (and its upload), HfApi.upload_file of the card and Trainer.push_to_hub.

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import hf_synthesizer
-from hf_synthesizer import attention_maps
-from hf_synthesizer.attention_maps import mixture_weight_table, synthesized_attention, write_attention_maps
+from hf_synthesizer.conversion import attention_maps
+from hf_synthesizer.conversion.attention_maps import mixture_weight_table, synthesized_attention, write_attention_maps
 
 from conftest import tiny_bert_config
 

@@ -6,7 +6,7 @@ import torch
 from transformers import BertForPreTraining
 
 import hf_synthesizer
-from hf_synthesizer.calibration import (
+from hf_synthesizer.conversion.calibration import (
     LayerRecord,
     apply_calibration,
     best_rank_k,

@@ -17,8 +17,8 @@ from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
 
 import hf_synthesizer
 from hf_synthesizer import cli
-from hf_synthesizer.configuration_synthesizer import SynthesizerFields
-from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
+from hf_synthesizer.modeling.configuration_synthesizer import SynthesizerFields
+from hf_synthesizer.modeling.hub_mixin import GENERATED_CARD_MARKER
 
 CODE_FILES = BERT_CODE_FILES
 MINILM_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
@@ -269,7 +269,7 @@ def test_broken_import_inside_a_subcommand_module_is_not_hidden(monkeypatch):
     import types
 
     def broken_import(name, *args, **kwargs):
-        if name == "hf_synthesizer.card":
+        if name == "hf_synthesizer.cli.card":
             raise ModuleNotFoundError("No module named 'some_dependency'", name="some_dependency")
         return real_import(name, *args, **kwargs)
 

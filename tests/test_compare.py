@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from hf_synthesizer import cli, listops
+from hf_synthesizer import cli
+from hf_synthesizer.cli import listops
 
 
 def test_listops_values_and_determinism():
@@ -80,7 +81,7 @@ def test_compare_quick_prints_table_for_requested_variants(tmp_path, capsys):
 
 
 def test_finding_states_what_separates_beyond_the_noise():
-    from hf_synthesizer.compare import finding
+    from hf_synthesizer.cli.compare import finding
 
     def rows(**accuracies):
         return [{"variant": v.replace("_plus_", "+"), "accuracy": a, "train_seconds": 10.0}

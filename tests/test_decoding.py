@@ -163,7 +163,7 @@ def test_static_cache_offset_stays_on_device_on_generic_routes(family, variant, 
     under the causal mask, a single query included, and a cache longer than synthesizer_length is cut to it (the one
     case that reads the offset in eager mode, to raise the length error). Teacher forcing through it equals the full
     forward (generic routes forced); with a cache of synthesizer_length, attention reads no offset on the host."""
-    import hf_synthesizer.synthesizer_attention as sa
+    import hf_synthesizer.modeling.synthesizer_attention as sa
 
     monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
     reads = []

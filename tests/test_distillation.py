@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import hf_synthesizer
 from hf_synthesizer import cli
-from hf_synthesizer.distillation import (
+from hf_synthesizer.conversion.distillation import (
     DISTILLATION_FILE,
     DistillationArguments,
     attention_kl,
@@ -53,7 +53,7 @@ def encoder_outputs(model, ids, mask):
 def test_loss_is_zero_when_the_student_is_the_teacher(stock_dir):
     """A vanilla synthesizer student converted from the stock checkpoint is the teacher: both losses are 0 (float64,
     padded batch), and a perturbed student's are not."""
-    from hf_synthesizer.calibration import load_teacher
+    from hf_synthesizer.conversion.calibration import load_teacher
 
     student = hf_synthesizer.BertSynthesizerForPreTraining.from_pretrained(
         stock_dir, attn_implementation="synthesizer_vanilla").double().eval()
@@ -211,7 +211,7 @@ def stock_t5_dir(tmp_path_factory):
 def test_t5_encoder_distills(stock_t5_dir, texts_file, tmp_path, one_thread, variant):
     """T5: the encoder's attention (relative position bias included on both sides) and hidden states are the
     targets; the saved seq2seq checkpoint reloads as the variant."""
-    from hf_synthesizer.calibration import load_teacher
+    from hf_synthesizer.conversion.calibration import load_teacher
 
     result = run_distill(stock_t5_dir, texts_file, tmp_path / "out", variant, validation_file=str(texts_file),
                          max_steps=24, eval_strategy="steps", eval_steps=12)

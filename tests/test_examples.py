@@ -16,7 +16,7 @@ import pytest
 from conftest import with_wordpiece_tokenizer
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from hf_synthesizer.loading import load_synthesizer_model
+from hf_synthesizer.conversion.loading import load_synthesizer_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["good", "bad", "red", "blue", "cat", "dog", "sat", "ran", "the", "a", "on", "mat", "big", "small", "very"]

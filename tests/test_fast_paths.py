@@ -6,15 +6,15 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-import hf_synthesizer.synthesizer_attention as sa
+import hf_synthesizer.modeling.synthesizer_attention as sa
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, BertSynthesizerModel
-from hf_synthesizer.synthesizer_fast import (
+from hf_synthesizer.modeling.synthesizer_fast import (
     generic_shared_attention,
     per_example_attention,
     shared_logits_attention,
     split_mask,
 )
-from hf_synthesizer.synthesizer_math import additive_mask
+from hf_synthesizer.modeling.synthesizer_math import additive_mask
 
 VARIANTS = [
     "random",

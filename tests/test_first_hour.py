@@ -146,7 +146,7 @@ def test_every_saved_tokenizer_cuts_where_the_model_accepts(bert_with_tokenizer,
     for name, length in (("l12", 12), ("l20", 20), ("l8", 8)):
         assert AutoTokenizer.from_pretrained(tmp_path / name).model_max_length == length, name
     # Python API: resizing a live model, then the helper
-    from hf_synthesizer.loading import set_model_max_length
+    from hf_synthesizer.conversion.loading import set_model_max_length
 
     model = hf_synthesizer.BertSynthesizerModel.from_pretrained(tmp_path / "l12")
     model.resize_synthesizer_length(16)
@@ -241,7 +241,7 @@ def test_an_untrained_random_map_says_why_it_is_one_flat_colour(stock_bert_dir, 
     assert run_cli("attention-maps", tmp_path / "plain", "-o", tmp_path / "maps") == 0
     [note] = [r.getMessage() for r in caplog.records if "near-uniform" in r.getMessage()]
     assert note.startswith("layer_00.png, layer_01.png: near-uniform attention") and "--calibrate_on" in note
-    from hf_synthesizer.attention_maps import is_near_uniform
+    from hf_synthesizer.conversion.attention_maps import is_near_uniform
 
     assert is_near_uniform(torch.full((2, 4, 4), 0.25))
     assert not is_near_uniform(torch.softmax(torch.randn(2, 4, 4) * 3, -1))

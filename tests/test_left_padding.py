@@ -20,7 +20,7 @@ from test_decoding import LENGTH, VARIANTS, build
 from test_fast_paths import set_fast
 
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
-from hf_synthesizer.synthesizer_math import at_positions, left_padding, shift_to_start, slot_positions
+from hf_synthesizer.modeling.synthesizer_math import at_positions, left_padding, shift_to_start, slot_positions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,7 +121,7 @@ def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward
     from test_decoding import CACHE
     from transformers import DynamicCache, StaticCache
 
-    import hf_synthesizer.synthesizer_attention as sa
+    import hf_synthesizer.modeling.synthesizer_attention as sa
 
     model = build("bert", variant)
     ids, mask = padded_batch("left", lengths=(7, 4, 6))

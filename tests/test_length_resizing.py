@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 import hf_synthesizer
-from hf_synthesizer.length_resizing import resize_synthesizer_length
+from hf_synthesizer.modeling.length_resizing import resize_synthesizer_length
 
 from conftest import tiny_bert_config
 
@@ -98,7 +98,7 @@ def test_saved_model_reloads_at_new_length_and_error_names_new_limit(tmp_path):
 
 
 def factorized_dense_logits_of(model, hidden):
-    from hf_synthesizer.synthesizer_math import factorized_dense_logits
+    from hf_synthesizer.modeling.synthesizer_math import factorized_dense_logits
 
     synthesizer = model.bert.encoder.layer[1].attention.self.synthesizer
     fa, fb = synthesizer.factorized_dense_a, synthesizer.factorized_dense_b

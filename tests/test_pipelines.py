@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 import hf_synthesizer
 from hf_synthesizer import cli
-from hf_synthesizer.lora import check_lora_targets
+from hf_synthesizer.conversion.lora import check_lora_targets
 
 LENGTH = 32
 

@@ -11,7 +11,7 @@ from conftest import spread_synthesizer
 from test_fast_paths import VARIANTS, make_model, set_fast
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import hf_synthesizer.synthesizer_attention as sa
+import hf_synthesizer.modeling.synthesizer_attention as sa
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, BertSynthesizerModel
 
 

@@ -20,9 +20,9 @@ from transformers.dynamic_module_utils import get_imports
 
 import hf_synthesizer
 from hf_synthesizer import BERT_AUTO_CLASSES, BertSynthesizerForMaskedLM, BertSynthesizerForPreTraining
-from hf_synthesizer.hub_mixin import GENERATED_CARD_MARKER
-from hf_synthesizer.model_card import render_model_card
-from hf_synthesizer.trainer import SynthesizerTrainer
+from hf_synthesizer.conversion.model_card import render_model_card
+from hf_synthesizer.conversion.trainer import SynthesizerTrainer
+from hf_synthesizer.modeling.hub_mixin import GENERATED_CARD_MARKER
 
 # Third-party modules the shipped code may import (besides the standard library and flat siblings).
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
@@ -63,7 +63,7 @@ def test_auto_map_names_every_head_whatever_class_was_saved(stock_bert_dir, tmp_
 
 
 def test_checkpoint_holds_only_safetensors_config_card_and_project_code(saved_checkpoints):
-    package_dir = Path(hf_synthesizer.__file__).parent
+    package_dir = Path(hf_synthesizer.__file__).parent / "modeling"
     for path in saved_checkpoints.values():
         files = {p.name for p in path.iterdir()}
         assert files == {"config.json", "model.safetensors", "README.md"} | BERT_CODE_FILES
@@ -283,7 +283,7 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
         assert [n.split("/", 1)[1] for n in archive.getnames() if "model_cards/" in n] == ["model_cards/synthesizer.md"]
     # A fresh interpreter importing the installed copy (not the source tree) renders a card.
     script = (
-        "import hf_synthesizer, sys; from hf_synthesizer.model_card import render_model_card;"
+        "import hf_synthesizer, sys; from hf_synthesizer.conversion.model_card import render_model_card;"
         f"assert hf_synthesizer.__file__.startswith({str(tmp_path / 'site')!r}), hf_synthesizer.__file__;"
         f"m = hf_synthesizer.BertSynthesizerForMaskedLM.from_pretrained({str(stock_bert_dir)!r},"
         " attn_implementation='synthesizer_dense');"
@@ -297,8 +297,8 @@ def test_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path
 
 def test_example_cards_are_rendered_from_the_current_template():
     """model_cards/examples/ holds, for every named variant, the card the template and the card code give today."""
-    from hf_synthesizer.configuration_synthesizer import NAMED_VARIANTS
-    from hf_synthesizer.model_card import EXAMPLES_DIR, SOURCE_DIR, example_cards, template_text
+    from hf_synthesizer.modeling.configuration_synthesizer import NAMED_VARIANTS
+    from hf_synthesizer.conversion.model_card import EXAMPLES_DIR, SOURCE_DIR, example_cards, template_text
 
     assert template_text() == (SOURCE_DIR / "synthesizer.md").read_text(encoding="utf-8")  # the one copy
     cards = example_cards()
@@ -306,7 +306,7 @@ def test_example_cards_are_rendered_from_the_current_template():
     committed = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES_DIR.glob("*.md")}
     stale = sorted(n for n in cards.keys() | committed.keys() if cards.get(n) != committed.get(n))
     assert not stale, (f"model_cards/examples/ is out of date ({stale}): run "
-                       f"`python -m hf_synthesizer.model_card --render-examples` and commit the result")
+                       f"`python -m hf_synthesizer.conversion.model_card --render-examples` and commit the result")
 
 
 # ----------------------------------------------------------------------------------------------- push_to_hub
@@ -477,7 +477,7 @@ def test_t5_checkpoint_loads_with_trust_remote_code_in_fresh_process(tmp_path):
 
 
 def test_model_auto_classes_are_all_registered_for_the_hub():
-    from hf_synthesizer.hub_mixin import SynthesizerHubMixin, module_auto_map
+    from hf_synthesizer.modeling.hub_mixin import SynthesizerHubMixin, module_auto_map
 
     tables = [BERT_AUTO_CLASSES] + ([hf_synthesizer.T5_AUTO_CLASSES] if hasattr(hf_synthesizer, "T5_AUTO_CLASSES") else [])
     for table in tables:

@@ -7,6 +7,7 @@ from conftest import padded_batch, spread_synthesizer
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForSeq2SeqLM,
     T5Config,
     T5EncoderModel,
@@ -297,7 +298,7 @@ def test_every_auto_class_converts_a_gated_stock_checkpoint(stock_gated_t5_dir, 
     assert has_qk == (variant == "dense+vanilla")
     ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 11, 12, 1]])
     kwargs = dict(input_ids=ids)
-    if auto_class in (AutoModel, AutoModelForSeq2SeqLM, hf_synthesizer.AutoModelForPreTraining):
+    if auto_class in (AutoModel, AutoModelForSeq2SeqLM, AutoModelForPreTraining):
         kwargs["decoder_input_ids"] = torch.tensor([[0, 5, 6], [0, 9, 10]])
     with torch.no_grad():
         out = model(**kwargs)
@@ -482,16 +483,17 @@ def test_fast_route_with_position_bias_matches_reference(variant, position_bias,
     model = make_model(variant, synthesizer_position_bias=position_bias).train()
     src, src_mask = padded_batch("right")
     labels = torch.randint(2, 40, (3, 5))
-    monkeypatch.setattr(hf_synthesizer.synthesizer_attention, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0)
+    monkeypatch.setattr(hf_synthesizer.modeling.synthesizer_attention, "SHARED_ROUTE_MIN_BATCH_HEAD_DIM", 0)
     calls = []
-    shared = hf_synthesizer.synthesizer_attention.shared_logits_attention
+    shared = hf_synthesizer.modeling.synthesizer_attention.shared_logits_attention
     monkeypatch.setattr(
-        hf_synthesizer.synthesizer_attention, "shared_logits_attention", lambda *a, **k: calls.append(1) or shared(*a, **k)
+        hf_synthesizer.modeling.synthesizer_attention, "shared_logits_attention",
+        lambda *a, **k: calls.append(1) or shared(*a, **k),
     )
     results = {}
     for fast in (True, False):
         for module in model.modules():
-            if isinstance(module, hf_synthesizer.synthesizer_attention.SynthesizerLogits):
+            if isinstance(module, hf_synthesizer.modeling.synthesizer_attention.SynthesizerLogits):
                 module.use_fast_paths = fast
         model.zero_grad()
         out = model(input_ids=src, attention_mask=src_mask, labels=labels)

@@ -120,7 +120,7 @@ DEFAULT_VARIANTS = {
     "t5": ("random",),
     "t5_encoder": ("factorized_dense",),
 }
-SLOW_VARIANTS = {family: [v for v in hf_synthesizer.configuration_synthesizer.NAMED_VARIANTS
+SLOW_VARIANTS = {family: [v for v in hf_synthesizer.modeling.configuration_synthesizer.NAMED_VARIANTS
                           if v not in DEFAULT_VARIANTS[family]] for family in DEFAULT_VARIANTS}
 
 

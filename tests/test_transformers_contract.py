@@ -29,7 +29,7 @@ from hf_synthesizer import (
     T5SynthesizerPreTrainedModel,
     SynthesizerAttentionMixin,
 )
-from hf_synthesizer.synthesizer_attention import IGNORED_KEYWORDS, PACKED_KEYWORDS
+from hf_synthesizer.modeling.synthesizer_attention import IGNORED_KEYWORDS, PACKED_KEYWORDS
 
 # Our module, the stock module it stands in for, and the stock callers: (class, attribute through which it calls).
 OVERRIDES = [

@@ -1,5 +1,5 @@
 """What the `convert`, `info` and `card` subcommands share: reading a checkpoint folder with clear errors, the model
-families (BERT, and T5 when `T5_AUTO_CLASSES` exists), head names, and building a model without loading weights."""
+families (BERT and T5), head names, and building a model without loading weights."""
 
 import json
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-import hf_synthesizer
+from ..modeling import BERT_AUTO_CLASSES, T5_AUTO_CLASSES
 
 # Special cases of the head names derived from Auto class names ("AutoModelForMaskedLM" -> "masked-lm").
 _HEAD_NAMES = {"AutoModel": "base", "AutoModelForPreTraining": "pretraining", "AutoModelForSeq2SeqLM": "seq2seq-lm"}
@@ -53,11 +53,8 @@ def head_name(auto_class) -> str:
 
 def families() -> dict[str, Family]:
     """Every supported family, keyed by both its stock and its synthesizer model_type."""
-    tables = [hf_synthesizer.BERT_AUTO_CLASSES]
-    if getattr(hf_synthesizer, "T5_AUTO_CLASSES", None):
-        tables.append(hf_synthesizer.T5_AUTO_CLASSES)
     result = {}
-    for table in tables:
+    for table in (BERT_AUTO_CLASSES, T5_AUTO_CLASSES):
         config_class = next(iter(table.values())).config_class
         family = Family(config_class.stock_model_type, config_class, dict(table))
         for model_type in family.model_types:

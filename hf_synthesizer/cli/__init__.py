@@ -1,11 +1,15 @@
-"""The `hf-synthesizer` console command. Each subcommand lives in its own module, which exposes
-`add_parser(subparsers)` registering its parser with `set_defaults(func=run)`; `run(args)` returns an exit code."""
+"""The `hf-synthesizer` console command (also `python -m hf_synthesizer`). Each subcommand lives in its own module,
+which exposes `add_parser(subparsers)` registering its parser with `set_defaults(func=run)`; `run(args)` returns an
+exit code. This folder holds the subcommands that are only a command (compare, info, card) and the ListOps demo task
+that `compare` trains on; `convert`, `distill` and `attention-maps` sit next to their code in `conversion/`."""
 
 import argparse
 import importlib
 
-# Modules of hf_synthesizer that provide a subcommand.
-SUBCOMMAND_MODULES = ["compare", "convert", "info", "card", "attention_maps", "distillation"]
+# Modules of hf_synthesizer that provide a subcommand (in the order of `--help`): the conversion tools have theirs next
+# to their code; those that are only a command live here, with the ListOps demo that `compare` trains on.
+SUBCOMMAND_MODULES = ["cli.compare", "conversion.convert", "cli.info", "cli.card", "conversion.attention_maps",
+                      "conversion.distillation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +34,9 @@ def _add_missing(subparsers, name: str) -> None:
     def run(args):
         raise SystemExit(f"hf-synthesizer {name}: this installation has no hf_synthesizer.{name} module.")
 
-    subparsers.add_parser(name, help="(not available in this build)").set_defaults(func=run)
+    subparsers.add_parser(name.rpartition(".")[2], help="(not available in this build)").set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
 from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, families, family_of, load_config
-from .configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
 from .loading import checkpoint_keys, describe_loading, quiet_logs, synthesizer_arguments
 
 

@@ -9,7 +9,8 @@
 
 This file ships with saved checkpoints (trust_remote_code): it imports only transformers and siblings. The card
 renderer lives in the `hf_synthesizer` package, which a machine loading remote code may not have: without it,
-`push_to_hub` falls back to transformers' own card.
+`push_to_hub` falls back to transformers' own card. It is looked up at save time as the package's public
+`hf_synthesizer.render_model_card`, an optional import (inside try), never by where the package keeps it.
 """
 
 import os
@@ -66,9 +67,9 @@ def is_generated_card(path) -> bool:
 
 
 def _card_renderer():
-    """`hf_synthesizer.model_card.render_model_card`, or None where only the shipped code exists."""
+    """`hf_synthesizer.render_model_card`, or None where only the shipped code exists."""
     try:
-        from hf_synthesizer.model_card import render_model_card
+        from hf_synthesizer import render_model_card
     except ImportError:
         return None
     return render_model_card
@@ -97,7 +98,7 @@ class SynthesizerHubMixin:
 
         model_card (`bool`, defaults to `True`): write the model card. An existing `README.md` that hf_synthesizer
             did not generate (yours, or one from an earlier tool) is left alone.
-        model_card_kwargs (`dict`, *optional*): passed to `hf_synthesizer.model_card.render_model_card`
+        model_card_kwargs (`dict`, *optional*): passed to `hf_synthesizer.render_model_card`
             (`base_model`, `datasets`, `eval_results`, `license`, ...).
         `push_to_hub=True`: transformers uploads the folder (with the repository's card, or its generic one); the
         generated card follows in a second commit (`HfApi.upload_file`).

@@ -1,5 +1,5 @@
 """`hf-synthesizer compare`: the main job. Converts a BERT checkpoint to several synthesizer variants, fine-tunes each
-with `Trainer` on generated ListOps-style data (`hf_synthesizer.listops`), and prints a comparison table:
+with `Trainer` on generated ListOps-style data (`hf_synthesizer.cli.listops`), and prints a comparison table:
 accuracy, train time relative to vanilla in the same run, and trainable parameter count.
 
 Everything is offline and deterministic for a given `--seed` (same data, same initialisation for every variant).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .configuration_synthesizer import attn_implementation_name, canonical_variant
+from ..modeling.configuration_synthesizer import attn_implementation_name, canonical_variant
 from .listops import OPERATORS, ListOpsSpec, generate, write_vocab
 
 # The paper's main contrast: dot-product, input-independent, per-token, and the mixture. (factorized_random behaved
@@ -165,7 +165,7 @@ def _encode(tokenizer, examples, max_length):
     batch by `DataCollatorWithPadding` (which renames `label` to `labels`)."""
     from datasets import Dataset
 
-    from .loading import quiet_logs
+    from ..conversion.loading import quiet_logs
 
     with quiet_logs():  # no "Map" bar: each variant's training has its own (Trainer's)
         return Dataset.from_list(examples).map(
@@ -210,7 +210,7 @@ def _progress_callback(description: str, on_pace=None):
 def _load_variant(variant, checkpoint, args):
     from transformers import AutoModelForSequenceClassification
 
-    from .loading import load_synthesizer_model
+    from ..conversion.loading import load_synthesizer_model
 
     if variant == "vanilla":
         model = load_synthesizer_model(

@@ -4,11 +4,13 @@ The template has one copy, in the repository's top-level `model_cards/` folder; 
 (`hf_synthesizer/model_cards/synthesizer.md`, see pyproject.toml), found with `importlib.resources`, so rendering
 works from an installed wheel, whatever the current directory, and from the source tree. `model_cards/examples/`
 holds the cards of every named variant rendered from it; regenerate them after changing the template or the card
-code with `python -m hf_synthesizer.model_card --render-examples` (tests/test_sharing.py checks they are current).
+code with `python -m hf_synthesizer.conversion.model_card --render-examples` (tests/test_sharing.py checks they are
+current).
 
-`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card` (see hub_mixin.py);
-`hf-synthesizer card PATH` writes one for a saved checkpoint; `SynthesizerTrainer` (hf_synthesizer.trainer) makes
-`Trainer.push_to_hub` upload it instead of transformers' generic card.
+`save_pretrained`/`push_to_hub` of every synthesizer model call `render_model_card`, found as
+`hf_synthesizer.render_model_card` (see modeling/hub_mixin.py); `hf-synthesizer card PATH` writes one for a saved
+checkpoint; `SynthesizerTrainer` (hf_synthesizer.conversion.trainer) makes `Trainer.push_to_hub` upload it instead
+of transformers' generic card.
 """
 
 import argparse
@@ -20,7 +22,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from .hub_mixin import GENERATED_CARD_MARKER, module_auto_map
+from ..modeling.hub_mixin import GENERATED_CARD_MARKER, module_auto_map
 
 TEMPLATE = "synthesizer.md"
 
@@ -140,7 +142,7 @@ def _supported_pipeline_tasks() -> set[str]:
 
 
 # The top-level model_cards/ folder of a source tree (or editable install); None in an installed wheel.
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "model_cards"
 EXAMPLES_DIR = SOURCE_DIR / "examples"
 
 
@@ -293,7 +295,7 @@ class SynthesizerModelCardMixin:
     """Mixed into a `Trainer` class (before it): its `create_model_card`, which `Trainer.push_to_hub` calls after
     saving the model, writes the synthesizer card with the Trainer's hyperparameters and evaluation results instead
     of transformers' generic one. A model that is not a synthesizer gets transformers' card. See
-    `hf_synthesizer.trainer.SynthesizerTrainer`."""
+    `hf_synthesizer.conversion.trainer.SynthesizerTrainer`."""
 
     def create_model_card(self, **kwargs):
         model = self.accelerator.unwrap_model(self.model)
@@ -314,8 +316,8 @@ def example_cards() -> dict[str, str]:
     (structure and parameter counts only)."""
     from transformers import BertConfig, T5Config
 
+    from ..modeling.configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
     from .checkpoints import empty_model, families
-    from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 
     bert, t5 = families()["bert"], families().get("t5")
     examples = [(bert, "google-bert/bert-base-uncased", BertConfig(), "masked-lm", v) for v in NAMED_VARIANTS]
@@ -346,7 +348,8 @@ def render_examples(directory=None) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hf_synthesizer.model_card", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hf_synthesizer.conversion.model_card",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--render-examples", action="store_true",
                         help=f"Regenerate the example cards (default folder: {EXAMPLES_DIR}).")
     parser.add_argument("--output", type=Path, help="Write the example cards here instead.")

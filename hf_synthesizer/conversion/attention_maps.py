@@ -22,7 +22,7 @@ from torch import nn
 
 from transformers.utils import logging
 
-from .synthesizer_attention import SynthesizerLogits
+from ..modeling.synthesizer_attention import SynthesizerLogits
 
 logger = logging.get_logger(__name__)
 

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoints import CheckpointError, default_head, empty_model, family_of, load_config
-from .hub_mixin import module_auto_map
-from .model_card import parameter_counts
+from ..conversion.checkpoints import CheckpointError, default_head, empty_model, family_of, load_config
+from ..conversion.model_card import parameter_counts
+from ..modeling.hub_mixin import module_auto_map
 
 
 def add_parser(subparsers) -> None:

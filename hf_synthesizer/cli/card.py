@@ -8,10 +8,10 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from .checkpoints import CheckpointError, empty_model, load_config
-from .distillation import DISTILLATION_FILE, card_section
-from .hub_mixin import is_generated_card
-from .model_card import render_model_card
+from ..conversion.checkpoints import CheckpointError, empty_model, load_config
+from ..conversion.distillation import DISTILLATION_FILE, card_section
+from ..conversion.model_card import render_model_card
+from ..modeling.hub_mixin import is_generated_card
 
 # Keys of a Trainer metrics file that are not model quality.
 NOT_RESULTS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "total_flos")

@@ -9,7 +9,7 @@ and handed to the Auto class as `config=`; a saved synthesizer checkpoint alread
 dispatch on `model_type` in one place.
 
     from transformers import AutoModelForSequenceClassification
-    from hf_synthesizer.loading import load_synthesizer_model
+    from hf_synthesizer.conversion.loading import load_synthesizer_model
 
     # convert a stock BERT checkpoint to the random synthesizer, sized for 128 tokens
     model = load_synthesizer_model(
@@ -33,14 +33,14 @@ from typing import Any, Literal, Optional
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import families
-from .configuration_synthesizer import (
+from ..modeling.configuration_synthesizer import (
     ATTN_PREFIX,
     COMPONENTS,
     MIXTURES,
     VANILLA_BACKENDS,
     SynthesizerFields,
 )
+from .checkpoints import families
 
 
 def synthesizer_config_classes() -> dict[str, type]:

@@ -53,8 +53,8 @@ from transformers import AttentionInterface, DataCollatorWithPadding
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
-from .synthesizer_attention import SynthesizerLogits
-from .synthesizer_math import attention_probabilities
+from ..modeling.synthesizer_attention import SynthesizerLogits
+from ..modeling.synthesizer_math import attention_probabilities
 
 PROBE_NAME = "attention_transfer_probe"
 logger = logging.get_logger(__name__)

@@ -319,9 +319,9 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     """
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
+    from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
     from .calibration import calibrate_synthesizer, load_teacher
     from .checkpoints import CheckpointError, default_head, family_of, load_config
-    from .configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
     from .convert import cap_tokenizer_length, carry_over
     from .loading import quiet_logs
     from .model_card import trainer_card_kwargs

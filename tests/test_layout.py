@@ -1,0 +1,133 @@
+"""The package's layout by role (issue 16), checked on the source with `ast`:
+
+- `hf_synthesizer/modeling/` is what a saved checkpoint ships (transformers copies it flat, beside config.json), so its
+  files import only torch, transformers (with huggingface_hub, which transformers requires and its own model files
+  import, e.g. `strict` for configs), the standard library and each other (`from .x import y`); the one exception is
+  optional: `hub_mixin.py` looks up the installed package's public `render_model_card` inside try/except ImportError
+  (transformers' own check treats such imports as optional too), so a checkpoint's copy renders the synthesizer card
+  where the package is installed and runs without it;
+- no module of the package imports, even inside a function, something that imports it back (a circle);
+- the module paths of the flat layout before it (`hf_synthesizer.calibration`, ...) are the moved modules themselves.
+"""
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+import hf_synthesizer
+
+PACKAGE_DIR = Path(hf_synthesizer.__file__).parent
+MODELING_DIR = PACKAGE_DIR / "modeling"
+LIBRARIES = {"torch", "transformers", "huggingface_hub"}  # as ALLOWED_IMPORTS in test_sharing.py
+
+
+def _imports(path: Path):
+    """(level, module, names, optional) of every import statement in `path`, at any depth (functions, try blocks);
+    optional: inside the body of a try whose handler catches ImportError."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers
+        ):
+            optional |= {id(n) for statement in node.body for n in ast.walk(statement)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield 0, alias.name, [], id(node) in optional
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or "", [alias.name for alias in node.names], id(node) in optional
+
+
+def _optional_package_lookup(module, names, optional) -> bool:
+    """hub_mixin's optional `from hf_synthesizer import render_model_card`: a public name of the installed package,
+    looked up at save time, which a checkpoint's code does without."""
+    return optional and module == hf_synthesizer.__name__ and set(names) <= set(hf_synthesizer.__all__)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+@pytest.mark.parametrize("path", sorted(MODELING_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_modeling_files_import_only_torch_transformers_stdlib_and_siblings(path):
+    siblings = {p.stem for p in MODELING_DIR.glob("*.py")} - {"__init__"}
+    for level, module, names, optional in _imports(path):
+        if _optional_package_lookup(module, names, optional):
+            continue
+        if level == 0:
+            top = module.split(".")[0]
+            assert top in LIBRARIES or top in sys.stdlib_module_names, (
+                f"modeling/{path.name} imports {module}: a checkpoint's code may need only torch, transformers "
+                f"(huggingface_hub) and the standard library (move what needs more to hf_synthesizer/conversion/)")
+        else:
+            assert level == 1 and module in siblings, (
+                f"modeling/{path.name} imports {'.' * level}{module}: checkpoint files import each other as flat "
+                f"siblings (`from .x import y`), never the rest of hf_synthesizer")
+
+
+def _edges(name: str, path: Path) -> set[str]:
+    """The package modules that module `name` imports (a from-import of a submodule counts as that submodule)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for level, module, names, optional in _imports(path):
+        if _optional_package_lookup(module, names, optional) and name.startswith(f"{hf_synthesizer.__name__}.modeling"):
+            continue  # not a dependency of the modeling code (see above)
+        if level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - (level - 1)])
+            module = f"{base}.{module}" if module else base
+        if module.split(".")[0] != hf_synthesizer.__name__:
+            continue
+        old = module.split(".")[1] if module.count(".") == 1 else None
+        if old in hf_synthesizer.MOVED_MODULES:  # an old path: the module it names
+            module = f"hf_synthesizer.{hf_synthesizer.MOVED_MODULES[old]}.{old}"
+        submodules = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
+        targets |= set(submodules) or {module}
+    return {t for t in targets if t in MODULES} - {name}
+
+
+def test_no_import_circles():
+    graph = {name: _edges(name, path) for name, path in MODULES.items()}
+    done, stack = set(), []
+
+    def visit(name):
+        if name in stack:
+            raise AssertionError("import circle: " + " -> ".join(stack[stack.index(name):] + [name]))
+        if name in done:
+            return
+        stack.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        stack.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+    # The layers: modeling imports nothing of the package (test above); conversion never imports the command line.
+    for name, targets in graph.items():
+        if name.startswith("hf_synthesizer.conversion"):
+            assert not any(t.startswith("hf_synthesizer.cli") for t in targets), (name, targets)
+
+
+@pytest.mark.parametrize("old", sorted(hf_synthesizer.MOVED_MODULES))
+def test_old_module_paths_are_the_moved_modules(old):
+    new = f"hf_synthesizer.{hf_synthesizer.MOVED_MODULES[old]}.{old}"
+    assert (MODULES[new].parent / f"{old}.py").is_file() and not (PACKAGE_DIR / f"{old}.py").exists()
+    module = importlib.import_module(f"hf_synthesizer.{old}")
+    assert module is sys.modules[new] is sys.modules[f"hf_synthesizer.{old}"] is getattr(hf_synthesizer, old)
+    assert module.__name__ == module.__spec__.name == new  # the import under the old name left the module as it was
+
+
+def test_every_package_folder_is_in_the_wheel():
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = {_module_name(p) for p in PACKAGE_DIR.rglob("__init__.py")}
+    assert folders <= set(pyproject["tool"]["setuptools"]["packages"]), "list the new folder in pyproject.toml"
