@@ -279,7 +279,8 @@ def plot(results, tasks, variants, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(8.0, 6.5 * len(tasks)), 4.2), squeeze=False,
+                             layout="constrained")
     kinds = KINDS
     colors = {"plain": "#bbbbbb", "calibrated": "#7fa7d9", "distilled": "#1f5fa8", "task-distilled": "#0b2c5a"}
     for ax, task in zip(axes[0], tasks):
