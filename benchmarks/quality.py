@@ -295,9 +295,9 @@ def plot(results, tasks, variants, path):
         ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("dev accuracy (%)")
         ax.set_title(task)
-        low = min(100 * results["variants"][v]["plain"][task]["accuracy"] for v in variants)
-        ax.set_ylim(max(0, low - 10), 100)
-        ax.legend(fontsize=7, loc="lower right")
+        shown = [100 * row[task]["accuracy"] for v in variants for row in results["variants"][v].values()]
+        ax.set_ylim(max(0, min(shown) - 10), min(100, max(shown + [stock]) + 12))
+        ax.legend(fontsize=7, loc="upper left", ncols=3)
     fig.suptitle("MiniLM converted to synthesizer variants, fine-tuned (benchmarks/quality.py)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
