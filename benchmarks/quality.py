@@ -19,8 +19,8 @@ training time relative to stock, writes JSON and a plot, and the agreement of ea
 text (the dev sentences; the measures of benchmarks/calibration_minilm.py): hidden-state cosine of the last layer and
 MLM top-1 agreement (same random MLM head on both), plain -> calibrated -> distilled.
 
-    nice python benchmarks/quality.py --output benchmarks/quality_run --variants random dense random+vanilla \
-        factorized_random dense+vanilla                                          # the run in QUALITY.md
+    nice python benchmarks/quality.py --output /tmp/quality_bbc --tasks bbc-headlines --variants random \
+        factorized_random dense random+vanilla dense+vanilla     # QUALITY.md: this, and --tasks wordnet-supersense
     python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
     # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
 """
