@@ -32,7 +32,6 @@ import gzip
 import json
 import os
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -134,7 +133,8 @@ def fine_tune_args(args, workdir, epochs) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(workdir), num_train_epochs=epochs, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
-        weight_decay=0.01, seed=0, data_seed=0, save_strategy="no", eval_strategy="no", logging_strategy="no",
+        weight_decay=0.01, seed=args.seed, data_seed=args.seed, save_strategy="no", eval_strategy="no",
+        logging_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
     )
 
@@ -186,8 +186,8 @@ def datasets_from_texts(texts, tokenizer, max_length):
     return datasets.Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
 
 
-def classifier(source, attn_implementation, num_labels, length):
-    torch.manual_seed(0)
+def classifier(source, attn_implementation, num_labels, length, seed=0):
+    torch.manual_seed(seed)
     if attn_implementation in ("sdpa", "eager"):
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, attn_implementation=attn_implementation)
@@ -325,6 +325,8 @@ def parse_args(argv=None):
                         help="epochs of the task stage (task-distilled rows) over the task's training text and as "
                         "much unlabeled text of the same source again twice over")
     parser.add_argument("--calibration_samples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every fine-tuning, distillation and new head (the train/dev split stays fixed)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine two threads that wait on each other ran "
                         "a fine-tune 10x slower than one)")
@@ -400,7 +402,8 @@ def main(argv=None) -> dict:
 
     # The task stage's text: the task's training text and twice as much unlabeled text of the same source.
     task_texts = {name: [text for text, _ in t.train] + t.unlabeled[: 2 * len(t.train)] for name, t in tasks.items()}
-    results["stock"] = run_row("stock sdpa", lambda n: classifier(args.model, "sdpa", n, args.max_length), save=True)
+    results["stock"] = run_row(
+        "stock sdpa", lambda n: classifier(args.model, "sdpa", n, args.max_length, args.seed), save=True)
     teacher_mlm = load_teacher(args.model, like=hf_synthesizer.BertSynthesizerForMaskedLM(
         hf_synthesizer.BertSynthesizerConfig.from_pretrained(args.model)))
     held_batches = make_batches(heldout, tokenizer, max_length=args.max_length, batch_size=32)
@@ -417,7 +420,7 @@ def main(argv=None) -> dict:
         results["variants"][variant], results["agreement"][variant] = entry, agree
 
         def plain(n):
-            return classifier(args.model, attn, n, args.max_length)
+            return classifier(args.model, attn, n, args.max_length, args.seed)
 
         def calibrated(n):
             model = plain(n)
@@ -432,8 +435,8 @@ def main(argv=None) -> dict:
         distilled = distill(
             args.model,
             TrainingArguments(output_dir=str(dst), max_steps=args.distill_steps, learning_rate=args.distill_lr,
-                              per_device_train_batch_size=args.distill_batch_size, warmup_steps=0.1, seed=0,
-                              data_seed=0, save_strategy="no", logging_steps=max(1, args.distill_steps // 10),
+                              per_device_train_batch_size=args.distill_batch_size, warmup_steps=0.1, seed=args.seed,
+                              data_seed=args.seed, save_strategy="no", logging_steps=max(1, args.distill_steps // 10),
                               report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False),
             DistillationArguments(train_file=str(text_file), calibrate_first=True,
                                   calibration_samples=args.calibration_samples, max_seq_length=args.max_length,
@@ -448,10 +451,12 @@ def main(argv=None) -> dict:
         say(f"  {variant} distilled in {seconds:.0f}s ({facts['steps']} steps): loss "
             f"{losses['first']['total']:.4f} -> {losses['last']['total']:.4f}")
         agree["distilled"] = agreement(distilled.model)
-        entry["distilled"] = run_row(f"{variant} distilled", lambda n: classifier(dst, None, n, args.max_length))
+        entry["distilled"] = run_row(
+            f"{variant} distilled", lambda n: classifier(dst, None, n, args.max_length, args.seed))
         entry["task-distilled"] = report(f"{variant} task-distilled", {
-            name: task_distill(classifier(dst, None, len(tasks[name].labels), args.max_length), work / f"stock-{name}",
-                               task_texts[name], data[name], tokenizer, args, work / "td") for name in tasks})
+            name: task_distill(classifier(dst, None, len(tasks[name].labels), args.max_length, args.seed),
+                               work / f"stock-{name}", task_texts[name], data[name], tokenizer, args, work / "td")
+            for name in tasks})
         facts["task_stage_seconds"] = {name: e["train_seconds"] for name, e in entry["task-distilled"].items()}
         say(f"  {variant} agreement (hidden cosine, MLM top-1): " + ", ".join(
             f"{k} {v['hidden_cosine']:.3f}/{v['mlm_top1_agreement']:.3f}" for k, v in agree.items()))
