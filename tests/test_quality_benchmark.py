@@ -42,11 +42,15 @@ def test_quick_run_writes_json_plot_and_report(stock_bert_dir, tmp_path, one_thr
     saved = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert saved["stock"]["bbc-headlines"]["accuracy"] == results["stock"]["bbc-headlines"]["accuracy"]
     row = saved["variants"]["random"]
-    assert set(row) == {"plain", "calibrated", "distilled"}
+    assert set(row) == {"plain", "calibrated", "distilled", "task-distilled"}
     assert all(0 <= row[k]["bbc-headlines"]["accuracy"] <= 1 for k in row)
+    assert saved["stock"]["bbc-headlines"]["agreement_with_stock"] == 1.0
+    assert all(0 <= row[k]["bbc-headlines"]["agreement_with_stock"] <= 1 for k in row)
+    assert saved["distillation"]["random"]["task_stage_seconds"]["bbc-headlines"] > 0
     assert set(saved["agreement"]["random"]) == {"plain", "calibrated", "distilled"}
     assert saved["distillation"]["random"]["steps"] == 2 and saved["distillation"]["random"]["calibrated"]
-    assert "random" in saved["gap_closed"]
+    assert "random" in saved["gap_closed"]["distilled"] and "random" in saved["gap_closed"]["task-distilled"]
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
     log = (tmp_path / "out" / "quality.log").read_text()
-    assert "| stock `sdpa` |" in log and "| `random` distilled |" in log and "hidden cosine" in log
+    assert "| stock `sdpa` |" in log and "| `random` task-distilled |" in log and "hidden cosine" in log
+    assert "Agreement with the fine-tuned stock model" in log

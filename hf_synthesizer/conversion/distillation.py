@@ -82,6 +82,27 @@ def hidden_state_loss(teacher_hidden: torch.Tensor, student_hidden: torch.Tensor
     return (per_token * real).sum() / real.sum().clamp_min(1)
 
 
+def prediction_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0,
+                  token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Prediction-layer distillation (Hinton et al. 2015, arXiv 1503.02531; TinyBERT's task stage, Jiao et al.
+    2020, arXiv 1909.10351 eq. 10): `T² · KL(softmax(t / T) ‖ softmax(s / T))` per prediction, averaged.
+
+    teacher_logits, student_logits: `(B, C)` (one prediction per sequence) or `(B, l, C)` (per token, averaged over
+    the real tokens of `token_mask` `(B, l)`). Returns a scalar (nats · T²); 0 when the logits are equal. Same
+    gradient as the soft cross-entropy (they differ by the teacher's entropy, a constant)."""
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"Teacher and student logits differ in shape ({tuple(teacher_logits.shape)} vs "
+                         f"{tuple(student_logits.shape)}): task distillation needs the same head (same num_labels).")
+    dtype = torch.promote_types(teacher_logits.dtype, torch.float32)
+    t = torch.log_softmax(teacher_logits.to(dtype) / temperature, -1)
+    s = torch.log_softmax(student_logits.to(dtype) / temperature, -1)
+    per_prediction = (t.exp() * (t - s)).sum(-1) * temperature**2
+    if per_prediction.dim() == 2 and token_mask is not None:
+        real = token_mask.to(per_prediction.dtype)
+        return (per_prediction * real).sum() / real.sum().clamp_min(1)
+    return per_prediction.mean()
+
+
 def distillation_losses(teacher_out, student_out, token_mask, *, hidden_loss: str = "mse") -> dict[str, torch.Tensor]:
     """`{"attention": ..., "hidden": ...}` (0-dim tensors) averaged over layers, from two encoder outputs run with
     `output_attentions=True, output_hidden_states=True` on the same batch; `token_mask` `(B, l)`, 1 on real tokens.
@@ -112,15 +133,24 @@ def encoder_of(model: nn.Module) -> nn.Module:
 class DistillationTrainer(Trainer):
     """`Trainer` whose loss is the attention-transfer distillation loss against a frozen `teacher` (module
     docstring). Batches need `input_ids` and `attention_mask` only (no labels). Logs `attention_loss` and
-    `hidden_loss` (and `eval_*` ones) beside `loss`."""
+    `hidden_loss` (and `eval_*` ones) beside `loss`.
+
+    Task distillation (TinyBERT's second stage): with `prediction_loss_weight > 0` the teacher is the stock model
+    fine-tuned on the task and the student the same head class (e.g. both `...ForSequenceClassification`, same
+    `num_labels`); both run their heads and `prediction_loss_weight · prediction_kl(teacher logits, student logits,
+    temperature)` is added (logged as `prediction_loss`). The teacher's soft labels are the only targets: batches
+    carry no `labels`, so unlabeled in-domain text can be distilled on too."""
 
     # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher: nn.Module, attention_loss_weight: float = 1.0, hidden_loss: str = "mse",
-                 hidden_loss_weight: float = 1.0, attention_learning_rate: float | None = None, **kwargs):
+                 hidden_loss_weight: float = 1.0, attention_learning_rate: float | None = None,
+                 prediction_loss_weight: float = 0.0, temperature: float = 1.0, **kwargs):
         if hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {hidden_loss!r}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1:
             raise ValueError(
@@ -133,6 +163,8 @@ class DistillationTrainer(Trainer):
         self.attention_loss_weight = attention_loss_weight
         self.hidden_loss = hidden_loss
         self.hidden_loss_weight = hidden_loss_weight
+        self.prediction_loss_weight = prediction_loss_weight
+        self.temperature = temperature
         self._parts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": 0, "eval": 0}
 
@@ -155,16 +187,26 @@ class DistillationTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unused = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unused:
+            raise ValueError(
+                f"DistillationTrainer batches carry input_ids, attention_mask and token_type_ids only, got "
+                f"{sorted(unused)}: the teacher's attention, hidden states (and logits) are the targets. Remove "
+                f"those columns from the dataset."
+            )
         mask = inputs["attention_mask"]
-        encoder_inputs = {"input_ids": inputs["input_ids"], "attention_mask": mask,
-                          "output_attentions": True, "output_hidden_states": True}
-        if "token_type_ids" in inputs:
-            encoder_inputs["token_type_ids"] = inputs["token_type_ids"]
+        encoder_inputs = {**inputs, "output_attentions": True, "output_hidden_states": True}
+        student = self.accelerator.unwrap_model(model)
+        # Task distillation runs both heads (logits); otherwise the encoders alone (no pretraining head to pay for).
+        run = (lambda m: m) if self.prediction_loss_weight else encoder_of
         with torch.no_grad():
-            teacher_out = encoder_of(self.teacher)(**encoder_inputs)
-        student_out = encoder_of(self.accelerator.unwrap_model(model))(**encoder_inputs)
+            teacher_out = run(self.teacher)(**encoder_inputs)
+        student_out = run(student)(**encoder_inputs)
         parts = distillation_losses(teacher_out, student_out, mask, hidden_loss=self.hidden_loss)
         loss = self.attention_loss_weight * parts["attention"] + self.hidden_loss_weight * parts["hidden"]
+        if self.prediction_loss_weight:
+            parts["prediction"] = prediction_kl(teacher_out.logits, student_out.logits, self.temperature, mask)
+            loss = loss + self.prediction_loss_weight * parts["prediction"]
         split = "train" if model.training else "eval"
         for name, value in parts.items():
             self._parts[split][name] += value.detach().item()
