@@ -12,6 +12,7 @@
 
 import ast
 import importlib
+import runpy
 import sys
 from pathlib import Path
 
@@ -123,6 +124,16 @@ def test_old_module_paths_are_the_moved_modules(old):
     module = importlib.import_module(f"hf_synthesizer.{old}")
     assert module is sys.modules[new] is sys.modules[f"hf_synthesizer.{old}"] is getattr(hf_synthesizer, old)
     assert module.__name__ == module.__spec__.name == new  # the import under the old name left the module as it was
+
+
+@pytest.mark.filterwarnings("ignore:'hf_synthesizer.conversion.model_card' found in sys.modules")  # imported here
+@pytest.mark.parametrize("module", ["hf_synthesizer", "hf_synthesizer.cli", "hf_synthesizer.model_card"])
+def test_python_dash_m_runs_every_command_module_of_the_flat_layout(module, monkeypatch, capsys):
+    """`python -m hf_synthesizer.cli` ran the command when it was cli.py; `hf_synthesizer.model_card` is an old path."""
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)  # what `python -m module --help` runs
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage:")
 
 
 def test_every_package_folder_is_in_the_wheel():
