@@ -13,6 +13,7 @@
 import ast
 import importlib
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,14 +127,32 @@ def test_old_module_paths_are_the_moved_modules(old):
     assert module.__name__ == module.__spec__.name == new  # the import under the old name left the module as it was
 
 
-@pytest.mark.filterwarnings("ignore:'hf_synthesizer.conversion.model_card' found in sys.modules")  # imported here
-@pytest.mark.parametrize("module", ["hf_synthesizer", "hf_synthesizer.cli", "hf_synthesizer.model_card"])
-def test_python_dash_m_runs_every_command_module_of_the_flat_layout(module, monkeypatch, capsys):
-    """`python -m hf_synthesizer.cli` ran the command when it was cli.py; `hf_synthesizer.model_card` is an old path."""
+def test_reloading_the_package_keeps_one_finder_for_the_old_paths():
+    def finders():
+        return [f for f in sys.meta_path if type(f).__module__ == "hf_synthesizer" and "Moved" in type(f).__name__]
+
+    assert len(finders()) == 1
+    importlib.reload(hf_synthesizer)
+    assert len(finders()) == 1
+    assert importlib.reload(importlib.import_module("hf_synthesizer.calibration")) is sys.modules[
+        "hf_synthesizer.conversion.calibration"]
+
+
+@pytest.mark.parametrize("module", ["hf_synthesizer", "hf_synthesizer.cli"])
+def test_python_dash_m_runs_the_command(module, monkeypatch, capsys):
+    """`python -m hf_synthesizer.cli` ran the command when it was cli.py, and still does."""
     monkeypatch.setattr(sys, "argv", [module, "--help"])
     with pytest.raises(SystemExit) as exit:
         runpy.run_module(module, run_name="__main__", alter_sys=True)  # what `python -m module --help` runs
     assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_python_dash_m_runs_a_moved_module_by_its_old_path():
+    """The docs said `python -m hf_synthesizer.model_card --render-examples` before the move (a fresh interpreter:
+    runpy looks an already imported module up by the spec it was imported with)."""
+    result = subprocess.run([sys.executable, "-m", "hf_synthesizer.model_card", "--help"], cwd=PACKAGE_DIR.parent,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--render-examples" in result.stdout, result.stderr[-2000:]
 
 
 def test_every_package_folder_is_in_the_wheel():
