@@ -12,6 +12,7 @@
 
 import ast
 import importlib
+import re
 import runpy
 import subprocess
 import sys
@@ -161,3 +162,20 @@ def test_every_package_folder_is_in_the_wheel():
     pyproject = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
     folders = {_module_name(p) for p in PACKAGE_DIR.rglob("__init__.py")}
     assert folders <= set(pyproject["tool"]["setuptools"]["packages"]), "list the new folder in pyproject.toml"
+
+
+def test_every_path_into_the_package_that_the_project_names_exists():
+    """Docs, examples, benchmarks, cards, tests and the package's own strings (the card of a distilled model names where
+    distillation lives) name files of hf_synthesizer/ by paths that exist: the flat layout's are gone. (The
+    checkpoints in tests/fixtures were saved before the move and keep its names.)"""
+    root = PACKAGE_DIR.parent
+    texts = [root / "README.md", root / "pyproject.toml"] + [
+        p for folder in ("docs", "examples", "benchmarks", "model_cards", "hf_synthesizer", "tests")
+        for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".toml") and "fixtures" not in p.parts
+    ]
+    missing = {
+        f"{p.relative_to(root)}: {path}" for p in texts
+        for path in re.findall(r"hf_synthesizer/[\w/]*\.py\b", p.read_text(encoding="utf-8"))
+        if not (root / path).is_file()
+    }
+    assert not missing, sorted(missing)
