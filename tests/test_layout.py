@@ -209,3 +209,11 @@ def test_every_path_into_the_package_that_the_project_names_exists():
         if not (root / path).is_file()
     }
     assert not missing, sorted(missing)
+
+
+def test_the_sharing_docs_name_every_file_a_checkpoint_ships():
+    """docs/sharing.md lists the shipped files by name (the code derives them from modeling/; the docs are by hand)."""
+    text = (PACKAGE_DIR.parent / "docs" / "sharing.md").read_text(encoding="utf-8")
+    bullet = text[text.index("- The code shipped is exactly"):].split("\n- ")[0]
+    named = set(re.findall(r"`(\w+\.py)`", bullet)) - {"__init__.py"}
+    assert named == {p.name for p in MODELING_DIR.glob("*.py")} - {"__init__.py"}, "update docs/sharing.md"
