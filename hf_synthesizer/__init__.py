@@ -96,7 +96,8 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                        "exec")
 
 
-sys.meta_path.append(_MovedModuleFinder())
+if not any(type(f).__module__ == __name__ and type(f).__name__ == "_MovedModuleFinder" for f in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())  # once: `importlib.reload(hf_synthesizer)` keeps the one there
 
 
 def __getattr__(name):

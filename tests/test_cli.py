@@ -100,9 +100,7 @@ def test_converted_sentence_transformer_keeps_its_modules(minilm_dir, tmp_path):
 
 
 def test_every_synthesizer_field_is_an_option_with_its_name():
-    configs = [hf_synthesizer.BertSynthesizerConfig]
-    if hasattr(hf_synthesizer, "T5SynthesizerConfig"):
-        configs.append(hf_synthesizer.T5SynthesizerConfig)
+    configs = [hf_synthesizer.BertSynthesizerConfig, hf_synthesizer.T5SynthesizerConfig]
     fields = {f.name for c in configs for f in dataclasses.fields(c) if f.name.startswith("synthesizer_")}
     fields.discard("synthesizer_variant")  # chosen with --attn_implementation
     assert {f.name for f in dataclasses.fields(SynthesizerFields)} - {"synthesizer_variant"} <= fields

@@ -120,12 +120,10 @@ def test_lora_step_on_a_vanilla_mixture_targets_query_key_value(converted):
 
 
 def test_text2text_generation_t5(tmp_path, minilm_dir):
-    """Activates when the T5 branch defines `T5_AUTO_CLASSES` (uses MiniLM's WordPiece tokenizer: no T5 tokenizer
-    is available offline). transformers 5.23 removed the `text2text-generation` pipeline; while it is gone the test
-    checks that and runs what the pipeline did (tokenize, generate, decode) on the converted checkpoint."""
-    t5_classes = getattr(hf_synthesizer, "T5_AUTO_CLASSES", None)
-    if t5_classes is None:
-        pytest.skip("hf_synthesizer.T5_AUTO_CLASSES does not exist on this branch yet (T5 branch not merged)")
+    """MiniLM's WordPiece tokenizer: no T5 tokenizer is available offline. transformers 5.23 removed the
+    `text2text-generation` pipeline; while it is gone the test checks that and runs what the pipeline did (tokenize,
+    generate, decode) on the converted checkpoint."""
+    t5_classes = hf_synthesizer.T5_AUTO_CLASSES
     from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
     from transformers.pipelines import SUPPORTED_TASKS
 

@@ -440,10 +440,7 @@ def read_json_bytes(data: bytes) -> dict:
 
 
 def test_t5_checkpoint_loads_with_trust_remote_code_in_fresh_process(tmp_path):
-    """Activates when the T5 branch defines `T5_AUTO_CLASSES`; until then there is no T5 code on this branch."""
-    t5_classes = getattr(hf_synthesizer, "T5_AUTO_CLASSES", None)
-    if t5_classes is None:
-        pytest.skip("hf_synthesizer.T5_AUTO_CLASSES does not exist on this branch yet (T5 branch not merged)")
+    t5_classes = hf_synthesizer.T5_AUTO_CLASSES
     from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -479,8 +476,7 @@ def test_t5_checkpoint_loads_with_trust_remote_code_in_fresh_process(tmp_path):
 def test_model_auto_classes_are_all_registered_for_the_hub():
     from hf_synthesizer.modeling.hub_mixin import SynthesizerHubMixin, module_auto_map
 
-    tables = [BERT_AUTO_CLASSES] + ([hf_synthesizer.T5_AUTO_CLASSES] if hasattr(hf_synthesizer, "T5_AUTO_CLASSES") else [])
-    for table in tables:
+    for table in (BERT_AUTO_CLASSES, hf_synthesizer.T5_AUTO_CLASSES):
         model_classes = set(table.values())
         for model_class in model_classes:
             assert issubclass(model_class, SynthesizerHubMixin), f"{model_class.__name__} lacks SynthesizerHubMixin"

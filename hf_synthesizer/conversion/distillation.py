@@ -301,7 +301,7 @@ def card_section(facts: dict) -> str:
     lines = [
         "## Distillation",
         "",
-        f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer/distillation.py`) from the stock "
+        f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
         f"teacher `{facts['teacher']}` on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
         f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
         f"({facts['epochs']:.2f} epochs, {facts['batch_size']} texts per step, learning rate {facts['learning_rate']:g}, "
