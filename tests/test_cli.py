@@ -255,28 +255,6 @@ def test_console_command_runs_as_a_module(stock_bert_dir, tmp_path):
     assert hf_synthesizer.__file__.startswith(str(repo))
 
 
-def test_listed_subcommand_missing_from_this_build_is_reported_not_fatal(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", [*cli.SUBCOMMAND_MODULES, "not_merged_yet"])
-    parser = cli.build_parser()  # the other subcommands still work
-    assert "not_merged_yet" in parser.format_help() and "convert" in parser.format_help()
-    with pytest.raises(SystemExit, match="no hf_synthesizer.not_merged_yet module"):
-        cli.main(["not_merged_yet"])
-
-
-def test_broken_import_inside_a_subcommand_module_is_not_hidden(monkeypatch):
-    import types
-
-    def broken_import(name, *args, **kwargs):
-        if name == "hf_synthesizer.cli.card":
-            raise ModuleNotFoundError("No module named 'some_dependency'", name="some_dependency")
-        return real_import(name, *args, **kwargs)
-
-    real_import = cli.importlib.import_module
-    monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=broken_import))
-    with pytest.raises(ModuleNotFoundError, match="some_dependency"):
-        cli.build_parser()
-
-
 def test_convert_resizes_a_saved_synthesizer_to_a_new_length(stock_bert_dir, tmp_path):
     src = tmp_path / "random24"
     assert run_cli("convert", stock_bert_dir, src, "--attn_implementation", "synthesizer_random") == 0

@@ -18,23 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"hf_synthesizer.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"hf_synthesizer.{name}":
-                raise  # a broken import inside an existing subcommand module is a bug, not a missing subcommand
-            # Listed but not in this build (branches merge at different times): say so instead of crashing.
-            _add_missing(subparsers, name)
-            continue
-        module.add_parser(subparsers)
+        importlib.import_module(f"hf_synthesizer.{name}").add_parser(subparsers)
     return parser
-
-
-def _add_missing(subparsers, name: str) -> None:
-    def run(args):
-        raise SystemExit(f"hf-synthesizer {name}: this installation has no hf_synthesizer.{name} module.")
-
-    subparsers.add_parser(name.rpartition(".")[2], help="(not available in this build)").set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:
