@@ -54,3 +54,27 @@ def test_quick_run_writes_json_plot_and_report(stock_bert_dir, tmp_path, one_thr
     log = (tmp_path / "out" / "quality.log").read_text()
     assert "| stock `sdpa` |" in log and "| `random` task-distilled |" in log and "hidden cosine" in log
     assert "Agreement with the fine-tuned stock model" in log
+
+
+def test_seed_table_means_runs_per_seed_and_refuses_disagreeing_stock_rows(tmp_path):
+    spec = importlib.util.spec_from_file_location("quality_seeds", BENCHMARK.with_name("quality_seeds.py"))
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+
+    def run(name, seed, stock, variants):
+        rows = {v: {k: {"t": {"accuracy": a}} for k, a in zip(seeds.KINDS, accs)} for v, accs in variants.items()}
+        settings = {} if seed is None else {"seed": seed}  # runs from before --seed are seed 0
+        path = tmp_path / name
+        path.write_text(json.dumps({"settings": settings, "stock": {"t": {"accuracy": stock}}, "variants": rows}))
+        return str(path)
+
+    paths = [run("a.json", None, 0.80, {"random": [0.60, 0.62, 0.70, 0.78]}),
+             run("b.json", 1, 0.84, {"random": [0.64, 0.66, 0.74, 0.86]}),
+             run("c.json", 1, 0.84, {"dense": [0.70, 0.72, 0.76, 0.80]})]  # seed 1, other variants: joined
+    text = seeds.table(seeds.collect(paths)["t"])
+    assert "| stock `sdpa` | | 80.0 | 84.0 | 82.0 | |" in text
+    assert "| `random` | task-distilled | 78.0 | 86.0 | 82.0 (+0.0) | 1.00 |" in text  # plain mean 62: gap 20 closed
+    assert "| `random` | distilled | 70.0 | 74.0 | 72.0 (-10.0) | 0.50 |" in text
+    assert "`dense`" not in text  # not run for seed 0: no mean
+    with pytest.raises(SystemExit, match="stock t seed 1 is 85.0"):
+        seeds.collect(paths + [run("d.json", 1, 0.85, {})])
