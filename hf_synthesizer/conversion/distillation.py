@@ -11,7 +11,10 @@ For every layer `l`, head `h` and real query token `i` of a batch (padding exclu
   (`hidden_loss="mse"`) or `1 - cosine` (`"cosine"`) of each real token, averaged over tokens and layers; the widths
   are equal (same checkpoint), so no projection is learned.
 
-`loss = attention_loss_weight * attention + hidden_loss_weight * hidden`. The teacher's weights are frozen; every
+`loss = attention_loss_weight * attention + hidden_loss_weight * hidden`, plus, for TinyBERT's task stage (Jiao et al.
+2020, arXiv 1909.10351, sec. 3.1: the teacher is the stock model fine-tuned on the task, the student a classifier),
+`prediction_loss_weight * T^2 * KL(softmax(teacher logits / T) || softmax(student logits / T))` (`prediction_kl`;
+`DistillationTrainer(prediction_loss_weight=..., temperature=T)`). The teacher's weights are frozen; every
 weight of the student trains (synthesizer parameters, and the value/output/feed-forward weights they feed). Dropout
 is off in the student while it distills (the teacher runs in eval mode: the targets are its eval-mode function).
 T5: the encoder is distilled; a decoder's synthesized self-attention (if `synthesizer_stacks` includes it) is
