@@ -46,7 +46,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 import hf_synthesizer
 from hf_synthesizer.conversion.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
     record_teacher_attention
-from hf_synthesizer.conversion.distillation import DistillationArguments, distill
+from hf_synthesizer.conversion.distillation import DistillationArguments, DistillationTrainer, distill
 from hf_synthesizer.conversion.loading import load_synthesizer_model
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
@@ -165,9 +165,6 @@ def task_distill(student, teacher_dir, texts, task_data, tokenizer, args, workdi
     stock model fine-tuned on the task (`teacher_dir`, the stock row's model): KL to its logits plus the per-layer
     attention and hidden-state losses, on the task's training text and its unlabeled text (no labels, no dev text),
     `--task_distill_epochs` epochs, otherwise the fine-tuning recipe."""
-    from hf_synthesizer.conversion.calibration import load_teacher
-    from hf_synthesizer.conversion.distillation import DistillationTrainer
-
     _, dev = task_data
     teacher = load_teacher(teacher_dir, like=student)
     unlabeled = datasets_from_texts(texts, tokenizer, args.max_length)
@@ -219,6 +216,8 @@ def prediction_agreement_table(results, tasks, variants) -> str:
         cells = [" → ".join(f"{row[k][t]['agreement_with_stock']:.2f}" for k in KINDS if k in row) for t in tasks]
         lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
 def table(results, tasks, variants) -> str:
     lines = []
     header = "| attention | " + " | ".join(f"{t} acc. (Δ stock)" for t in tasks) + " | fine-tune time vs stock |"
@@ -281,11 +280,10 @@ def plot(results, tasks, variants, path):
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(8.0, 6.5 * len(tasks)), 4.2), squeeze=False,
                              layout="constrained")
-    kinds = KINDS
     colors = {"plain": "#bbbbbb", "calibrated": "#7fa7d9", "distilled": "#1f5fa8", "task-distilled": "#0b2c5a"}
     for ax, task in zip(axes[0], tasks):
         x = np.arange(len(variants))
-        for k, kind in enumerate(kinds):
+        for k, kind in enumerate(KINDS):
             values = [100 * results["variants"][v][kind][task]["accuracy"] if kind in results["variants"][v] else 0
                       for v in variants]
             ax.bar(x + (k - 1.5) * 0.2, values, 0.2, label=kind, color=colors[kind])
