@@ -292,3 +292,70 @@ def test_static_cache_decoding_step_compiles_to_one_graph(variant):
             logits[name] = torch.cat([fn(targets[:, :2], cache)] + [fn(targets[:, i : i + 1], cache) for i in (2, 3)], 1)
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=2e-5, rtol=1e-4)
     torch._dynamo.reset()
+
+
+def test_relu_matches_aten():
+    """Dense's activation `relu` (a custom backward, so that inductor saves no boolean mask) against `F.relu` in
+    float64: the same values and the same gradient, exactly, at exact zeros too (aten's gradient there is 0, whatever
+    the sign of the zero) -- eager, compiled with inductor's decompositions and partitioner, and under `torch.func`."""
+    from torch.nn import functional as F
+
+    from hf_synthesizer.modeling.synthesizer_math import relu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 8, dtype=torch.float64, generator=g)
+    x[0, 0, :4] = torch.tensor([0.0, -0.0, 1e-300, -1e-300], dtype=torch.float64)
+    x[1, :, :3] = 0.0
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    expected_x = x.clone().requires_grad_()
+    expected = F.relu(expected_x)
+    expected.backward(grad)
+    torch._dynamo.reset()
+    for fn in (relu, torch.compile(relu, fullgraph=True, backend="aot_eager_decomp_partition")):
+        xs = x.clone().requires_grad_()
+        out = fn(xs)
+        out.backward(grad)
+        assert torch.equal(out, expected) and torch.equal(xs.grad, expected_x.grad)
+    torch._dynamo.reset()
+    per_example = torch.func.vmap(torch.func.grad(lambda t: (relu(t) * t.sin()).sum()))(x)
+    assert torch.equal(per_example, torch.func.vmap(torch.func.grad(lambda t: (F.relu(t) * t.sin()).sum()))(x))
+    with torch.no_grad():
+        assert torch.equal(relu(x), F.relu(x))
+
+
+def saved_boolean_shapes(model, ids, mask):
+    """Shapes of the boolean tensors a compiled training step saves for its backward, with inductor's decompositions
+    and partitioner (what `torch.compile` does by default), without inductor's C++ compile."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    shapes = []
+
+    def forward_compiler(gm, example_inputs):
+        (outputs,) = [node.args[0] for node in gm.graph.nodes if node.op == "output"]
+        shapes.extend(tuple(v.shape) for v in (o.meta.get("val") for o in outputs) if v is not None and v.dtype == torch.bool)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(
+        fw_compiler=forward_compiler, bw_compiler=lambda gm, _: make_boxed_func(gm.forward),
+        partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table(),
+    )
+    torch._dynamo.reset()
+    torch.compile(model, fullgraph=True, backend=backend)(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    torch._dynamo.reset()
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "variant", [v if v in ("dense", "dense+random") else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
+def test_compiled_training_saves_no_large_boolean(variant):
+    """Inductor's CPU code writes boolean tensors about 20x slower than eager (torch 2.13), so a compiled training step
+    that saves a hidden-sized boolean for its backward -- aten's ReLU backward does, dense's W1 activation -- trains
+    slower than eager (benchmarks/RESULTS.md, "Compiled dense"). Only masks the size of the padding mask may be saved."""
+    model = make_model(variant)
+    ids, mask = padded_batch()
+    for m in (None, mask):
+        shapes = saved_boolean_shapes(model, ids, m)
+        assert all(torch.Size(s).numel() <= mask.numel() for s in shapes), (m is not None, shapes)

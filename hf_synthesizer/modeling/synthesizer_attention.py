@@ -59,6 +59,7 @@ from .synthesizer_math import (
     mix_logits,
     mixture_weights,
     random_logits,
+    relu,
     shift_to_start,
     slot_positions,
     take,
@@ -591,7 +592,7 @@ def fast_synthesizer_attention(
             qf.append((query * (alpha * scaling)).to(dtype))
             kf.append(key.to(dtype))
         elif name == "dense":
-            h = F.relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
+            h = relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
             w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(1, heads, -1, -1)
             b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(1, heads, -1, -1)
             qf.append((h if single else h * alpha).to(dtype))
