@@ -297,10 +297,11 @@ def test_static_cache_decoding_step_compiles_to_one_graph(variant):
 def test_relu_matches_aten():
     """Dense's activation `relu` (a custom backward, so that inductor saves no boolean mask) against `F.relu` in
     float64: the same values and the same gradient, exactly, at exact zeros too (aten's gradient there is 0, whatever
-    the sign of the zero) -- eager, compiled with inductor's decompositions and partitioner, and under `torch.func`."""
+    the sign of the zero) -- eager (`relu` is `F.relu` there, `_ReLU` is what it compiles to), compiled with inductor's
+    decompositions and partitioner, and under `torch.func`."""
     from torch.nn import functional as F
 
-    from hf_synthesizer.modeling.synthesizer_math import relu
+    from hf_synthesizer.modeling.synthesizer_math import _ReLU, relu
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 6, 8, dtype=torch.float64, generator=g)
@@ -311,16 +312,49 @@ def test_relu_matches_aten():
     expected = F.relu(expected_x)
     expected.backward(grad)
     torch._dynamo.reset()
-    for fn in (relu, torch.compile(relu, fullgraph=True, backend="aot_eager_decomp_partition")):
+    for fn in (relu, _ReLU.apply, torch.compile(relu, fullgraph=True, backend="aot_eager_decomp_partition")):
         xs = x.clone().requires_grad_()
         out = fn(xs)
         out.backward(grad)
         assert torch.equal(out, expected) and torch.equal(xs.grad, expected_x.grad)
     torch._dynamo.reset()
-    per_example = torch.func.vmap(torch.func.grad(lambda t: (relu(t) * t.sin()).sum()))(x)
+    per_example = torch.func.vmap(torch.func.grad(lambda t: (_ReLU.apply(t) * t.sin()).sum()))(x)
     assert torch.equal(per_example, torch.func.vmap(torch.func.grad(lambda t: (F.relu(t) * t.sin()).sum()))(x))
     with torch.no_grad():
         assert torch.equal(relu(x), F.relu(x))
+
+
+def test_relu_forward_mode_ad():
+    """Forward-mode AD (`torch.autograd.forward_ad`, `torch.func.jvp`/`jacfwd`/`hessian`) goes through dense's `relu`
+    as through `F.relu`: the same tangents and second derivatives in float64, exact zeros included. `_ReLU` has no
+    `jvp` (Dynamo cannot trace one), so when eager `relu` went through it, a primal that requires grad (a parameter, or
+    the output of a layer with parameters) raised NotImplementedError where `F.relu` works, e.g. forward AD through a
+    dense model's reference route."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.nn import functional as F
+
+    from hf_synthesizer.modeling.synthesizer_math import relu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    x[0, :3] = torch.tensor([0.0, -0.0, 1e-300], dtype=torch.float64)
+    tangent = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    tangents = []
+    for fn in (relu, F.relu):
+        with fwAD.dual_level():
+            out = fn(fwAD.make_dual(x.clone().requires_grad_(), tangent))
+            tangents.append(fwAD.unpack_dual(out).tangent)
+    assert torch.equal(tangents[0], tangents[1])
+    hessians = [torch.func.hessian(lambda t, fn=fn: (fn(t) * t.sin()).sum())(x[0]) for fn in (relu, F.relu)]
+    assert torch.equal(hessians[0], hessians[1])
+
+    model = make_model("dense+random").double()
+    set_fast(model, False)  # the reference route, dense_logits: no sdpa kernel, which has no forward AD
+    ids, mask = padded_batch()
+    embeds = model.get_input_embeddings()(ids).detach()
+    with fwAD.dual_level():
+        out = model(inputs_embeds=fwAD.make_dual(embeds, torch.ones_like(embeds)), attention_mask=mask)
+        assert torch.isfinite(fwAD.unpack_dual(out.last_hidden_state).tangent).all()
 
 
 def saved_boolean_shapes(model, ids, mask):

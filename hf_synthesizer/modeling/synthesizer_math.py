@@ -58,7 +58,9 @@ class _ReLU(torch.autograd.Function):
     save a boolean mask from the forward, and inductor's CPU code writes boolean tensors about 20x slower than eager
     (torch 2.13: `a > 0` over 8 x 128 x 384 floats, 5.7 ms compiled vs 0.28 ms eager), which made a compiled dense
     layer train slower than an eager one (benchmarks/RESULTS.md, "Compiled dense"). Differs from aten only where the
-    incoming gradient is inf or NaN at a zero output (NaN here, 0 there), a step AMP's grad scaler skips either way."""
+    incoming gradient is inf or NaN at a zero output (NaN here, 0 there), a step AMP's grad scaler skips either way,
+    and at a NaN input (gradient 0 here, the incoming gradient there). No `jvp` (forward-mode AD): Dynamo cannot trace
+    an autograd.Function that defines one, so `relu` uses this Function only while compiling."""
 
     generate_vmap_rule = True  # torch.func transforms work through it
 
@@ -77,9 +79,12 @@ class _ReLU(torch.autograd.Function):
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
-    """`F.relu(x)`, same values and gradients, any shape; where a gradient is recorded through `_ReLU` (compiles
-    without a boolean mask), elsewhere (inference, export) plain `F.relu`."""
-    return _ReLU.apply(x) if torch.is_grad_enabled() and x.requires_grad else F.relu(x)
+    """`F.relu(x)`, same values and gradients, any shape. Under torch.compile, where a gradient is recorded, through
+    `_ReLU` (compiles without a boolean mask); elsewhere (eager, inference, no-grad export) plain `F.relu`, which
+    eager autograd saves no mask for and which keeps forward-mode AD (`torch.func.jvp`, `hessian`, `forward_ad`)."""
+    if torch.compiler.is_compiling() and torch.is_grad_enabled() and x.requires_grad:
+        return _ReLU.apply(x)
+    return F.relu(x)
 
 
 def vanilla_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
