@@ -45,13 +45,6 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - old torch
-        return False
-
-
 # ----------------------------------------------------------------------------------------------- masks
 
 
@@ -67,7 +60,7 @@ def cpu_tuned(t: torch.Tensor) -> bool:
     query chunking, the input-independent cache) may run for `t`: a CPU tensor in eager mode. Anywhere else -- CUDA
     or any other device, `meta`, and under `torch.compile` / `torch.export` tracing -- the device-generic routes run,
     built from public ops only (matmul, softmax, `F.scaled_dot_product_attention`), one graph without host reads."""
-    return t.device.type == "cpu" and not _is_compiling()
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def split_mask(attention_mask, causal: bool):
