@@ -73,6 +73,19 @@ def default_factorized_dense_split(length: int) -> list[int]:
     return [a, length // a]
 
 
+def check_length_limit(length: int, max_positions: int | None) -> None:
+    """Raise a `ValueError` when `length` (a synthesizer length `L`) exceeds `max_positions`, BERT's
+    `max_position_embeddings` (None: no bound, as for T5). One message for the config, `hf-synthesizer convert`,
+    loading and `resize_synthesizer_length`: parameters sized past the position embeddings could never be used."""
+    if max_positions is not None and length > max_positions:
+        raise ValueError(
+            f"synthesizer_length={length} exceeds max_position_embeddings={max_positions}: inputs longer than "
+            f"{max_positions} tokens cannot run through this model's absolute position embeddings, so synthesizer "
+            f"parameters sized for {length} positions could never be used past {max_positions}. Use "
+            f"synthesizer_length <= {max_positions} (the default is max_position_embeddings)."
+        )
+
+
 @dataclass(repr=False)
 class SynthesizerFields:
     r"""
@@ -150,6 +163,10 @@ class SynthesizerConfigMixin:
     def _default_synthesizer_length(self) -> int:
         raise NotImplementedError
 
+    def max_synthesizer_length(self) -> int | None:
+        """The largest `synthesizer_length` this config accepts (None: no bound)."""
+        raise NotImplementedError
+
     def _finish_synthesizer_fields(self):
         if self.synthesizer_length is None:
             self.synthesizer_length = self._default_synthesizer_length()
@@ -176,6 +193,7 @@ class SynthesizerConfigMixin:
         length = self.synthesizer_length
         if not isinstance(length, int) or length <= 0:
             raise ValueError(f"synthesizer_length must be a positive integer, got {length!r}.")
+        check_length_limit(length, self.max_synthesizer_length())
         if not isinstance(self.synthesizer_factorized_rank, int) or self.synthesizer_factorized_rank <= 0:
             raise ValueError(
                 f"synthesizer_factorized_rank must be a positive integer (the paper uses 8), "
@@ -276,6 +294,10 @@ class BertSynthesizerConfig(SynthesizerConfigMixin, BertConfig, SynthesizerField
     def _default_synthesizer_length(self) -> int:
         return self.max_position_embeddings
 
+    def max_synthesizer_length(self) -> int:
+        """`max_position_embeddings`: BERT's absolute position embeddings end there, so longer inputs never run."""
+        return self.max_position_embeddings
+
 
 T5_STACKS = ("encoder", "decoder")
 T5_DEFAULT_SYNTHESIZER_LENGTH = 512
@@ -291,7 +313,8 @@ class T5SynthesizerFields:
         Add T5's relative position bias to the synthesized logits too, as the reference code does (the vanilla
         term always gets it). With `False` only the dot-product term sees the bias.
 
-    For T5, `synthesizer_length` defaults to 512 (T5 has no absolute positions, so no other bound exists), and
+    For T5, `synthesizer_length` defaults to 512 and has no upper bound (T5 has no absolute positions: its relative
+    position bias puts all long distances into its last bucket, so inputs of any length run), and
     `synthesizer_layers` indexes the blocks of every stack in `synthesizer_stacks` alike: `[0, 2]` synthesizes block
     0 and 2 of the encoder and of the decoder, so each index must exist in each of those stacks (encoder:
     `num_layers`, decoder: `num_decoder_layers`). Restrict `synthesizer_stacks` to address one stack only.
@@ -320,6 +343,11 @@ class T5SynthesizerConfig(SynthesizerConfigMixin, T5Config, T5SynthesizerFields,
 
     def _default_synthesizer_length(self) -> int:
         return T5_DEFAULT_SYNTHESIZER_LENGTH
+
+    def max_synthesizer_length(self) -> None:
+        """None: T5's relative position bias has no maximum length (distances past its buckets share the last
+        bucket), so any `synthesizer_length` can be used; its cost is parameters (random: `L^2` per head and layer)."""
+        return None
 
     def _stack_num_layers(self, stack: str) -> int:
         if stack == "encoder":

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .configuration_synthesizer import default_factorized_dense_split
+from .configuration_synthesizer import check_length_limit, default_factorized_dense_split
 from .synthesizer_attention import SynthesizerLogits
 
 METHODS = ("interpolate", "extend")
@@ -148,13 +148,7 @@ def resize_synthesizer_length(model: nn.Module, new_length: int, method: str = "
         raise ValueError(f"new_length must be a positive integer, got {new_length!r}.")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and new_length > positions:
-        raise ValueError(
-            f"new_length={new_length} exceeds max_position_embeddings={positions}: inputs longer than "
-            f"{positions} tokens cannot run through this model's absolute position embeddings anyway. Use "
-            f"new_length <= {positions}."
-        )
+    check_length_limit(new_length, config.max_synthesizer_length())  # the config's own message
     # Each layer's synthesizer, with whether its attention module is causal (a decoder's self-attention).
     causal = {}
     for module in model.modules():
