@@ -116,6 +116,33 @@ def default_head(family: Family, config) -> str:
     return "base"
 
 
+CAUSAL_LM_HEAD = "causal-lm"
+
+
+def is_causal_lm(model_class) -> bool:
+    """Whether `model_class` (an Auto class, a model class or a head name) predicts the next token: then its
+    self-attention must be causal, which BERT makes it only with `is_decoder=True`."""
+    name = model_class if isinstance(model_class, str) else model_class.__name__
+    return name == CAUSAL_LM_HEAD or head_name(name) == CAUSAL_LM_HEAD or name.endswith(("LMHeadModel", "ForCausalLM"))
+
+
+def decoder_overrides(model_class, overrides: dict | None) -> dict:
+    """`overrides` (config fields) for loading or saving `model_class`: a causal-lm head gets `is_decoder=True`, so
+    position i attends to positions <= i only (a stock BERT config says `is_decoder: false`, and BERT's LM head
+    with it would see the tokens it predicts). Raises `ValueError` when `overrides` ask for `is_decoder=False`."""
+    overrides = dict(overrides or {})
+    if not is_causal_lm(model_class):
+        return overrides
+    if overrides.get("is_decoder", True) is not True:
+        raise ValueError(
+            f"A causal-lm head ({getattr(model_class, '__name__', model_class)}) needs is_decoder=True: with "
+            f"is_decoder=False every position attends to the tokens after it, the ones it is meant to predict. Drop "
+            f"is_decoder=False, or choose a bidirectional head (e.g. masked-lm)."
+        )
+    overrides["is_decoder"] = True
+    return overrides
+
+
 def empty_model(family: Family, config, head: str | None = None):
     """The model class of `head` built on the meta device: structure and parameter counts, no weights, no cost."""
     head = head or default_head(family, config)

@@ -12,7 +12,16 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS, canonical_variant
-from .checkpoints import TOKENIZER_FILES, CheckpointError, default_head, families, family_of, load_config
+from .checkpoints import (
+    TOKENIZER_FILES,
+    CheckpointError,
+    decoder_overrides,
+    default_head,
+    families,
+    family_of,
+    is_causal_lm,
+    load_config,
+)
 from .loading import checkpoint_keys, describe_loading, quiet_logs, synthesizer_arguments
 
 
@@ -97,6 +106,11 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
         )
     family, config = load_config(src, **overrides)
     head = head or default_head(family, config)
+    if is_causal_lm(head) and not config.is_decoder:  # a causal-lm head of a bidirectional source: make it causal
+        family, config = load_config(src, **decoder_overrides(head, overrides))
+    if head not in family.heads:
+        raise ValueError(f"{family.name.upper()} checkpoints have no {head} head; choose one of: "
+                         f"{', '.join(sorted(family.heads))}.")
     model_class = family.heads[head]
     torch.manual_seed(seed)
     model, loading_info = model_class.from_pretrained(src, config=config, output_loading_info=True)
@@ -181,7 +195,8 @@ def run(args) -> int:
     calibration = info.get("calibration")
     calibrated = {c for done in (calibration or {}).values() for c in done}
     print(f"Converted {args.src} to {args.dst} ({type(model).__name__}, variant {config.synthesizer_variant}, "
-          f"synthesizer_length {config.synthesizer_length}): "
+          f"synthesizer_length {config.synthesizer_length}"
+          f"{', is_decoder=True: causal self-attention' if is_causal_lm(type(model)) else ''}): "
           f"{describe_loading(model, info, calibrated, checkpoint_keys(args.src))}.")
     if calibration is not None:
         print(calibration.summary() + ".")

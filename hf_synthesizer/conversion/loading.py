@@ -40,7 +40,7 @@ from ..modeling.configuration_synthesizer import (
     VANILLA_BACKENDS,
     SynthesizerFields,
 )
-from .checkpoints import families
+from .checkpoints import decoder_overrides, families
 
 
 def synthesizer_config_classes() -> dict[str, type]:
@@ -103,10 +103,14 @@ def load_synthesizer_model(
     - stock checkpoint with no synthesizer choice (or `"sdpa"`/`"eager"`): the stock transformers model, the
       vanilla reference.
 
+    A causal-lm `auto_class` (`AutoModelForCausalLM`) gets `is_decoder=True`, so the model cannot see the tokens it
+    predicts; `config_kwargs={"is_decoder": False}` with it raises `ValueError`.
+
     `synthesizer_options` are config fields named `synthesizer_*` (see `BertSynthesizerConfig`; `None` means
     "keep the checkpoint's / the default"); `config_kwargs` other config overrides (`num_labels`, dropout, ...);
     `model_kwargs` extra `from_pretrained` arguments.
     """
+    config_kwargs = decoder_overrides(auto_class, config_kwargs)  # a causal-lm head: is_decoder=True, or refuse
     config = load_synthesizer_config(path, attn_implementation, config_kwargs, **synthesizer_options)
     kwargs = dict(model_kwargs or {})
     if attn_implementation is not None:
