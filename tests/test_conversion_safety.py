@@ -127,3 +127,50 @@ def test_t5_synthesizer_length_has_no_position_limit():
     assert config.max_synthesizer_length() is None and config.synthesizer_length == 4096
     assert "no upper bound" in T5SynthesizerConfig.__doc__
     assert not hasattr(BertConfig(), "synthesizer_length")  # the limit lives in the synthesizer configs only
+
+
+def test_split_held_out_keeps_every_fifth_text_out():
+    from datasets import Dataset
+
+    from hf_synthesizer.conversion.calibration import split_held_out
+
+    texts = [f"text {i}" for i in range(12)]
+    kept, held = split_held_out(texts, 0.2)
+    assert held == ["text 4", "text 9"] and kept == [t for t in texts if t not in held]
+    kept, held = split_held_out(Dataset.from_dict({"text": texts}), 0.2)
+    assert held["text"] == ["text 4", "text 9"] and len(kept) == 10
+    assert split_held_out(texts[:9], 0.2) == (texts[:9], None)  # too few: all calibrate, nothing held out
+    assert split_held_out(texts, 0.0) == (texts, None)
+    with pytest.raises(ValueError, match=r"hold_out must be a fraction in \[0, 0.5\)"):
+        split_held_out(texts, 0.7)
+
+
+def test_calibration_agreement_is_measured_on_the_held_out_texts(stock_bert_dir, tmp_path):
+    """The figure the report prints comes from the held-out texts' teacher attention, not the calibration texts'."""
+    from conftest import with_wordpiece_tokenizer
+    from transformers import AutoTokenizer
+
+    from hf_synthesizer import BertSynthesizerModel
+    from hf_synthesizer.conversion.calibration import (
+        CalibrationReport,
+        calibrate_synthesizer,
+        load_teacher,
+        make_batches,
+        record_teacher_attention,
+    )
+
+    words = "the a cat dog sat ran on under mat house big small".split()
+    path = with_wordpiece_tokenizer(stock_bert_dir, tmp_path, words)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    gen = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[j] for j in torch.randint(len(words), (3 + i % 7,), generator=gen)) for i in range(15)]
+    model = BertSynthesizerModel.from_pretrained(path, attn_implementation="synthesizer_random")
+    report = calibrate_synthesizer(model, path, texts, tokenizer, hold_out=0.2)
+    assert (report.num_examples, report.held_out_examples) == (12, 3)
+    assert "agreement measured on 3 held-out texts (not used for calibration" in report.summary()
+    teacher = load_teacher(path, like=model)
+    held_out = record_teacher_attention(teacher, make_batches([texts[4], texts[9], texts[14]], tokenizer))
+    in_sample = record_teacher_attention(teacher, make_batches([t for i, t in enumerate(texts) if i % 5 != 4],
+                                                               tokenizer))
+    assert report.agreement == CalibrationReport(dict(report), model, in_sample, held_out).agreement
+    assert report.agreement != CalibrationReport(dict(report), model, in_sample).agreement
