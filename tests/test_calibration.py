@@ -246,6 +246,9 @@ def test_convert_calibrates_seq2seq_t5_from_a_text_file(tmp_path):
                      "--synthesizer_length", "16", "--calibrate_on", str(tmp_path / "texts.txt")]) == 0
     student = hf_synthesizer.T5SynthesizerForConditionalGeneration.from_pretrained(dst).eval()
     teacher = T5ForConditionalGeneration.from_pretrained(src, attn_implementation="eager").eval()  # stock class
-    ids = tokenizer(texts, return_tensors="pt")["input_ids"]  # 8 tokens each: no padding
+    # convert holds every 5th text out to measure the agreement it prints: the student reproduces the mean attention
+    # of the 13 texts it was calibrated on
+    calibrated = [t for i, t in enumerate(texts) if i % 5 != 4]
+    ids = tokenizer(calibrated, return_tensors="pt")["input_ids"]  # 8 tokens each: no padding
     for taught, learned in zip(mean_self_attention(teacher, ids), mean_self_attention(student, ids)):
         assert (learned - taught).abs().max() < 1e-5
