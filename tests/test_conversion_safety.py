@@ -60,6 +60,10 @@ def test_python_conversion_api_and_loading_helper_give_a_decoder(stock_bert_dir,
         tmp_path / "mlm")
     reloaded = load_synthesizer_model(AutoModelForCausalLM, str(tmp_path / "mlm"))
     assert reloaded.config.is_decoder and earlier_logits_unchanged(reloaded)[0] == 0.0
+    # convert from a saved (bidirectional) synthesizer checkpoint to the causal-lm head
+    model, _ = convert(tmp_path / "mlm", tmp_path / "mlm_causal", head="causal-lm")
+    assert model.config.is_decoder and model.config.synthesizer_variant == "random"
+    assert earlier_logits_unchanged(AutoModelForCausalLM.from_pretrained(tmp_path / "mlm_causal"))[0] == 0.0
 
 
 def test_causal_lm_head_with_is_decoder_false_is_refused(stock_bert_dir, tmp_path):
