@@ -56,7 +56,9 @@ def exclusions(pyproject_text: str) -> dict[str, str]:
             continue
         entry = re.fullmatch(r'"([^"]+)"\s*=\s*"([^"]*)"', line)
         if entry is None or not entry.group(2).strip():
-            raise ValueError(f"[{EXCLUSIONS_TABLE}] entry {line!r}: write it as \"X.Y.Z\" = \"why it is not supported\".")
+            raise ValueError(
+                f"[{EXCLUSIONS_TABLE}] entry {line!r}: write it as \"X.Y.Z\" = \"why it is not supported\"."
+            )
         result[entry.group(1)] = entry.group(2).strip()
     return result
 

@@ -47,7 +47,8 @@ def test_a_newer_release_outside_the_range_fails_ci_whether_the_suite_passes_or_
 
 def test_the_command_line_fails_for_a_fake_newer_release(tmp_path, capsys):
     (tmp_path / "pyproject.toml").write_text(FAKE)
-    assert newest_transformers.main(["check"], newest=lambda: ("5.26.0", ""), pyproject=tmp_path / "pyproject.toml") == 0
+    fake_index = lambda: ("5.26.0", "")  # noqa: E731
+    assert newest_transformers.main(["check"], newest=fake_index, pyproject=tmp_path / "pyproject.toml") == 0
     assert capsys.readouterr().out == "test 5.26.0\n"  # .ci/run runs the suite on it ...
     (tmp_path / "log").write_text("FAILED tests/test_x.py::test_y - boom\n1 failed")
     assert newest_transformers.main(["verdict", "5.26.0", "1", str(tmp_path / "log")]) == 1  # ... and fails

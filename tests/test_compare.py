@@ -141,7 +141,8 @@ def test_compare_family_t5_trains_a_small_t5_built_from_scratch(tmp_path, capsys
     assert results["settings"]["family"] == "t5"
     rows = {r["variant"]: r for r in results["results"]}
     assert rows["vanilla"]["model_class"] == "T5ForSequenceClassification"
-    assert rows["random"]["model_class"] == rows["dense+vanilla"]["model_class"] == "T5SynthesizerForSequenceClassification"
+    synthesizer = "T5SynthesizerForSequenceClassification"
+    assert rows["random"]["model_class"] == rows["dense+vanilla"]["model_class"] == synthesizer
     # random drops query/key (d_model 128 -> 4 heads x 32, no bias) and adds R (4 heads, L = 32) in the self-attention
     # of 2 encoder and 2 decoder blocks: both stacks are synthesized.
     blocks, query_key, r = 4, 2 * 128 * 128, 4 * 32 * 32

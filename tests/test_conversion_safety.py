@@ -56,8 +56,8 @@ def test_python_conversion_api_and_loading_helper_give_a_decoder(stock_bert_dir,
     # The examples' route (load_synthesizer_model), converting at load time and reloading a saved masked-LM.
     loaded = load_synthesizer_model(AutoModelForCausalLM, str(stock_bert_dir), "synthesizer_dense")
     assert loaded.config.is_decoder and earlier_logits_unchanged(loaded)[0] == 0.0
-    BertSynthesizerForMaskedLM.from_pretrained(stock_bert_dir, attn_implementation="synthesizer_random").save_pretrained(
-        tmp_path / "mlm")
+    mlm = BertSynthesizerForMaskedLM.from_pretrained(stock_bert_dir, attn_implementation="synthesizer_random")
+    mlm.save_pretrained(tmp_path / "mlm")
     reloaded = load_synthesizer_model(AutoModelForCausalLM, str(tmp_path / "mlm"))
     assert reloaded.config.is_decoder and earlier_logits_unchanged(reloaded)[0] == 0.0
     # convert from a saved (bidirectional) synthesizer checkpoint to the causal-lm head
@@ -100,7 +100,8 @@ def test_synthesizer_length_past_the_position_embeddings_is_refused_everywhere_a
                                                           synthesizer_length=32))
     assert expected.startswith("synthesizer_length=32 exceeds max_position_embeddings=24: ")
     assert "Use synthesizer_length <= 24" in expected
-    assert length_error(lambda: BertSynthesizerConfig.from_pretrained(stock_bert_dir, synthesizer_length=32)) == expected
+    from_stock = lambda: BertSynthesizerConfig.from_pretrained(stock_bert_dir, synthesizer_length=32)  # noqa: E731
+    assert length_error(from_stock) == expected
     assert length_error(lambda: convert(stock_bert_dir, tmp_path / "x", attn_implementation="synthesizer_random",
                                         synthesizer_length=32)) == expected
     assert run_cli("convert", stock_bert_dir, tmp_path / "x", "--attn_implementation", "synthesizer_random",

@@ -176,8 +176,8 @@ def _builtin_tiny_t5_checkpoint(path: Path, max_length: int, seed: int) -> Path:
                                   model_input_names=["input_ids", "attention_mask"])  # T5 takes no token types
     config = T5Config(
         vocab_size=tokenizer.vocab_size, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2,
-        num_heads=4, dropout_rate=0.1, pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.sep_token_id, num_labels=10,
+        num_heads=4, dropout_rate=0.1, pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, num_labels=10,
     )
     torch.manual_seed(seed)
     T5ForSequenceClassification(config).save_pretrained(path)

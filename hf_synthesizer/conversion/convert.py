@@ -109,23 +109,12 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
             f"--calibrate_on initialises new synthesizer parameters from the stock model's attention, but {src} is "
             f"already a synthesizer checkpoint (variant {stored}). Convert from the stock checkpoint instead."
         )
-    family, config = load_config(src, **overrides)
-    head = head or default_head(family, config)
-    if is_causal_lm(head) and not config.is_decoder:  # a causal-lm head of a bidirectional source: make it causal
-        family, config = load_config(src, **decoder_overrides(head, overrides))
-    if head not in family.heads:
-        raise ValueError(f"{family.name.upper()} checkpoints have no {head} head; choose one of: "
-                         f"{', '.join(sorted(family.heads))}.")
-    model_class = family.heads[head]
+    family, config, head = config_for_head(src, overrides, head)
     torch.manual_seed(seed)
-    model, loading_info = model_class.from_pretrained(src, config=config, output_loading_info=True)
+    model, loading_info = family.heads[head].from_pretrained(src, config=config, output_loading_info=True)
     if resize_to is not None:
         model.resize_synthesizer_length(resize_to)
-    tokenizer = None
-    if any((src / name).is_file() for name in TOKENIZER_FILES):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer = source_tokenizer(src)
     if calibrate_on is not None:
         from .calibration import calibrate_synthesizer
 
@@ -138,6 +127,29 @@ def convert(src, dst, attn_implementation=None, head=None, num_labels=None, base
     cap_tokenizer_length(dst / "tokenizer_config.json", model.config.synthesizer_length)  # after any resizing
     carry_over(src, dst, model.config)
     return model, loading_info
+
+
+def config_for_head(src: Path, overrides: dict, head: str | None):
+    """`(family, config, head)`: the synthesizer config of `src` with `overrides`, for `head` (default: the source's
+    own). A causal-lm head gets `is_decoder=True` (`checkpoints.decoder_overrides`: a stock BERT config says false,
+    and the head would see the tokens it predicts). Raises `ValueError` for a head the family does not have."""
+    family, config = load_config(src, **overrides)
+    head = head or default_head(family, config)
+    if head not in family.heads:
+        raise ValueError(f"{family.name.upper()} checkpoints have no {head} head; choose one of: "
+                         f"{', '.join(sorted(family.heads))}.")
+    if is_causal_lm(head) and not config.is_decoder:
+        family, config = load_config(src, **decoder_overrides(head, overrides))
+    return family, config, head
+
+
+def source_tokenizer(src: Path):
+    """The tokenizer `src` holds (re-saved next to the converted checkpoint), or None."""
+    if not any((src / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src)
 
 
 # Weights of the source: the converted model's replace them.
