@@ -71,11 +71,21 @@ def decide(newest: str | None, specifier: str, excluded: dict[str, str], index_e
     if Version(newest) in SpecifierSet(specifier):
         return Decision(False, newest, f"the newest transformers release, {newest}, is in the range {specifier}: the "
                                        f"suite above ran on it")
+    if below_range(newest, specifier):
+        return Decision(False, newest, f"the newest transformers release the index offers, {newest}, is below the "
+                                       f"range {specifier} (a mirror without the newer releases?): nothing to check")
     if newest in excluded:
         return Decision(False, newest, f"the newest transformers release, {newest}, is excluded in pyproject.toml: "
                                        f"{excluded[newest]}")
     return Decision(True, newest, f"the newest transformers release, {newest}, is outside the range {specifier} and "
                                   f"not excluded: running the suite on it")
+
+
+def below_range(version: str, specifier: str) -> bool:
+    """Whether `version` is below the lower bound (`>=`/`>`/`==`/`~=`) of `specifier`: excluded by the floor, not the
+    cap."""
+    lower = [Version(s.version) for s in SpecifierSet(specifier) if s.operator in (">=", ">", "==", "~=")]
+    return any(Version(version) < bound for bound in lower)
 
 
 def failed_tests(pytest_output: str) -> list[str]:

@@ -59,6 +59,8 @@ def test_the_command_line_fails_for_a_fake_newer_release(tmp_path, capsys):
     ("5.25.0", "the newest transformers release, 5.25.0, is in the range >=5.23.0,<5.26: the suite above ran on it"),
     ("5.27.0", "is excluded in pyproject.toml: changes the attention interface; tracked in issue 99"),
     (None, "could not reach the package index (timed out): the check of the newest transformers release is skipped"),
+    # a mirror that lags behind (pip's extra indexes or find-links answering without the real index)
+    ("5.18.0", "the newest transformers release the index offers, 5.18.0, is below the range >=5.23.0,<5.26"),
 ])
 def test_no_run_inside_the_range_for_an_excluded_release_or_without_the_index(tmp_path, capsys, newest, expected):
     (tmp_path / "pyproject.toml").write_text(FAKE)
@@ -78,10 +80,8 @@ def test_the_real_pyproject_is_read():
     specifier = newest_transformers.transformers_range(text)
     assert specifier.startswith(">=5.23.0,<")
     assert isinstance(newest_transformers.exclusions(text), dict)
-    # The range covers the transformers this suite runs on (else the suite would test an unsupported version).
-    import transformers
-
-    assert not decide(transformers.__version__, specifier, {}).run_suite
+    # (Not "the installed transformers is in the range": .ci/run runs this suite on the newest release when the range
+    # excludes it, and that run must be able to pass, to say "raise the cap".)
 
 
 def test_ci_runs_the_readme_test_command_and_the_newest_release_check():
