@@ -179,3 +179,31 @@ def test_calibration_agreement_is_measured_on_the_held_out_texts(stock_bert_dir,
                                                                tokenizer))
     assert report.agreement == CalibrationReport(dict(report), model, in_sample, held_out).agreement
     assert report.agreement != CalibrationReport(dict(report), model, in_sample).agreement
+
+
+def test_causal_lm_conversion_calibrates_on_the_causal_teacher(stock_bert_dir, tmp_path):
+    """`convert --head causal-lm --calibrate_on`: the student is a decoder, so it is calibrated to the stock model's
+    attention under the causal mask: softmax(R) over earlier tokens is then exactly the causal teacher's mean attention
+    (equal-length texts, no padding). Against the bidirectional teacher it was not (rows renormalised)."""
+    from conftest import with_wordpiece_tokenizer
+    from test_calibration import mean_self_attention
+    from transformers import AutoTokenizer, BertForPreTraining, BertLMHeadModel
+
+    words = "the a cat dog sat ran on under mat house big small".split()
+    src = with_wordpiece_tokenizer(stock_bert_dir, tmp_path, words)
+    stock = BertForPreTraining.from_pretrained(src)
+    with torch.no_grad():  # peaked attention (a random tiny BERT's is near uniform, causal or not)
+        for layer in stock.bert.encoder.layer:
+            layer.attention.self.query.weight.mul_(8)
+    stock.save_pretrained(src)
+    gen = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[j] for j in torch.randint(len(words), (6,), generator=gen)) for _ in range(8)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    assert run_cli("convert", src, tmp_path / "causal", "--attn_implementation", "synthesizer_random",
+                   "--head", "causal-lm", "--calibrate_on", tmp_path / "texts.txt") == 0
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "causal", attn_implementation="eager").eval()
+    teacher = BertLMHeadModel.from_pretrained(src, is_decoder=True, attn_implementation="eager").eval()
+    ids = AutoTokenizer.from_pretrained(src)(texts, return_tensors="pt")["input_ids"]  # 8 tokens each
+    (learned,), (taught,) = mean_self_attention(student.bert, ids), mean_self_attention(teacher.bert, ids)
+    assert (learned - taught).abs().max() < 1e-5
+    assert learned[:, 0, 1:].abs().max() == 0  # causal: the first token attends to itself only

@@ -627,7 +627,11 @@ class CalibrationReport(dict):
 
 def load_teacher(stock_path, like: nn.Module | None = None, **kwargs) -> nn.Module:
     """The stock checkpoint as a dot-product teacher: loaded into the class of `like` (a synthesizer model of
-    the same architecture) with plain eager attention, or into `AutoModel` when `like` is None."""
+    the same architecture) with plain eager attention, or into `AutoModel` when `like` is None. A causal `like`
+    (`is_decoder=True`, e.g. a stock BERT converted to the causal-lm head) gets a causal teacher: the attention it
+    can reproduce is the teacher's over earlier tokens, not the bidirectional attention of the stock config."""
+    if like is not None and getattr(like.config, "is_decoder", False):
+        kwargs.setdefault("is_decoder", True)
     if like is not None:
         return type(like).from_pretrained(stock_path, attn_implementation="eager", **kwargs).eval()
     from transformers import AutoModel
