@@ -123,7 +123,7 @@ def is_causal_lm(model_class) -> bool:
     """Whether `model_class` (an Auto class, a model class or a head name) predicts the next token: then its
     self-attention must be causal, which BERT makes it only with `is_decoder=True`."""
     name = model_class if isinstance(model_class, str) else model_class.__name__
-    return name == CAUSAL_LM_HEAD or head_name(name) == CAUSAL_LM_HEAD or name.endswith(("LMHeadModel", "ForCausalLM"))
+    return head_name(name) == CAUSAL_LM_HEAD or name.endswith(("LMHeadModel", "ForCausalLM"))
 
 
 def decoder_overrides(model_class, overrides: dict | None) -> dict:
