@@ -2,11 +2,13 @@
 suite must be run on before CI passes?
 
     python .ci/newest_transformers.py check             # prints "test X" (exit 0) or why not (exit 0, nothing to run)
-    python .ci/newest_transformers.py verdict X RC LOG  # after running the suite on X: the message, exit 1
+    python .ci/newest_transformers.py verdict X RC LOG  # after running the suite on X: the message; exit 1, except
+                                                        # for a release the range allows whose suite passed (exit 0)
 
 `check` asks the index (`pip index versions transformers`) for the newest release. It needs no run when the index
-cannot be reached (said, not failed), when the range already allows the release (the first suite run of .ci/run
-tested it: a fresh install resolves the newest allowed release), or when pyproject.toml excludes it explicitly with a
+cannot be reached (said, not failed), when the range already allows the release and the first suite run of .ci/run
+tested it (a fresh install resolves the newest allowed release; a machine that already had an older allowed release
+keeps it, and then the newest is run too, and must pass), or when pyproject.toml excludes it explicitly with a
 reason, in `[tool.hf_synthesizer.unsupported_transformers]` (`"5.26.0" = "why"`). Otherwise .ci/run runs the suite on
 it in its own virtual environment and `verdict` fails CI either way: "raise the cap: the suite passes on X", or the
 tests that fail on X (then fix them, or exclude X with a reason).
@@ -63,12 +65,19 @@ def exclusions(pyproject_text: str) -> dict[str, str]:
     return result
 
 
-def decide(newest: str | None, specifier: str, excluded: dict[str, str], index_error: str = "") -> Decision:
-    """Whether the suite must run on the newest release `newest` (None: the index could not be reached)."""
+def decide(
+    newest: str | None, specifier: str, excluded: dict[str, str], index_error: str = "", tested: str | None = None
+) -> Decision:
+    """Whether the suite must run on the newest release `newest` (None: the index could not be reached). `tested`: the
+    transformers version the first suite run used (None: taken to be `newest` when the range allows it)."""
     if newest is None:
         return Decision(False, None, f"could not reach the package index ({index_error or 'no answer'}): the check "
                                      f"of the newest transformers release is skipped")
     if Version(newest) in SpecifierSet(specifier):
+        if tested is not None and Version(tested) != Version(newest):
+            return Decision(True, newest, f"the newest transformers release, {newest}, is in the range {specifier} "
+                                          f"but the suite above ran on {tested} (installed before): running it on "
+                                          f"{newest} too")
         return Decision(False, newest, f"the newest transformers release, {newest}, is in the range {specifier}: the "
                                        f"suite above ran on it")
     if below_range(newest, specifier):
@@ -93,8 +102,16 @@ def failed_tests(pytest_output: str) -> list[str]:
     return re.findall(r"^(?:FAILED|ERROR) (\S+)", pytest_output, re.M)
 
 
-def verdict(version: str, returncode: int, pytest_output: str) -> str:
-    """The message that fails CI after the suite ran on `version`, a release the range excludes."""
+def verdict(version: str, returncode: int, pytest_output: str, in_range: bool = False) -> str:
+    """The message after the suite ran on `version`, the newest release: CI fails on it unless the range allows
+    `version` (`in_range`) and the suite passed."""
+    if in_range:
+        if returncode == 0:
+            return f"the suite passes on transformers {version}, the newest release, which the range allows"
+        failing = "\n  ".join(failed_tests(pytest_output)) or f"(no test named: pytest exited {returncode})"
+        return (f"the suite fails on transformers {version}, the newest release, which the range allows; failing "
+                f"tests:\n  {failing}\nFix them, or cap the range below {version} and exclude it with a reason in "
+                f"[{EXCLUSIONS_TABLE}] of pyproject.toml")
     if returncode == 0:
         return (f"raise the cap: the suite passes on transformers {version}; lift the transformers range in "
                 f"pyproject.toml to include it (and the README's supported range)")
@@ -118,19 +135,29 @@ def newest_on_index(timeout: float = 120) -> tuple[str | None, str]:
     return match.group(1), ""
 
 
-def main(argv: list[str], newest=newest_on_index, pyproject: Path = PYPROJECT) -> int:
+def installed_transformers() -> str | None:
+    """The transformers version of this interpreter (the one the README's test command ran on), or None."""
+    try:
+        from importlib.metadata import version
+        return version("transformers")
+    except Exception:  # not installed: nothing known about the first run
+        return None
+
+
+def main(argv: list[str], newest=newest_on_index, pyproject: Path = PYPROJECT, installed=installed_transformers) -> int:
     if argv[:1] == ["check"] and len(argv) == 1:
         text = pyproject.read_text(encoding="utf-8")
         version, error = newest()
-        decision = decide(version, transformers_range(text), exclusions(text), error)
+        decision = decide(version, transformers_range(text), exclusions(text), error, installed())
         print(f"test {decision.version}" if decision.run_suite else decision.reason)
         if decision.run_suite:
             print(decision.reason, file=sys.stderr)
         return 0
     if argv[:1] == ["verdict"] and len(argv) == 4:
         version, returncode, log = argv[1], int(argv[2]), Path(argv[3])
-        print(verdict(version, returncode, log.read_text(encoding="utf-8", errors="replace")))
-        return 1
+        in_range = Version(version) in SpecifierSet(transformers_range(pyproject.read_text(encoding="utf-8")))
+        print(verdict(version, returncode, log.read_text(encoding="utf-8", errors="replace"), in_range))
+        return 0 if in_range and returncode == 0 else 1
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -65,9 +65,27 @@ def test_the_command_line_fails_for_a_fake_newer_release(tmp_path, capsys):
 def test_no_run_inside_the_range_for_an_excluded_release_or_without_the_index(tmp_path, capsys, newest, expected):
     (tmp_path / "pyproject.toml").write_text(FAKE)
     fake_index = lambda: (newest, "timed out" if newest is None else "")  # noqa: E731
-    assert newest_transformers.main(["check"], newest=fake_index, pyproject=tmp_path / "pyproject.toml") == 0
+    first_run = lambda: newest or "5.24.0"  # noqa: E731  (the suite above ran on the newest release)
+    assert newest_transformers.main(["check"], newest=fake_index, pyproject=tmp_path / "pyproject.toml",
+                                    installed=first_run) == 0
     out = capsys.readouterr().out
     assert expected in out and not out.startswith("test ")
+
+
+def test_a_newest_release_in_the_range_that_the_first_run_did_not_use_is_run_and_must_pass(tmp_path, capsys):
+    # CI's machine may keep an older allowed release (pip keeps what satisfies the range): 5.25.0 then runs too
+    (tmp_path / "pyproject.toml").write_text(FAKE)
+    pyproject = tmp_path / "pyproject.toml"
+    assert newest_transformers.main(["check"], newest=lambda: ("5.25.0", ""), pyproject=pyproject,
+                                    installed=lambda: "5.24.0") == 0
+    assert capsys.readouterr().out == "test 5.25.0\n"
+    (tmp_path / "log").write_text("1140 passed")
+    assert newest_transformers.main(["verdict", "5.25.0", "0", str(tmp_path / "log")], pyproject=pyproject) == 0
+    assert "the suite passes on transformers 5.25.0, the newest release, which the range allows" in capsys.readouterr().out
+    (tmp_path / "log").write_text("FAILED tests/test_x.py::test_y - boom\n1 failed")
+    assert newest_transformers.main(["verdict", "5.25.0", "1", str(tmp_path / "log")], pyproject=pyproject) == 1
+    out = capsys.readouterr().out
+    assert "fails on transformers 5.25.0" in out and "tests/test_x.py::test_y" in out and "cap the range below" in out
 
 
 def test_an_exclusion_must_give_its_reason():
