@@ -303,3 +303,46 @@ def test_task_distillation_is_zero_for_the_teacher_and_decreases(task_teacher_di
     trainer.train()
     logged = [e["prediction_loss"] for e in trainer.state.log_history if "prediction_loss" in e]
     assert len(logged) == 3 and logged[-1] < 0.7 * logged[0], logged
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_trainer_distills_with_dropout_off(stock_dir, tmp_path, one_thread, variant):
+    """DistillationTrainer itself (not only `distill`) turns the student's dropout off while it trains: with dropout
+    0.3 in the config and learning rate 0, the logged losses of the one batch equal their dropout-free values
+    (eval mode), differ from a dropout-on forward, and the dropout settings are back afterwards."""
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hf_synthesizer.conversion.calibration import load_teacher
+
+    tokenizer = AutoTokenizer.from_pretrained(stock_dir)
+    torch.manual_seed(0)
+    student = hf_synthesizer.BertSynthesizerForPreTraining.from_pretrained(
+        stock_dir, attn_implementation=f"synthesizer_{variant}", hidden_dropout_prob=0.3,
+        attention_probs_dropout_prob=0.3)
+    teacher = load_teacher(stock_dir, like=student)
+    texts = ["the cat sat on the mat", "a big red tree", "old dog ran to the new house big"]
+    data = datasets.Dataset.from_dict(dict(tokenizer(texts)))
+    trainer = DistillationTrainer(
+        model=student, args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, learning_rate=0.0,
+                                              per_device_train_batch_size=3, logging_steps=1, save_strategy="no",
+                                              report_to="none", disable_tqdm=True, use_cpu=True, seed=0),
+        train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher)
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if "attention_loss" in e)
+    batch = DataCollatorWithPadding(tokenizer)([data[i] for i in range(3)])
+    inputs = {**batch, "output_attentions": True, "output_hidden_states": True}
+
+    def losses(train_mode):
+        student.train(train_mode)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return distillation_losses(encoder_of(teacher)(**inputs), encoder_of(student)(**inputs),
+                                       batch["attention_mask"])
+
+    clean, noisy = losses(False), losses(True)
+    assert logged["attention_loss"] == pytest.approx(clean["attention"].item(), rel=1e-4)
+    assert logged["hidden_loss"] == pytest.approx(clean["hidden"].item(), rel=1e-4)
+    assert abs(noisy["hidden"].item() - clean["hidden"].item()) > 0.05 * clean["hidden"].item()
+    assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.3
+    assert student.bert.embeddings.dropout.p == 0.3

@@ -16,7 +16,8 @@ For every layer `l`, head `h` and real query token `i` of a batch (padding exclu
 `prediction_loss_weight * T^2 * KL(softmax(teacher logits / T) || softmax(student logits / T))` (`prediction_kl`;
 `DistillationTrainer(prediction_loss_weight=..., temperature=T)`). The teacher's weights are frozen; every
 weight of the student trains (synthesizer parameters, and the value/output/feed-forward weights they feed). Dropout
-is off in the student while it distills (the teacher runs in eval mode: the targets are its eval-mode function).
+is off in the student while `DistillationTrainer.train` runs (the teacher runs in eval mode: the targets are its
+eval-mode function).
 T5: the encoder is distilled; a decoder's synthesized self-attention (if `synthesizer_stacks` includes it) is
 initialised by `calibrate_first` only.
 
@@ -170,6 +171,16 @@ class DistillationTrainer(Trainer):
         self.temperature = temperature
         self._parts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": 0, "eval": 0}
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train` with every dropout of the student off for the whole run (forward, and the recomputed
+        forward of gradient checkpointing), restored afterwards: the targets are the teacher's eval-mode function, and
+        with dropout on the logged losses measure the noise (an attention KL ~20x its dropout-free value on MiniLM)."""
+        saved = _disable_dropout(self.model)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            _restore(saved)
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer, with the synthesizer parameters (`*.synthesizer.*`: R, dense W1/W2, mixture weights)
@@ -414,7 +425,6 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     evaluation = None
     if args.validation_file:
         evaluation = tokenized_dataset(read_texts(args.validation_file), tokenizer, max_length)
-    saved_dropout = _disable_dropout(model)
     trainer = DistillationTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, teacher=teacher,
@@ -424,14 +434,11 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
                                  else args.attention_learning_rate),  # an explicit 0 freezes the synthesizer
     )
     before = None
-    try:
-        if evaluation is not None and not training_args.resume_from_checkpoint:
-            before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
-        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
-        if evaluation is not None:
-            trainer.evaluate()
-    finally:
-        _restore(saved_dropout)
+    if evaluation is not None and not training_args.resume_from_checkpoint:
+        before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+    if evaluation is not None:
+        trainer.evaluate()
     weights = (args.attention_loss_weight, args.hidden_loss_weight)
     tokens = int(sum(len(ids) for ids in train["input_ids"]))
     facts = {
