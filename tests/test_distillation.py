@@ -401,3 +401,69 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
                      "--no_calibrate_first", "--use_cpu", "true"])
     assert code == 0 and all((encoder / name).exists() for name in ST_FILES)
     assert "calibration: skipped" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def labelled_csv(tmp_path_factory):
+    """A tiny 3-label task (does the text name an animal, a plant, or neither?), train and dev CSV."""
+    rng = random.Random(2)
+    animals, plants = ["cat", "dog", "bird"], ["tree"]
+    path = tmp_path_factory.mktemp("task")
+    plain = [w for w in WORDS if w not in animals + plants]
+    for split, n in (("train", 48), ("dev", 24)):
+        rows = ["text,label"]
+        for i in range(n):
+            label = ["animal", "plant", "neither"][i % 3]
+            words = [rng.choice(plain) for _ in range(rng.randint(3, 8))]
+            if label != "neither":
+                words.insert(rng.randint(0, len(words)), rng.choice(animals if label == "animal" else plants))
+            rows.append(f"{' '.join(words)},{label}")
+        (path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return path / "train.csv", path / "dev.csv"
+
+
+def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelled_csv, tmp_path, capsys, one_thread):
+    """Issue 24's product: `distill STOCK DST --train_file train.csv --validation_file dev.csv` fine-tunes the
+    teacher, calibrates, distills (general, then task stage), says the stages up front and each as it starts, prints
+    the student's and the teacher's validation accuracy, and writes a classifier that
+    AutoModelForSequenceClassification loads and predicts with, with its card and record; `--teacher` reuses the
+    fine-tuned teacher (no stage 1)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    train, dev = labelled_csv
+    dst = tmp_path / "student"
+    common = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--validation_file",
+              str(dev), "--text_column", "text", "--label_column", "label", "--general_steps", "4",
+              "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+              "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no"]
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
+             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epochs", "Stage 1/4", "Stage 2/4",
+             "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
+    positions = [out.index(m) for m in marks]
+    assert positions == sorted(positions), out
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert facts["labels"] == ["animal", "neither", "plant"] and facts["teacher_fine_tuning"]["epochs"] == 1
+    assert facts["general"]["steps"] == 4 and facts["task"]["steps"] == 6  # 48 texts / 8 per step, one epoch
+    assert set(facts["task"]["losses"]) == {"first", "last"} and "prediction" in facts["task"]["losses"]["first"]
+    validation = facts["validation"]
+    assert validation["examples"] == 24 and 0 <= validation["student"]["accuracy"] <= 1
+    assert f"student {validation['student']['accuracy']:.4f}, teacher {validation['teacher']['accuracy']:.4f}" in out
+    model = AutoModelForSequenceClassification.from_pretrained(dst)
+    assert model.config.synthesizer_variant == "random" and model.config.id2label[2] == "plant"
+    tokenizer = AutoTokenizer.from_pretrained(dst)
+    with torch.no_grad():
+        logits = model(**tokenizer(["the cat sat", "a big tree on the mat"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    text = ModelCard.load(dst / "README.md").text
+    assert "1. teacher: the stock model fine-tuned here" in text and "| student |" in text and "| teacher |" in text
+    assert "Losses of the task stage" in text and "| first training batch |" in text
+    assert not any((dst / name).exists() for name in ST_FILES)
+    # The fine-tuned teacher reused: no fine-tuning stage, the same labels.
+    again = tmp_path / "again"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common, "--teacher", str(dst / "teacher")])
+    out = capsys.readouterr().out
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out
+    assert json.loads((again / DISTILLATION_FILE).read_text())["validation"]["teacher"] == validation["teacher"]
