@@ -467,3 +467,29 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     out = capsys.readouterr().out
     assert code == 0 and "(given)" in out and "Stage 1/4" not in out
     assert json.loads((again / DISTILLATION_FILE).read_text())["validation"]["teacher"] == validation["teacher"]
+
+
+def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, tmp_path, capsys):
+    """A missing column names its flag; a teacher with other labels, a T5 source and --resume_from_checkpoint are
+    refused with what to do instead; nothing is trained first."""
+    train, dev = labelled_csv
+    base = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--use_cpu", "true"]
+    cases = [
+        (stock_dir, ["--text_column", "sentence"], "no column 'sentence'.*--text_column"),
+        (stock_dir, ["--label_column", "topic"], "no column 'topic'.*--label_column"),
+        (stock_t5_dir, [], "distills BERT classifiers.*text file"),
+        (stock_dir, ["--resume_from_checkpoint", str(tmp_path)], "rerun it"),
+    ]
+    import re
+
+    for number, (stock, extra, message) in enumerate(cases):
+        code = cli.main(["distill", str(stock), str(tmp_path / f"out{number}"), *base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and re.search(message, err, re.S), (extra, err)
+        assert not (tmp_path / f"out{number}" / "teacher").exists()
+    from transformers import BertForSequenceClassification
+
+    two = tmp_path / "two_labels"
+    BertForSequenceClassification.from_pretrained(stock_dir, num_labels=2).save_pretrained(two)
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "t"), *base, "--teacher", str(two)])
+    assert code == 2 and "classifies 2 labels, the data has 3" in capsys.readouterr().err  # config.json omits them

@@ -687,11 +687,13 @@ def label_fields(labels: list, teacher_dir=None) -> dict:
     (raises ValueError when its number of labels differs)."""
     names = [str(x) for x in labels]
     if teacher_dir is not None:
+        from transformers import AutoConfig
+
         from .checkpoints import read_config_dict
 
-        teacher = read_config_dict(teacher_dir)
-        label2id = teacher.get("label2id") or {}
-        count = len(teacher.get("id2label") or {}) or teacher.get("num_labels")
+        read_config_dict(teacher_dir)  # a CheckpointError naming the problem when it is no checkpoint folder
+        teacher = AutoConfig.from_pretrained(teacher_dir)  # num_labels even where config.json leaves it out
+        label2id, count = teacher.label2id or {}, teacher.num_labels
         if count != len(names):
             raise ValueError(f"--teacher {teacher_dir} classifies {count} labels, the data has {len(names)} "
                              f"({', '.join(names)}): pass the teacher fine-tuned on this task.")
