@@ -479,6 +479,7 @@ def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, 
         (stock_dir, ["--label_column", "topic"], "no column 'topic'.*--label_column"),
         (stock_t5_dir, [], "distills BERT classifiers.*text file"),
         (stock_dir, ["--resume_from_checkpoint", str(tmp_path)], "rerun it"),
+        (stock_dir, ["--max_steps", "5"], "use --general_steps .* --num_train_epochs"),
     ]
     import re
 

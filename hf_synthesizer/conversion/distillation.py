@@ -839,6 +839,9 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     if training_args.resume_from_checkpoint:
         raise ValueError("--resume_from_checkpoint resumes general distillation of a text file; the task recipe "
                          "runs several stages: rerun it (--overwrite), or pass --teacher to skip the fine-tuning.")
+    if training_args.max_steps > 0:
+        raise ValueError("--max_steps sets general distillation's steps for a text file; the task recipe has several "
+                         "stages: use --general_steps (stage 3) and --num_train_epochs (stages 1 and 4).")
     raw, labels = load_labelled(args.train_file, args.validation_file, args.text_column, args.label_column)
     fields = label_fields(labels, args.teacher)
     texts = [str(t) for t in raw["train"][args.text_column]][: args.max_train_samples]
