@@ -445,6 +445,7 @@ def stage_facts(trainer: DistillationTrainer, train_output, before: dict | None 
         "epochs": float(trainer.state.epoch or 0.0),
         "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1),
         "texts_per_step": round(per_step, 2),
+        "train_tokens": int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])),
         "learning_rate": args.learning_rate,
         "attention_learning_rate": trainer.attention_learning_rate,
         "train_runtime_s": train_output.metrics.get("train_runtime"),
@@ -571,6 +572,37 @@ def general_steps(training_args: TrainingArguments, args) -> int:
     return training_args.max_steps if training_args.max_steps > 0 else args.general_steps
 
 
+def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, batch, max_length) -> str:
+    calibration = (f"  1. calibration on {min(texts, args.calibration_samples)} texts\n" if args.calibrate_first else
+                   "  1. calibration: skipped (--no_calibrate_first)\n")
+    return (f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
+            f"file; a labelled .csv/.json runs the task recipe):\n{calibration}"
+            f"  2. general distillation: {steps} steps of {batch} texts (of {texts}, length <= {max_length}) against "
+            f"{stock}")
+
+
+def general_facts(stock: Path, config, head: str, texts, max_length: int, args, calibrated: bool) -> dict:
+    """What general distillation used (teacher as given and as its config names it, texts, tokens, settings), for the
+    card and `distillation.json`; `stage_facts` adds what the run did."""
+    from .checkpoints import read_config_dict
+
+    return {
+        "teacher": args.base_model or str(stock),
+        "teacher_config_name": read_config_dict(stock).get("_name_or_path") or None,  # as saved, not as loaded
+        "base_model": args.base_model,
+        "variant": config.synthesizer_variant,
+        "head": head,
+        "train_file": str(args.train_file),
+        "train_texts": len(texts),
+        "max_seq_length": max_length,
+        "calibrated": calibrated,
+        "calibration_texts": min(len(texts), args.calibration_samples) if calibrated else 0,
+        "attention_loss_weight": args.attention_loss_weight,
+        "hidden_loss": args.hidden_loss,
+        "hidden_loss_weight": args.hidden_loss_weight,
+    }
+
+
 def distill(stock, training_args: TrainingArguments, distillation_args: DistillationArguments,
             attn_implementation: str | None = None, *, verbose: bool = True,
             **synthesizer_options) -> DistillationResult:
@@ -601,12 +633,8 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     tokenizer = AutoTokenizer.from_pretrained(stock)
     config = model.config
     max_length = text_length(config, args.max_seq_length)
-    say(f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
-        f"file; a labelled .csv/.json runs the task recipe):\n"
-        + (f"  1. calibration on {min(len(texts), args.calibration_samples)} texts\n" if args.calibrate_first else
-           "  1. calibration: skipped (--no_calibrate_first)\n")
-        + f"  2. general distillation: {steps} steps of {training_args.per_device_train_batch_size} texts "
-          f"(of {len(texts)}, length <= {max_length}) against {stock}", flush=True)
+    say(_general_plan(stock, dst, attn_implementation, head, args, len(texts), steps,
+                      training_args.per_device_train_batch_size, max_length), flush=True)
     if getattr(config, "is_encoder_decoder", False) and "decoder" in (getattr(config, "synthesizer_stacks", ()) or ()):
         logger.warning("Distillation trains the encoder's attention; the decoder's synthesized self-attention is "
                        + ("calibrated only." if args.calibrate_first else "left at its plain initialisation "
@@ -622,23 +650,8 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
     if evaluation is not None:
         trainer.evaluate()
-    facts = {
-        "teacher": args.base_model or str(stock),
-        "teacher_config_name": config.to_dict().get("_name_or_path") or None,
-        "base_model": args.base_model,
-        "variant": config.synthesizer_variant,
-        "head": head,
-        "train_file": str(args.train_file),
-        "train_texts": len(texts),
-        "train_tokens": int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])),
-        "max_seq_length": max_length,
-        **stage_facts(trainer, train_output, before),
-        "calibrated": calibration is not None,
-        "calibration_texts": min(len(texts), args.calibration_samples) if calibration is not None else 0,
-        "attention_loss_weight": args.attention_loss_weight,
-        "hidden_loss": args.hidden_loss,
-        "hidden_loss_weight": args.hidden_loss_weight,
-    }
+    facts = {**general_facts(stock, model.config, head, texts, max_length, args, calibration is not None),
+             **stage_facts(trainer, train_output, before)}
     if trainer.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, card_section(facts), trainer,
                      sentence_transformers=head == "base")
@@ -813,25 +826,11 @@ def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, e
                else "  (no --validation_file: no validation metrics)"))
 
 
-def distill_for_task(stock, training_args: TrainingArguments, args, attn_implementation: str | None, *,
-                     verbose: bool = True, **synthesizer_options) -> DistillationResult:
-    """Run the recipe (module docstring) from the stock checkpoint folder `stock` on `args.train_file` (labelled:
-    `args.text_column`, `args.label_column`) and save the student classifier to `training_args.output_dir`.
-
-    args: `DistillationArguments`; `synthesizer_options`: config fields of the student (synthesizer_length ...).
-    `verbose`: print the stages up front, each stage as it starts, the calibration summary when it is done and the
-    validation results. Returns a `DistillationResult` (the task stage's trainer). Raises ValueError /
-    `CheckpointError` naming the fix (a T5 source, resuming, a teacher with other labels, bad files)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .calibration import load_teacher
+def check_task_request(stock: Path, training_args: TrainingArguments) -> dict:
+    """Refuse what the task recipe cannot do, naming what to do instead: a T5 source, --resume_from_checkpoint,
+    --max_steps. Returns STOCK's config.json as a dict."""
     from .checkpoints import family_of
-    from .loading import quiet_logs
-    from .metrics import load_metric
 
-    say = print if verbose else (lambda *a, **k: None)
-    stock, dst = Path(stock), Path(training_args.output_dir)
-    check_request(stock, attn_implementation, training_args, args)
     family, config_dict = family_of(stock)
     if family.name != "bert":
         raise ValueError(f"The task recipe distills BERT classifiers; {stock} is a {family.name} checkpoint. Distill "
@@ -842,43 +841,87 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     if training_args.max_steps > 0:
         raise ValueError("--max_steps sets general distillation's steps for a text file; the task recipe has several "
                          "stages: use --general_steps (stage 3) and --num_train_epochs (stages 1 and 4).")
+    return config_dict
+
+
+def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenizer, max_length, training_args, args,
+                        dst: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
+    """Stages 3 and 4 on `texts`: general distillation from `stock_teacher` (`args.general_steps` steps), then the
+    task stage against the fine-tuned classifier in `teacher_dir` (`num_train_epochs`). Returns the task stage's
+    trainer and both stages' facts (`stage_facts`)."""
+    from .calibration import load_teacher
+    from .loading import quiet_logs
+
+    say(f"Stage 3/4: general distillation ({args.general_steps} steps)", flush=True)
+    general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
+                                                                    max_steps=args.general_steps),
+                                   texts, tokenizer, max_length, args)
+    general_facts = stage_facts(general, general.train())
+    say(f"Stage 4/4: task stage ({training_args.num_train_epochs:g} epochs against {teacher_dir})", flush=True)
+    with quiet_logs():
+        task_teacher = load_teacher(teacher_dir, like=model)
+    task = distillation_trainer(model, task_teacher, stage_args(training_args, dst, "task", max_steps=-1),
+                                texts, tokenizer, max_length, args, prediction_loss_weight=1.0)
+    return task, general_facts, stage_facts(task, task.train())
+
+
+def validation_report(student, teacher_dir: Path, data, tokenizer, training_args, dst: Path, file) -> dict:
+    """Accuracy and loss of the student and of the teacher in `teacher_dir` on `data` (tokenized, with labels), and
+    where the accuracy came from (`metrics.load_metric`: evaluate's module, or the local computation)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .loading import quiet_logs
+    from .metrics import load_metric
+
+    metric = load_metric("accuracy")
+    with quiet_logs():
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    return {"file": str(file), "examples": len(data), "metric": metric.name, "metric_source": metric.source,
+            **{who: validation_metrics(m, data, tokenizer, training_args, dst, metric)
+               for who, m in (("student", student), ("teacher", teacher))}}
+
+
+def distill_for_task(stock, training_args: TrainingArguments, args, attn_implementation: str | None, *,
+                     verbose: bool = True, **synthesizer_options) -> DistillationResult:
+    """Run the recipe (module docstring) from the stock checkpoint folder `stock` on `args.train_file` (labelled:
+    `args.text_column`, `args.label_column`) and save the student classifier to `training_args.output_dir`.
+
+    args: `DistillationArguments`; `synthesizer_options`: config fields of the student (synthesizer_length ...).
+    `verbose`: print the stages up front, each stage as it starts, the calibration summary when it is done and the
+    validation results. Returns a `DistillationResult` (the task stage's trainer). Raises ValueError /
+    `CheckpointError` naming the fix (a T5 source, resuming, a teacher with other labels, bad files)."""
+    from transformers import AutoTokenizer
+
+    say = print if verbose else (lambda *a, **k: None)
+    stock, dst = Path(stock), Path(training_args.output_dir)
+    check_request(stock, attn_implementation, training_args, args)
+    config_dict = check_task_request(stock, training_args)
     raw, labels = load_labelled(args.train_file, args.validation_file, args.text_column, args.label_column)
+    if args.max_train_samples:
+        raw["train"] = raw["train"].select(range(min(len(raw["train"]), args.max_train_samples)))
     fields = label_fields(labels, args.teacher)
-    texts = [str(t) for t in raw["train"][args.text_column]][: args.max_train_samples]
+    texts = [str(t) for t in raw["train"][args.text_column]]
     extra = read_texts(args.unlabeled_file) if args.unlabeled_file else []
     tokenizer = AutoTokenizer.from_pretrained(stock)
     model, stock_teacher, _ = build_student(stock, attn_implementation, "sequence-classification", training_args.seed,
                                             **synthesizer_options, **fields)
     max_length = text_length(model.config, args.max_seq_length)
-    epochs, batch = training_args.num_train_epochs, training_args.per_device_train_batch_size
-    say(_plan(stock, dst, attn_implementation, args, labels, texts + extra, args.general_steps, epochs, batch,
-              max_length), flush=True)
-    encoded = {split: encode(data.select(range(min(len(data), args.max_train_samples or len(data))))
-                             if split == "train" else data, tokenizer, args.text_column, args.label_column,
-                             fields["label2id"], max_length) for split, data in raw.items()}
-    tuned = None
-    if args.teacher:
-        teacher_dir = Path(args.teacher)
-    else:
-        say(f"Stage 1/4: fine-tuning the teacher ({epochs:g} epochs)", flush=True)
+    say(_plan(stock, dst, attn_implementation, args, labels, texts + extra, args.general_steps,
+              training_args.num_train_epochs, training_args.per_device_train_batch_size, max_length), flush=True)
+    encoded = {split: encode(data, tokenizer, args.text_column, args.label_column, fields["label2id"], max_length)
+               for split, data in raw.items()}
+    teacher_dir, tuned = Path(args.teacher or dst / "teacher"), None
+    if not args.teacher:
+        say(f"Stage 1/4: fine-tuning the teacher ({training_args.num_train_epochs:g} epochs)", flush=True)
         teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, dst)
     say("Stage 2/4: calibration", flush=True)
     calibration = calibrate(model, stock_teacher, texts + extra, tokenizer, max_length, args, say)
-    say(f"Stage 3/4: general distillation ({args.general_steps} steps)", flush=True)
-    general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
-                                                                    max_steps=args.general_steps),
-                                   texts + extra, tokenizer, max_length, args)
-    general_facts = stage_facts(general, general.train())
-    say(f"Stage 4/4: task stage ({epochs:g} epochs against {teacher_dir})", flush=True)
-    with quiet_logs():
-        task_teacher = load_teacher(teacher_dir, like=model)
-    task = distillation_trainer(model, task_teacher, stage_args(training_args, dst, "task", max_steps=-1),
-                                texts + extra, tokenizer, max_length, args, prediction_loss_weight=1.0)
-    task_facts = stage_facts(task, task.train())
+    task, general_facts, task_facts = distillation_stages(model, stock_teacher, teacher_dir, texts + extra, tokenizer,
+                                                          max_length, training_args, args, dst, say)
     facts = {
         "recipe": "task", "stock": str(stock), "stock_config_name": config_dict.get("_name_or_path"),
-        "teacher": str(args.teacher) if args.teacher else str(teacher_dir), "teacher_fine_tuning": tuned,
-        "base_model": args.base_model, "variant": model.config.synthesizer_variant, "head": "sequence-classification",
+        "teacher": str(teacher_dir), "teacher_fine_tuning": tuned, "base_model": args.base_model,
+        "variant": model.config.synthesizer_variant, "head": "sequence-classification",
         "labels": [str(x) for x in labels], "train_file": str(args.train_file), "train_texts": len(texts),
         "unlabeled_texts": len(extra), "max_seq_length": max_length, "calibrated": calibration is not None,
         "calibration_texts": min(len(texts + extra), args.calibration_samples) if calibration is not None else 0,
@@ -886,15 +929,8 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
         "hidden_loss_weight": args.hidden_loss_weight, "general": general_facts, "task": task_facts,
     }
     if "validation" in encoded:
-        metric = load_metric("accuracy")
-        with quiet_logs():
-            teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-        facts["validation"] = {
-            "file": str(args.validation_file), "examples": len(encoded["validation"]), "metric": metric.name,
-            "metric_source": metric.source,
-            **{who: validation_metrics(m, encoded["validation"], tokenizer, training_args, dst, metric)
-               for who, m in (("student", model), ("teacher", teacher_model))},
-        }
+        facts["validation"] = validation_report(model, teacher_dir, encoded["validation"], tokenizer, training_args,
+                                                dst, args.validation_file)
     if task.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, task_card_section(facts), task, sentence_transformers=False)
     say(_summary(facts, dst))
