@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
     for split in (train_split, eval_split):
         if split and data_args.label_column not in raw[split].column_names:
             raise ValueError(
-                f"Label column {data_args.label_column!r} not in the {split} data (columns: "
+                f"Label column {data_args.label_column!r} not in the data (columns of its {split} split: "
                 f"{raw[split].column_names}); name it with --label_column."
             )
     saved = transformers.PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0]
