@@ -451,6 +451,7 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     validation = facts["validation"]
     assert validation["examples"] == 24 and 0 <= validation["student"]["accuracy"] <= 1
     assert f"student {validation['student']['accuracy']:.4f}, teacher {validation['teacher']['accuracy']:.4f}" in out
+    assert "'epoch': 0" not in out  # models evaluated, not trained, in that step
     model = AutoModelForSequenceClassification.from_pretrained(dst)
     assert model.config.synthesizer_variant == "random" and model.config.id2label[2] == "plant"
     tokenizer = AutoTokenizer.from_pretrained(dst)

@@ -273,7 +273,7 @@ class DistillationTrainer(Trainer):
 # --------------------------------------------------------------------------------------------------- arguments
 # The recommended recipe's settings (docs/conversion.md, benchmarks/QUALITY.md): the CLI's defaults, and
 # `recipe_training_args` in Python. General distillation runs GENERAL_STEPS optimizer steps unless --max_steps is given.
-GENERAL_STEPS = 200
+GENERAL_STEPS = 120
 RECIPE_TRAINING_DEFAULTS = {"learning_rate": 2e-4, "per_device_train_batch_size": 16, "warmup_steps": 0.1,
                             "weight_decay": 0.01, "report_to": "none"}
 LABELLED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
@@ -761,7 +761,7 @@ def validation_metrics(model, data, tokenizer, training_args, dst: Path, metric)
 
     trainer = Trainer(model=model, args=stage_args(training_args, dst, "evaluation"), compute_metrics=compute,
                       data_collator=DataCollatorWithPadding(tokenizer))
-    found = trainer.evaluate(data, metric_key_prefix="validation")
+    found = trainer.predict(data, metric_key_prefix="validation").metrics  # evaluate() would log "epoch 0"
     return {k.removeprefix("validation_"): v for k, v in found.items()
             if k.removeprefix("validation_") in (metric.name, "loss")}
 
