@@ -297,7 +297,7 @@ class DistillationArguments:
         "its text, task stage against the fine-tuned teacher).")})
     validation_file: Optional[str] = field(default=None, metadata={"help": (
         "Held-out data in the train file's format: text lines give eval_loss (--eval_strategy); a labelled file gives "
-        "the student's and the teacher's accuracy and macro F1 at the end.")})
+        "the student's and the teacher's accuracy at the end.")})
     text_column: str = field(default="text", metadata={"help": "Text column of a labelled file."})
     label_column: str = field(default="label", metadata={"help": "Label column of a labelled file (integers or "
                                                                  "strings)."})
