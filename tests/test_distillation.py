@@ -462,12 +462,17 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     assert "1. teacher: the stock model fine-tuned here" in text and "| student |" in text and "| teacher |" in text
     assert "Losses of the task stage" in text and "| first training batch |" in text
     assert not any((dst / name).exists() for name in ST_FILES)
-    # The fine-tuned teacher reused: no fine-tuning stage, the same labels.
-    again = tmp_path / "again"
-    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common, "--teacher", str(dst / "teacher")])
+    # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
+    again, more = tmp_path / "again", tmp_path / "more.txt"
+    more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
+    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common, "--teacher", str(dst / "teacher"),
+                     "--unlabeled_file", str(more)])
     out = capsys.readouterr().out
-    assert code == 0 and "(given)" in out and "Stage 1/4" not in out
-    assert json.loads((again / DISTILLATION_FILE).read_text())["validation"]["teacher"] == validation["teacher"]
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "(of 64, " in out
+    facts = json.loads((again / DISTILLATION_FILE).read_text())
+    assert facts["validation"]["teacher"] == validation["teacher"] and facts["unlabeled_texts"] == 16
+    assert facts["task"]["steps"] == 8  # (48 + 16) texts / 8 per step
+    assert "and 16 unlabeled ones" in ModelCard.load(again / "README.md").text
 
 
 def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, tmp_path, capsys):
