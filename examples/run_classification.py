@@ -196,8 +196,8 @@ def choose_splits(training_args, raw) -> tuple[Optional[str], Optional[str], Opt
 
 def label_setup(raw, label_column: str, saved_config: dict, keep_saved_labels: bool):
     """(is_regression, label values in id order or None, config fields for the head). A model that is not trained
-    here (`keep_saved_labels`) keeps its own labels (its saved id2label, when it names every label of the data), so its ids are read the
-    way it was trained; a test file without labels is then predicted in them."""
+    here (`keep_saved_labels`) keeps its own labels (its saved id2label, when it names every label of the data), so
+    its ids are read the way it was trained; a test file without labels is then predicted in them."""
     labelled = [split for split in raw.values() if label_column in split.column_names]
     saved_names = list((saved_config.get("id2label") or {}).values())
     if not labelled:  # predictions only: the model's own labels

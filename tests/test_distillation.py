@@ -465,8 +465,8 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
     again, more = tmp_path / "again", tmp_path / "more.txt"
     more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
-    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common, "--teacher", str(dst / "teacher"),
-                     "--unlabeled_file", str(more)])
+    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
+                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more)])
     out = capsys.readouterr().out
     assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "(of 64, " in out
     facts = json.loads((again / DISTILLATION_FILE).read_text())

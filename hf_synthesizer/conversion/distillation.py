@@ -281,7 +281,8 @@ LABELLED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 
 def recipe_training_args(output_dir, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the recommended recipe's defaults (`RECIPE_TRAINING_DEFAULTS`: learning rate 2e-4,
-    16 texts per step, 10 % warmup, weight decay 0.01, no trackers), `overrides` on top; the `distill` CLI's defaults."""
+    16 texts per step, 10 % warmup, weight decay 0.01, no trackers), `overrides` on top; the `distill` CLI's
+    defaults."""
     return TrainingArguments(output_dir=str(output_dir), **{**RECIPE_TRAINING_DEFAULTS, **overrides})
 
 
@@ -303,12 +304,14 @@ class DistillationArguments:
                                                                  "strings)."})
     teacher: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: a checkpoint folder of STOCK already fine-tuned on the task (a sequence classifier with the "
-        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first (saved to DST/teacher).")})
+        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first (saved to "
+        "DST/teacher).")})
     unlabeled_file: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: more in-domain text (one per line, no labels) for calibration, general distillation and the "
         "task stage, besides the training texts.")})
     general_steps: int = field(default=GENERAL_STEPS, metadata={"help": (
-        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md). For a text "
+        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md). For a "
+        f"text "
         f"file --max_steps, when given, overrides it.")})
     calibrate_first: bool = field(
         default=True, metadata={"help": "Initialise the synthesizer by closed-form calibration on the first "
@@ -712,7 +715,8 @@ def label_fields(labels: list, teacher_dir=None) -> dict:
                              f"({', '.join(names)}): pass the teacher fine-tuned on this task.")
         if set(label2id) == set(names):
             names = sorted(names, key=lambda n: int(label2id[n]))
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def encode(data, tokenizer, text_column, label_column, label2id, max_length):
@@ -775,7 +779,8 @@ def task_card_section(facts: dict) -> str:
     lines = [
         "## Distillation",
         "",
-        f"Made by `hf-synthesizer distill`'s task recipe (`hf_synthesizer.conversion.distillation.distill_for_task`) from the stock model "
+        f"Made by `hf-synthesizer distill`'s task recipe "
+        f"(`hf_synthesizer.conversion.distillation.distill_for_task`) from the stock model "
         f"{teacher_text({'teacher': facts['stock'], 'teacher_config_name': facts['stock_config_name']})}, for the "
         f"{len(facts['labels'])} labels of `{facts['train_file']}` ({facts['train_texts']:,} labelled texts"
         + (f" and {facts['unlabeled_texts']:,} unlabeled ones" if facts["unlabeled_texts"] else "")
