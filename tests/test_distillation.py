@@ -461,6 +461,8 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     text = ModelCard.load(dst / "README.md").text
     assert "1. teacher: the stock model fine-tuned here" in text and "| student |" in text and "| teacher |" in text
     assert "Losses of the task stage" in text and "| first training batch |" in text
+    assert cli.main(["card", str(dst)]) == 0  # regenerating the card keeps the recipe's section
+    assert "Losses of the task stage" in ModelCard.load(dst / "README.md").text
     assert not any((dst / name).exists() for name in ST_FILES)
     # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
     again, more = tmp_path / "again", tmp_path / "more.txt"
@@ -500,3 +502,19 @@ def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, 
     BertForSequenceClassification.from_pretrained(stock_dir, num_labels=2).save_pretrained(two)
     code = cli.main(["distill", str(stock_dir), str(tmp_path / "t"), *base, "--teacher", str(two)])
     assert code == 2 and "classifies 2 labels, the data has 3" in capsys.readouterr().err  # config.json omits them
+
+
+def test_card_of_a_record_written_before_texts_per_step(tmp_path):
+    """`hf-synthesizer card` re-renders the section from distillation.json; a record from before this branch (no
+    texts_per_step, no teacher_config_name) still renders, with the batch size as the texts per step it stated."""
+    from hf_synthesizer.conversion.distillation import card_section
+
+    old = {"teacher": "model", "variant": "random", "train_file": "t.txt", "train_texts": 2, "train_tokens": 20,
+           "max_seq_length": 128, "steps": 3, "epochs": 3.0, "batch_size": 8, "learning_rate": 2e-4,
+           "attention_learning_rate": 2e-3, "calibrated": False, "calibration_texts": 0, "attention_loss_weight": 1.0,
+           "hidden_loss": "mse", "hidden_loss_weight": 1.0, "losses": {}}
+    text = card_section(old)
+    assert "8 texts per step," in text and "`model`" in text and "| first training batch |" not in text
+    text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
+                                                                            "total": 0.6}}})
+    assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text

@@ -402,8 +402,17 @@ def teacher_text(facts: dict) -> str:
 
 
 def card_section(facts: dict) -> str:
-    """The model card's "Distillation" section of general distillation, from the facts `distill` records
-    (`distillation.json`)."""
+    """The model card's "Distillation" section from the facts `distill` records (`distillation.json`): the task
+    recipe's (`task_card_section`) or general distillation's (`general_card_section`)."""
+    return task_card_section(facts) if facts.get("recipe") == "task" else general_card_section(facts)
+
+
+def general_card_section(facts: dict) -> str:
+    """The "Distillation" section of general distillation (records written before `texts_per_step` existed give
+    the batch size only)."""
+    per_step = facts.get("texts_per_step")
+    batch = (f"{per_step:g} texts per step on average (batch size {facts['batch_size']})" if per_step is not None
+             else f"{facts['batch_size']} texts per step")
     hidden = {"mse": "mean squared error", "cosine": "1 − cosine similarity"}[facts["hidden_loss"]]
     lines = [
         "## Distillation",
@@ -411,8 +420,7 @@ def card_section(facts: dict) -> str:
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
         f"teacher {teacher_text(facts)} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
         f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
-        f"({facts['epochs']:.2f} epochs, {facts['texts_per_step']:g} texts per step on average (batch size "
-        f"{facts['batch_size']}), learning rate {facts['learning_rate']:g}, "
+        f"({facts['epochs']:.2f} epochs, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
         + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
         + ".",
@@ -656,7 +664,7 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     facts = {**general_facts(stock, model.config, head, texts, max_length, args, calibration is not None),
              **stage_facts(trainer, train_output, before)}
     if trainer.is_world_process_zero():
-        save_student(model, tokenizer, stock, dst, facts, card_section(facts), trainer,
+        save_student(model, tokenizer, stock, dst, facts, general_card_section(facts), trainer,
                      sentence_transformers=head == "base")
     losses = facts["losses"]
     say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {facts['steps']} steps on {len(texts)} texts; "
