@@ -29,6 +29,7 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    check_cache_position,
     resolve_cache,
     update_self_attention_cache,
 )
@@ -73,11 +74,13 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same contract as `BertSelfAttention.forward` (transformers/models/bert/modeling_bert.py) on every supported
-        transformers: the cache arrives as `cache=` (5.24) or `past_key_values=` (5.23); `encoder_hidden_states`
+        transformers: the cache arrives as `cache=` (5.24) or `past_key_values=` (5.23); a caller's `cache_position`
+        must agree with the cache (`check_cache_position`); `encoder_hidden_states`
         (passed by `BertAttention`, always None for self-attention) is ignored as the stock module ignores it; any
         other keyword goes to `synthesizer_attention_forward`, which raises on what it does not handle.
         hidden_states `(B, lq, d)` -> `(output (B, lq, d), probabilities (B, H, lq, lk) or None)`."""
         cache = resolve_cache(cache, past_key_values)
+        cache_position = kwargs.pop("cache_position", None)  # checked against the cache below
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
         value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
@@ -97,6 +100,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
                 cache, self.layer_idx, key_layer, value_layer, attention_mask,
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
+            check_cache_position(cache_position, query_offset)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(

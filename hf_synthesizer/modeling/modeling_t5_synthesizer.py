@@ -32,6 +32,7 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    check_cache_position,
     resolve_cache,
     update_self_attention_cache,
 )
@@ -41,7 +42,10 @@ from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_build
 class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
     """T5 attention whose logits come from `self.synthesizer`. For cross-attention and layers that stay vanilla
     the synthesizer is plain dot-product (`components == ("vanilla",)`, no parameters). `q`/`k` exist only when a
-    vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own."""
+    vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own. T5 takes
+    no position_ids: a packed (block-diagonal) mask is refused by name (`check_packed_mask`)."""
+
+    takes_position_ids = False
 
     def __init__(
         self,
@@ -77,6 +81,9 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
         `past_key_values=` (5.23); any other keyword goes to `synthesizer_attention_forward`, which raises on what it
         does not handle. hidden_states `(B, lq, d)` -> `(output (B, lq, d), position_bias, probabilities or None)`."""
         cache = resolve_cache(cache, past_key_values)
+        # T5 hands every model keyword to both stacks: a caller's cache_position is the decoder's, checked against the
+        # self-attention cache below; the encoder and cross-attention have no positions in that cache and ignore it.
+        cache_position = kwargs.pop("cache_position", None)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
         is_cross_attention = key_value_states is not None
@@ -114,6 +121,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     layer_cache, self.layer_idx, key_states, value_states, mask,
                     None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
+                check_cache_position(cache_position, query_offset)
 
         if position_bias is None:
             key_length = value_states.shape[-2]

