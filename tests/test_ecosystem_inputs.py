@@ -127,3 +127,61 @@ def test_callers_cache_position_is_the_position(family, variant):
         step(cache, 0, tokens[:2])
         with pytest.raises(ValueError, match=r"cache_position.*5.*2|2.*cache_position.*5"):
             step(cache, 5, tokens[2:])
+
+
+# ------------------------------------------------------------------------------------------------------ offload
+
+
+OFFLOAD_IDS = torch.tensor([[2, 15, 27, 39, 4, 3, 0, 0], [2, 41, 53, 65, 77, 89, 3, 0]])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_offloaded_weights_give_the_in_memory_outputs(variant, tmp_path):
+    """device_map with "cpu" and "disk" (accelerate's hooks load a module's weights only while its own forward runs)
+    and offload_buffers (fixed random's R is a buffer): the in-memory model's logits, every variant."""
+    from hf_synthesizer import BertSynthesizerForMaskedLM
+
+    fields = dict(synthesizer_variant=variant, synthesizer_length=LENGTH)
+    if variant.startswith("gate:"):
+        fields.update(synthesizer_variant=variant[5:], synthesizer_mixture="gate")
+    torch.manual_seed(0)
+    model = BertSynthesizerForMaskedLM(BertSynthesizerConfig(**tiny_bert_config().to_dict(), **fields))
+    if variant != "vanilla":
+        spread_synthesizer(model)
+    model.eval().save_pretrained(tmp_path / "model")
+    mask = (OFFLOAD_IDS != 0).long()
+    with torch.no_grad():
+        expected = model(input_ids=OFFLOAD_IDS, attention_mask=mask).logits
+        device_map = {"bert.embeddings": "cpu", "bert.encoder": "disk", "cls": "cpu"}
+        for buffers in (False, True):
+            offloaded = BertSynthesizerForMaskedLM.from_pretrained(
+                tmp_path / "model", device_map=device_map, offload_folder=tmp_path / f"offload{buffers}",
+                offload_buffers=buffers,
+            ).eval()
+            got = offloaded(input_ids=OFFLOAD_IDS, attention_mask=mask).logits
+            assert torch.allclose(got, expected, atol=1e-5), (buffers, (got - expected).abs().max())
+
+
+# The stacks' blocks on disk; the tied embeddings stay in memory (a tied weight offloaded under one name is looked up
+# under the other).
+T5_DEVICE_MAP = {
+    "shared": "cpu", "lm_head": "cpu", "encoder.embed_tokens": "cpu", "decoder.embed_tokens": "cpu",
+    "encoder.block": "disk", "decoder.block": "disk", "encoder.final_layer_norm": "cpu", "decoder.final_layer_norm": "cpu",
+}
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_random", "fixed_random"])
+def test_offloaded_t5_gives_the_in_memory_outputs(variant, tmp_path):
+    from hf_synthesizer import T5SynthesizerForConditionalGeneration
+
+    model = build("t5", variant).float()
+    model.save_pretrained(tmp_path / "model")
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 1]]), "decoder_input_ids": torch.tensor([[0, 4, 9]])}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        offloaded = T5SynthesizerForConditionalGeneration.from_pretrained(
+            tmp_path / "model", device_map=T5_DEVICE_MAP,
+            offload_folder=tmp_path / "offload", offload_buffers=True,
+        ).eval()
+        got = offloaded(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
