@@ -30,6 +30,7 @@ from .synthesizer_attention import (
     SynthesizerLogits,
     attention_function,
     check_cache_position,
+    key_placeholder,
     resolve_cache,
     update_self_attention_cache,
 )
@@ -87,15 +88,13 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         if hasattr(self, "query"):  # built only when a vanilla term reads it
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
-        else:
-            # Nothing reads keys: the cache keeps a placeholder that still counts the positions
-            # (one wide: transformers' DynamicLayer counts an empty tensor as length 0).
-            query_layer, key_layer = None, value_layer[..., :1]
-
         query_offset = 0
+        if isinstance(cache, EncoderDecoderCache):
+            cache = cache.self_attention_cache
+        if not hasattr(self, "query"):
+            # Nothing reads keys: the cache keeps a placeholder that still counts the positions.
+            query_layer, key_layer = None, key_placeholder(value_layer, cache, self.layer_idx)
         if cache is not None:
-            if isinstance(cache, EncoderDecoderCache):
-                cache = cache.self_attention_cache
             query_offset, key_layer, value_layer, attention_mask = update_self_attention_cache(
                 cache, self.layer_idx, key_layer, value_layer, attention_mask,
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,

@@ -33,6 +33,7 @@ from .synthesizer_attention import (
     SynthesizerLogits,
     attention_function,
     check_cache_position,
+    key_placeholder,
     resolve_cache,
     update_self_attention_cache,
 )
@@ -108,10 +109,8 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             if uses_qk:
                 key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
             else:
-                # Nothing reads keys. The cache still needs them to count positions, and transformers 5.23's
-                # `DynamicLayer.get_seq_length` reports 0 for a tensor with no elements, so an empty (.., 0) placeholder
-                # would silently reset positions while decoding: keep a one-wide placeholder of zeros.
-                key_states = value_states.new_zeros(()).expand(*value_states.shape[:-1], 1)
+                # Nothing reads keys; the cache still needs them to count positions (see key_placeholder).
+                key_states = key_placeholder(value_states, None if cache is None else layer_cache, self.layer_idx)
             if cache is not None and is_cross_attention:
                 key_states, value_states = layer_cache.update(key_states, value_states, self.layer_idx)
                 if isinstance(cache, EncoderDecoderCache):

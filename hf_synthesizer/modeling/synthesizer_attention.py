@@ -291,6 +291,21 @@ def resolve_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
+def key_placeholder(value: torch.Tensor, cache, layer_idx: int) -> torch.Tensor:
+    """The keys a layer without a dot-product term puts in its cache: zeros `(B, H, lq, w)` that only count the
+    positions (nothing reads them). `w` is 1 (transformers 5.23's `DynamicLayer` counts an empty tensor as length 0),
+    or the width of the keys the cache layer already holds, so that full-width entries written by others -- PEFT's
+    prefix tuning fills every layer with its prefix keys, a user's cache -- and ours can be concatenated. `cache` a
+    self-attention `Cache` (not an `EncoderDecoderCache`) or None."""
+    width = 1
+    layers = getattr(cache, "layers", None)
+    if layers is not None and layer_idx is not None and layer_idx < len(layers):
+        keys = getattr(layers[layer_idx], "keys", None)
+        if getattr(layers[layer_idx], "is_initialized", True) and isinstance(keys, torch.Tensor) and keys.dim() == 4:
+            width = keys.shape[-1] if keys.shape[-1] > 0 else 1
+    return value.new_zeros(()).expand(*value.shape[:-1], width)
+
+
 def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask, length_limit: int | None = None):
     """Append this step's key/value to a self-attention `cache` layer; returns `(query_offset, key, value, mask)`.
 
