@@ -3,7 +3,7 @@ synthesizer tensors N(0, 0.5) so that a wrong row, column or a dropped weight sh
 
 - packed sequences (position_ids restarting per sequence, block-diagonal mask): each sequence of a packed row gives
   the outputs it gives alone, BERT, every variant, fast and reference routes; also when transformers (5.25) builds
-  the packed mask itself from position_ids; T5 (which takes no position_ids) refuses a packed mask by name;
+  the packed mask itself from position_ids; T5 (which takes no position_ids) from its block-diagonal mask;
 - accelerate offload (device_map with "cpu"/"disk", offload_buffers): the in-memory model's outputs, every variant;
 - PEFT prefix tuning and prompt tuning train for every variant, BERT sequence classification and T5 seq2seq;
 - a caller's `cache_position` is the position of its queries; one that disagrees with the cache is refused naming
@@ -20,6 +20,7 @@ from test_fast_paths import set_fast
 from transformers import BertModel, DynamicCache, EncoderDecoderCache
 
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
+from hf_synthesizer.modeling.configuration_synthesizer import attn_implementation_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,12 +83,23 @@ def test_packed_gradients_equal_each_sequence_alone():
     assert torch.allclose(grads[0], grads[1] + grads[2], atol=1e-10)
 
 
-def test_t5_refuses_a_packed_mask_by_name():
-    model = build("t5", "random")
-    mask = BLOCKS.expand(1, 1, -1, -1).double()
-    with pytest.raises(ValueError, match="packed"):
-        model(input_ids=IDS, attention_mask=BLOCKS, decoder_input_ids=torch.tensor([[0, 4]]))
-    del mask
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_t5_encoder_packed_sequences_equal_each_sequence_alone(variant, fast):
+    """T5 takes no position_ids: a packed row's positions come from its block-diagonal mask (each row's first kept
+    key), and T5's relative position bias depends on j - i only, so each sequence gives the outputs it gives alone."""
+    from hf_synthesizer import T5SynthesizerEncoderModel
+
+    model = build("t5", variant)
+    encoder = T5SynthesizerEncoderModel(model.config).double().eval()
+    encoder.load_state_dict(model.state_dict(), strict=False)
+    set_fast(encoder, fast)
+    with torch.no_grad():
+        packed = encoder(input_ids=IDS, attention_mask=BLOCKS).last_hidden_state[0]
+        first = encoder(input_ids=torch.tensor([A])).last_hidden_state[0]
+        second = encoder(input_ids=torch.tensor([B])).last_hidden_state[0]
+    error = max((packed[: len(A)] - first).abs().max().item(), (packed[len(A):] - second).abs().max().item())
+    assert error < 1e-12
 
 
 # ----------------------------------------------------------------------------------------------- cache_position
@@ -229,3 +241,68 @@ def test_peft_prefix_and_prompt_tuning_train(variant, family, method):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+# ------------------------------------------------------------------------------------------- import side effects
+
+REGISTRY_SCRIPT = r"""
+import json, sys, torch
+from transformers import AttentionInterface, BertConfig, BertModel, T5Config, T5Model
+from transformers.masking_utils import AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+def registries():
+    return {name: dict(getattr(reg, "_global_mapping")) | dict(getattr(reg, "_local_mapping", {}))
+            for name, reg in (("attention", ALL_ATTENTION_FUNCTIONS), ("mask", ALL_MASK_ATTENTION_FUNCTIONS))}
+
+def outputs():
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=24, is_decoder=True)).eval()
+    t5 = T5Model(T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2)).eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]]); mask = (ids != 0).long()
+    with torch.no_grad():
+        return [bert(input_ids=ids, attention_mask=mask).last_hidden_state,
+                t5(input_ids=ids, attention_mask=mask, decoder_input_ids=ids).last_hidden_state]
+
+before, stock = registries(), outputs()
+import hf_synthesizer
+after, again = registries(), outputs()
+changed = [f"{kind}:{name}" for kind in before for name in before[kind] if after[kind].get(name) is not before[kind][name]]
+assert not changed, changed
+assert all(torch.equal(a, b) for a, b in zip(stock, again))
+added = sorted(name for kind in after for name in after[kind] if name not in before[kind])
+assert added and all(name.startswith("synthesizer_") for name in added), added
+print("ok")
+"""
+
+
+def test_import_leaves_transformers_registries_and_stock_models_alone():
+    """In a fresh interpreter: every entry of AttentionInterface / AttentionMaskInterface that existed before the
+    import is the same object after it, stock BERT (a padded causal batch) and T5 outputs are bit-identical, and the
+    only additions are synthesizer names."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", REGISTRY_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla", "factorized_random"])
+def test_sdpa_backend_still_gets_key_masks(variant, monkeypatch):
+    """A synthesizer model under "sdpa" (the default) builds its masks under a name only synthesizer models use (the
+    package no longer replaces transformers' "sdpa" entry): the fast routes get padding as `(B, 1, 1, lk)` key masks
+    (a padded causal batch here), and the outputs equal those under the variant's own name."""
+    import hf_synthesizer.modeling.synthesizer_attention as sa
+
+    model = build("bert", variant)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 8]])
+    seen = []
+    original = sa.fast_synthesizer_attention
+    monkeypatch.setattr(sa, "fast_synthesizer_attention", lambda *a, **k: seen.append(a[5].shape) or original(*a, **k))
+    with torch.no_grad():
+        sdpa = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
+        assert seen and all(shape[2] == 1 for shape in seen), seen
+        model.set_attn_implementation(attn_implementation_name(variant))
+        named = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
+    assert torch.allclose(sdpa, named, atol=1e-12)

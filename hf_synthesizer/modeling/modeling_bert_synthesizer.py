@@ -32,6 +32,7 @@ from .synthesizer_attention import (
     check_cache_position,
     key_placeholder,
     resolve_cache,
+    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_math import check_input_length
@@ -168,6 +169,12 @@ class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedM
 
 
 class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
+    def _create_attention_masks(self, *args, **kwargs):
+        """BERT's masks, built under a synthesizer name when the backend is "sdpa" (`synthesizer_masks`): padding
+        comes as the key mask the fast routes need, and transformers' own "sdpa" mask builder is left alone."""
+        with synthesizer_masks(self.config):
+            return super()._create_attention_masks(*args, **kwargs)
+
     def _install_synthesizer_attention(self):
         ignored = []
         config = self.config

@@ -35,6 +35,7 @@ from .synthesizer_attention import (
     check_cache_position,
     key_placeholder,
     resolve_cache,
+    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
@@ -44,9 +45,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
     """T5 attention whose logits come from `self.synthesizer`. For cross-attention and layers that stay vanilla
     the synthesizer is plain dot-product (`components == ("vanilla",)`, no parameters). `q`/`k` exist only when a
     vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own. T5 takes
-    no position_ids: a packed (block-diagonal) mask is refused by name (`check_packed_mask`)."""
-
-    takes_position_ids = False
+    no position_ids: a packed row's positions come from its block-diagonal mask (see `token_positions`)."""
 
     def __init__(
         self,
@@ -207,6 +206,12 @@ class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel
 
 class T5SynthesizerStack(T5SynthesizerPreTrainedModel, T5Stack):
     """A `T5Stack` whose attention modules are `T5SynthesizerAttention`s (synthesized where configured)."""
+
+    def forward(self, *args, **kwargs):
+        """T5's stack, its masks built under a synthesizer name when the backend is "sdpa" (`synthesizer_masks`: the
+        stack builds them inside its forward; its attention modules treat that name as "sdpa")."""
+        with synthesizer_masks(self.config):
+            return super().forward(*args, **kwargs)
 
     def _install_synthesizer_attention(self):
         config = self.config

@@ -6,6 +6,7 @@ Importing this file registers `synthesizer_<variant>` for every named variant.
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -215,7 +216,10 @@ class SynthesizerLogits(nn.Module):
                 probs = probs.expand(value.shape[0], -1, -1, -1)
                 probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
             return shift_to_start(output, pad, 1, undo=True), probs
-        by_position = None if positions is None else (positions.query, positions.key)
+        by_position = None
+        if positions is not None:  # (one batch size for the gathers: positions from a mask or position_ids may have 1)
+            batch = value.shape[0]
+            by_position = (positions.query.expand(batch, -1), positions.key.expand(batch, -1))
         return route_attention(self, hidden_states, query, key, value, attention_mask, call, by_position)
 
 
@@ -372,12 +376,35 @@ def reference_attention_forward(module: nn.Module, query, key, value, attention_
     return own(query, key, value, attention_mask, reference=True, **kwargs)
 
 
+# The name a synthesizer model's config carries while transformers builds its masks under "sdpa" (`synthesizer_masks`):
+# registered by this package only, so transformers' own "sdpa" entry stays untouched.
+FAST_ROUTES_NAME = "synthesizer_fast"
+
+
+@contextlib.contextmanager
+def synthesizer_masks(config):
+    """While transformers builds the masks of a synthesizer model whose backend is "sdpa" (the default), the config
+    names `FAST_ROUTES_NAME` instead, whose mask builder is `synthesizer_mask` (padding as a `(B, 1, 1, lk)` key mask
+    the fast routes recognise by its shape; transformers' `sdpa_mask` would materialise `(B, 1, lq, lk)` and push
+    every call to the general route). Attention modules running meanwhile treat that name as "sdpa"
+    (`attention_function`). Restored on exit, exceptions included. A hook only synthesizer models use: importing the
+    package changes nothing for other models (issue 25)."""
+    switch = getattr(config, "_attn_implementation_internal", None) == "sdpa"
+    if switch:
+        config._attn_implementation_internal = FAST_ROUTES_NAME
+    try:
+        yield
+    finally:
+        if switch:
+            config._attn_implementation_internal = "sdpa"
+
+
 def attention_function(implementation: str):
     """The function a synthesizer attention module runs under `config._attn_implementation`: `"sdpa"` its
     synthesizer math by the fast routes, `"eager"` by the plain reference (on a vanilla layer: dot-product attention
     in sdpa / materialised), any other name what is registered under it in `AttentionInterface` (the
     `synthesizer_<variant>` names run the fast routes too)."""
-    if implementation == "sdpa":
+    if implementation in ("sdpa", FAST_ROUTES_NAME):
         return synthesizer_attention_forward
     if implementation == "eager":
         return reference_attention_forward
@@ -444,52 +471,58 @@ def token_positions(position_ids, attention_mask, q0, lq: int, lk: int, tuned: b
     "Positions"), or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while
     decoding, which the module checks against a caller's `cache_position`):
 
-    - a padding (key) mask `(B, 1, 1, lk)`: position = slot - the mask's first kept slot (`left_padding`), so that
-      left padding leaves real tokens' outputs unchanged; whole sequences (no cache) are rotated (`shift`) so that
-      the fast routes run on them, decoding reads the logits at the positions;
-    - else `position_ids` `(B or 1, lq)` when given (packed sequences, whose mask is block-diagonal or absent):
-      queries at them, keys at them too for whole sequences, at their slots after a cached prefix.
+    - a mask: each query's position counts from the first key its row keeps (`mask_positions`): left padding (key
+      mask or full mask) and packed sequences (block-diagonal mask, DataCollatorWithFlattening's layout, or the one
+      transformers 5.25 builds from restarting position_ids) get the positions their position_ids would give;
+    - no mask: `position_ids` `(B or 1, lq)` when given (queries at them; keys at them for whole sequences, at their
+      slots after a cached prefix).
 
-    With a padding mask given `position_ids` are not read: cached decoding could not reproduce them where they
-    disagree with the mask (generate's positions restart after right padding), and they agree otherwise.
-    `tuned` (CPU eager) may read on the host: positions that equal the slots are reported as None (fast routes);
-    elsewhere given `position_ids` are always read by position (correct, slower)."""
-    pad = left_padding(attention_mask)  # (B or 1,) or None (no key mask)
-    if pad is not None:
-        if tuned and not bool(pad.any()):
-            return None
-        whole = isinstance(q0, int) and q0 == 0 and lq == lk
-        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
-    if position_ids is None:
-        return None
-    given = position_ids.reshape(-1, lq).clamp_min(0)
+    With a mask, given `position_ids` are not read: cached decoding could not reproduce them where they disagree with
+    the mask (generate's positions restart after right padding), and they agree with it otherwise.
+    `tuned` (CPU eager) may read on the host: positions equal to the slots are reported as None (fast routes)."""
     whole = isinstance(q0, int) and q0 == 0 and lq == lk
-    if tuned and not isinstance(q0, torch.Tensor):
-        if bool((given == torch.arange(q0, q0 + lq, device=given.device)).all()):
-            return None
-    keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
-    return Positions(given, keys)
+    if attention_mask is not None:
+        positions = mask_positions(attention_mask, q0, lq, lk, whole)
+    elif position_ids is not None:
+        given = position_ids.reshape(-1, lq).clamp_min(0)
+        keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
+        positions = Positions(given, keys)
+    else:
+        return None
+    if positions is None or not tuned or isinstance(q0, torch.Tensor):
+        return positions
+    slots = torch.arange(lk, device=positions.key.device)
+    if bool((positions.key == slots).all()) and bool((positions.query == slots[q0 : q0 + lq]).all()):
+        return None  # CPU eager: nothing to move, the routes run on the slots
+    return positions
 
 
-def check_packed_mask(attention_mask, lq: int, lk: int) -> None:
-    """Raise for a block-diagonal (packed) `(B, 1, lq, lk)` mask on a layer that takes no `position_ids` (T5): the
-    rows of a packed sequence would read the synthesized rows and columns of their slots, not of their positions. A
-    packed layout shows as kept query rows whose first kept key differs within one example (left padding and causal
-    masks start every row at the same key). Host read; skipped while tracing."""
-    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[-2] == 1 or lq != lk:
-        return
-    if is_tracing(attention_mask) or attention_mask.device.type == "meta":
-        return
-    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    first = keep.int().argmax(-1).masked_fill(~keep.any(-1), -1)  # (B, H or 1, lq); -1: a row without kept keys
-    rows = first.masked_fill(first < 0, torch.iinfo(first.dtype).max).amin(-1) != first.amax(-1)
-    if bool(rows.any()):
-        raise ValueError(
-            "synthesizer attention got a packed (block-diagonal) attention mask, but this model takes no position_ids "
-            "(T5): each packed sequence after the first would read the synthesized rows and columns of its slots, "
-            "not of its own positions, silently. Pad the batch instead of packing it (e.g. DataCollatorWithPadding "
-            "or DataCollatorForSeq2Seq rather than DataCollatorWithFlattening)."
-        )
+def mask_positions(attention_mask, q0, lq: int, lk: int, whole: bool) -> Positions | None:
+    """Positions from a mask, on-device (no host read): a query's position is its slot minus the first key its row
+    keeps; a key's, its slot minus the first key kept by the row of the query in its slot (whole sequences), else by
+    any row (`pad`, the example's left padding). Key mask `(B or 1, 1, 1, lk)`: slot - pad for all, with `shift` set
+    for whole sequences (the routes run on rotated slots). Full mask `(B or 1, 1, lq, lk)`: per row, read by position.
+    Rows that keep no key take the example's pad (their outputs are unused). Per-head masks: None (slots).
+    Returns `Positions` (query `(B, lq)`, key `(B, lk)`) or None."""
+    m = attention_mask
+    if m.dim() != 4 or m.shape[1] != 1:
+        return None
+    keep = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+    keep = keep[:, 0]  # (B, lq or 1, lk)
+    has = keep.any(-1)
+    first = keep.int().argmax(-1)  # (B, rows): the first kept key of each row (0 when none)
+    pad = torch.where(has, first, lk).amin(-1)
+    pad = torch.where(pad >= lk, 0, pad)  # (B,)
+    if m.shape[2] == 1:
+        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
+    start = torch.where(has, first, pad[:, None])  # (B, lq)
+    query = torch.arange(lq, device=m.device) + q0 - start
+    if not whole:
+        return Positions(query.clamp_min(0), slot_positions(pad, 0, lk))
+    # Slots before the first kept key wrap around to the end, as the rotation of a key mask's `shift` puts them
+    # (outputs of padded slots are unused, but equal on every route).
+    query = torch.where(query < 0, query + lk, query)
+    return Positions(query, query)
 
 
 def check_cache_position(cache_position, query_offset) -> None:
@@ -510,9 +543,7 @@ def check_cache_position(cache_position, query_offset) -> None:
 
 class SynthesizerAttentionMixin:
     """What makes an attention module a synthesizer one: it owns `self.synthesizer` (a `SynthesizerLogits`) and runs
-    attention with this copy's code. Put it first in the bases. `takes_position_ids` False (T5) refuses packed masks."""
-
-    takes_position_ids = True
+    attention with this copy's code. Put it first in the bases."""
 
     def synthesizer_attention(
         self,
@@ -574,8 +605,6 @@ class SynthesizerAttentionMixin:
         )
         positions = None
         if not synthesizer.is_vanilla:
-            if not getattr(self, "takes_position_ids", True):
-                check_packed_mask(attention_mask, lq, lk)
             positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value))
             if position_ids is not None and positions is not None and cpu_tuned(value):
                 check_length(int(positions.query.max()) + 1, synthesizer.length)  # (elsewhere: a device assert)
@@ -903,24 +932,14 @@ def synthesizer_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def sdpa_or_synthesizer_mask(*args, config=None, **kwargs):
-    """What transformers' mask builders call for `attn_implementation="sdpa"` (registered in place of its
-    `sdpa_mask`, through the `config=` they pass for this purpose): for a synthesizer model, whose `"sdpa"` backend
-    is synthesizer attention's fast routes, the masks of `synthesizer_mask` (padding as a key mask the routes
-    recognise by its shape; sdpa's would come materialised `(B, 1, lq, lk)`); for any other model transformers'
-    `sdpa_mask`, unchanged. Synthesizer configs are recognised by their `synthesizer_variant` field, so that a
-    config of any copy of this code qualifies."""
-    if getattr(config, "synthesizer_variant", None) is not None:
-        return synthesizer_mask(*args, config=config, **kwargs)
-    return sdpa_mask(*args, config=config, **kwargs)
-
-
 def register_attn_implementation(name: str) -> None:
     """Make `name` a valid `attn_implementation` whose masks reach the synthesizer attention function."""
     AttentionInterface.register(name, synthesizer_attention_forward)
     AttentionMaskInterface.register(name, synthesizer_mask)
 
 
+# Only names synthesizer models use are registered: transformers' own entries ("sdpa", "eager", ...) stay untouched
+# (a synthesizer model under "sdpa" builds its masks under FAST_ROUTES_NAME, see `synthesizer_masks`).
 for _variant in NAMED_VARIANTS:
     register_attn_implementation(attn_implementation_name(_variant))
-AttentionMaskInterface.register("sdpa", sdpa_or_synthesizer_mask)
+register_attn_implementation(FAST_ROUTES_NAME)
