@@ -29,6 +29,7 @@ from transformers.masking_utils import (
 )
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+from .route_factorized_dense import factorized_dense_attention
 from .synthesizer_fast import (
     CHUNK_ELEMENTS,
     MASKED,
@@ -699,6 +700,9 @@ def fast_synthesizer_attention(
     if value.shape[0] == 0:
         return None
     tuned = cpu_tuned(value)  # CPU-only kernels and Functions below run only where this holds
+    if components == ("factorized_dense",) and tuned and position_bias is None:
+        return _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk,
+                                       dropout if training else 0.0)
     if "factorized_dense" in components:
         return chunked_reference_attention(
             synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
@@ -823,6 +827,17 @@ def fast_synthesizer_attention(
     if tuned or attention_mask is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
         return out
     return uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)  # rows without a kept key, as the reference
+
+
+def _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout):
+    """Pure factorized dense on its own Function (route_factorized_dense): the factors from the layer's two linear
+    maps (called, so wrappers and hooks apply), padding and causality as one additive bias."""
+    heads = synthesizer.num_heads
+    a = synthesizer.factorized_dense_a(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, a)
+    b = synthesizer.factorized_dense_b(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, b)
+    mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
+    bias = None if mask is None else general_bias(mask, torch.float64 if value.dtype == torch.float64 else torch.float32)
+    return factorized_dense_attention(a, b, value, bias, dropout).to(value.dtype)
 
 
 def chunked_reference_attention(

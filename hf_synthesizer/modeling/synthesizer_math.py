@@ -48,8 +48,21 @@ def take(t: torch.Tensor, dim: int, start, length) -> torch.Tensor:
     length-sized parameter. A strided slice would do, but its contiguity depends on whether `length == L`, so
     `torch.export` with a dynamic length guards on `length != L` and rejects the range up to `L`; a gather's result is
     contiguous whatever the length (one small copy; compiled graphs fuse it into its consumer). `start` may be a 0-dim
-    tensor (a static cache's offset): it stays on the device."""
+    tensor (a static cache's offset): it stays on the device.
+
+    In eager mode with an int `start` a view (`narrow`): a gather copies, and on per-example logits (factorized
+    dense's `(B, H, lq, L)` table) that copy and its backward cost a quarter of a training step (issue 25 item 7)."""
+    if isinstance(start, int) and not _tracing(t):
+        return t if start == 0 and length == t.shape[dim] else t.narrow(dim, start, length)
     return t.index_select(dim, torch.arange(length, device=t.device) + start)
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """Whether `t` is being traced: torch.compile / torch.export (strict or not: fake tensors), or TorchScript."""
+    return (
+        torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        or type(t) not in (torch.Tensor, torch.nn.Parameter)
+    )
 
 
 class _ReLU(torch.autograd.Function):
