@@ -71,3 +71,50 @@ def test_factorized_dense_function_gradcheck():
     a, b, value = inputs(lq=5, lk=5, fa=2, fb=3)
     bias = bias_of("padding", 5, 5)
     assert torch.autograd.gradcheck(lambda a, b, v: FactorizedDenseAttention.apply(a, b, v, bias, 0.0, 2), (a, b, value))
+
+
+# ------------------------------------------------------------------------------------------------ choose_route
+
+from hf_synthesizer.modeling.synthesizer_attention import ROUTES, choose_route  # noqa: E402
+
+BASE = dict(batch=4, tuned=True, low_precision=False, dropout=0.0, mask_kind="key", keyless=False, position_bias=None,
+            batch_times_head_dim=256)
+TRUTH_TABLE = [
+    # (components, changes to BASE, route)
+    (("random",), {}, "shared"),
+    (("fixed_random",), {"mask_kind": "none"}, "shared"),
+    (("random", "factorized_random"), {}, "shared"),
+    (("random",), {"dropout": 0.1}, "per_example"),
+    (("random",), {"mask_kind": "general"}, "per_example"),
+    (("random",), {"keyless": True}, "per_example"),
+    (("random",), {"position_bias": "shared"}, "shared"),
+    (("random",), {"position_bias": "per_example"}, "reference"),
+    (("random",), {"position_bias": "shared", "keyless": True}, "reference"),
+    (("random",), {"batch": 0}, "reference"),
+    (("factorized_random",), {}, "shared"),
+    (("factorized_random",), {"batch_times_head_dim": 64}, "features"),  # below the measured crossover
+    (("factorized_random",), {"batch_times_head_dim": 64, "tuned": False}, "shared"),  # no batch test off CPU eager
+    (("factorized_random",), {"dropout": 0.1}, "features"),
+    (("dense",), {}, "features"),
+    (("dense",), {"mask_kind": "general"}, "features"),
+    (("dense",), {"keyless": True}, "per_example"),
+    (("dense",), {"position_bias": "shared"}, "reference"),
+    (("random", "vanilla"), {}, "per_example"),
+    (("random", "vanilla"), {"low_precision": True}, "reference"),
+    (("random",), {"low_precision": True}, "shared"),
+    (("random",), {"low_precision": True, "dropout": 0.1}, "reference"),
+    (("dense", "vanilla"), {"low_precision": True}, "features"),
+    (("dense", "random"), {}, "per_example"),
+    (("factorized_random", "vanilla"), {}, "features"),
+    (("factorized_dense",), {}, "factorized_dense"),
+    (("factorized_dense",), {"tuned": False}, "chunked_reference"),
+    (("factorized_dense",), {"position_bias": "shared"}, "chunked_reference"),
+    (("factorized_dense", "vanilla"), {}, "chunked_reference"),
+]
+
+
+@pytest.mark.parametrize("components, changes, route", TRUTH_TABLE)
+def test_choose_route_truth_table(components, changes, route):
+    """The route of a call is a pure function of its description: asked without running anything."""
+    assert choose_route(components, **{**BASE, **changes}) == route
+    assert route in ROUTES

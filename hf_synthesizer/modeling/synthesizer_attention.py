@@ -198,13 +198,20 @@ class SynthesizerLogits(nn.Module):
             return logits[0]
         return mix_logits(logits, self.mixture_weights())
 
-    def forward(self, hidden_states, query, key, value, attention_mask, call: "AttentionCall"):
-        """The attention of one layer, `softmax(mixed logits + mask) V`: `(output (B, lq, H, dh), probabilities
-        (B, H, lq, lk) or None)`. Every read of this module's parameters happens here (or in the `forward` of a
-        child it calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md,
-        "Offload"). `call` describes the call (`AttentionCall`); positions other than the slots either rotate each
-        example to start at slot 0 (`call.positions.shift`: left padding of whole sequences) or read the reference
-        math at the positions (packed sequences, decoding after a left-padded prefix)."""
+    def forward(self, *args, call: "AttentionCall | None" = None, **kwargs):
+        """With `call` (an `AttentionCall`; `args` = hidden_states, query, key, value, attention_mask): the attention
+        of one layer, `softmax(mixed logits + mask) V` -> `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or
+        None)`. Without: the mixed logits, `self.logits(*args, **kwargs)` (the 0.1.0 contract of calling this module;
+        the reference route computes its logits this way, so forward hooks on this module see them).
+
+        Every read of this module's parameters happens inside its `forward` (or in the `forward` of a child it
+        calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md, "Offload").
+        Positions other than the slots either rotate each example to start at slot 0 (`call.positions.shift`: left
+        padding of whole sequences) or read the reference math at the positions (packed sequences, decoding after a
+        left-padded prefix)."""
+        if call is None:
+            return self.logits(*args, **kwargs)
+        hidden_states, query, key, value, attention_mask = args
         positions = call.positions
         if positions is not None and positions.shift is not None:
             pad = positions.shift
@@ -613,7 +620,7 @@ class SynthesizerAttentionMixin:
             scaling, dropout, q0, lq, lk, causal, position_bias, getattr(self, "bias_synthesized", True), positions,
             reference, bool(output_attentions),
         )
-        return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call)
+        return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call=call)
 
 
 def route_attention(synthesizer, hidden_states, query, key, value, attention_mask, call: AttentionCall, by_position):
@@ -643,9 +650,8 @@ def route_attention(synthesizer, hidden_states, query, key, value, attention_mas
                 synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout,
                 training, q0, lq, lk, position_bias, bias_synthesized,
             )
-    logits = synthesizer.logits(
-        hidden_states, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
-    )
+    # A call of the module (not `.logits`): forward hooks on it see the logits, as in 0.1.0 (attention maps use them).
+    logits = synthesizer(hidden_states, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position)
     # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
     # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
     probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
@@ -676,6 +682,53 @@ def with_causal(attention_mask, causal: bool, q0: int, lq: int, lk: int, device)
     return attention_mask.masked_fill(~keep, torch.finfo(attention_mask.dtype).min)
 
 
+ROUTES = ("reference", "factorized_dense", "chunked_reference", "shared", "per_example", "features")
+
+
+def choose_route(
+    components, *, batch: int, tuned: bool, low_precision: bool, dropout: float, mask_kind: str, keyless: bool,
+    position_bias: str | None, batch_times_head_dim: int,
+) -> str:
+    """The route of one attention call, from a description of it alone (pure: nothing runs, nothing is read).
+
+    components: the layer's components (`SynthesizerLogits.components`, not vanilla alone); batch: examples;
+    tuned: CPU eager (`cpu_tuned`); low_precision: fp16/bf16 values; dropout: attention dropout in effect (0 outside
+    training); mask_kind: `split_mask`'s "none" / "key" / "general"; keyless: some row sees no kept key (CPU eager
+    only); position_bias: None, "shared" (T5's `(1, H, lq, lk)`) or "per_example" (a batched bias);
+    batch_times_head_dim: `B * dh` (factorized random's crossover, measured in benchmarks/RESULTS.md).
+
+    Returns one of ROUTES: "reference" (the plain math, no fast route applies), "factorized_dense"
+    (route_factorized_dense), "chunked_reference" (the reference in query chunks), "shared" (input-independent
+    logits once per batch), "per_example" (query-chunked attention with a full-rank R, or arbitrary masks, or rows
+    without keys), "features" (sdpa's flash kernel on concatenated features). Tested as a truth table
+    (tests/test_routes.py)."""
+    components = tuple(components)
+    if batch == 0:
+        return "reference"
+    if components == ("factorized_dense",) and tuned and position_bias is None:
+        return "factorized_dense"
+    if "factorized_dense" in components:
+        return "chunked_reference"
+    full_rank = any(c in FULL_RANK for c in components)
+    input_independent = all(c in INPUT_INDEPENDENT for c in components)
+    if low_precision and full_rank and (dropout > 0 or not input_independent):
+        return "reference"  # the per-example route in bf16/fp16 is slower than the reference and less robust
+    if position_bias is not None and not (
+        input_independent and dropout == 0.0 and mask_kind != "general" and position_bias == "shared" and not keyless
+    ):
+        return "reference"
+    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
+        tuned and components == ("factorized_random",) and position_bias is None
+        and batch_times_head_dim < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
+    )
+    if input_independent and dropout == 0.0 and mask_kind != "general" and not features_faster and not keyless:
+        return "shared"
+    has_features = any(c in ("vanilla", "dense", "factorized_random") for c in components)
+    if full_rank or mask_kind == "general" and not has_features or keyless:
+        return "per_example"
+    return "features"
+
+
 def fast_synthesizer_attention(
     synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
     position_bias=None, bias_synthesized=True, causal=False,
@@ -697,45 +750,38 @@ def fast_synthesizer_attention(
     mixed in once per batch and takes the shared route.
     """
     components = synthesizer.components
-    if value.shape[0] == 0:
-        return None
     tuned = cpu_tuned(value)  # CPU-only kernels and Functions below run only where this holds
-    if components == ("factorized_dense",) and tuned and position_bias is None:
-        return _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk,
-                                       dropout if training else 0.0)
-    if "factorized_dense" in components:
+    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
+        position_bias = None  # only a vanilla term would read it
+    dropout = dropout if training else 0.0
+    kind, key_bias, causal_added = split_mask(attention_mask, causal)
+    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask, an example all padding)
+    # takes the exact per-example route. The shared and feature routes give such a row its uniform forward but not the
+    # reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the device-generic routes (GPU,
+    # compile, export) do not check it.
+    keyless = tuned and value.shape[0] > 0 and (
+        kind == "key" and bool(no_key_rows(key_bias, causal_added, q0, lq).any())
+        or kind == "general" and bool((general_bias(attention_mask).amax(-1) <= MASKED / 2).any())
+    )
+    route = choose_route(
+        components, batch=value.shape[0], tuned=tuned, low_precision=value.dtype in (torch.float16, torch.bfloat16),
+        dropout=dropout, mask_kind=kind, keyless=keyless,
+        position_bias=None if position_bias is None else ("shared" if position_bias.shape[0] == 1 else "per_example"),
+        batch_times_head_dim=value.shape[0] * value.shape[-1],
+    )
+    if route == "reference":
+        return None
+    if route == "factorized_dense":
+        return _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout)
+    if route == "chunked_reference":
         return chunked_reference_attention(
             synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
             scaling, dropout, training, q0, lq, lk, position_bias, bias_synthesized, chunked=tuned,
         )
-    if value.dtype in (torch.float16, torch.bfloat16) and any(c in FULL_RANK for c in components) and (
-        training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
-    ):
-        # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
-        # extreme inputs: low precision runs the reference.
-        return None
-    dropout = dropout if training else 0.0
-    kind, key_bias, causal = split_mask(attention_mask, causal)
-    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask) takes the exact
-    # per-example route (the reference with T5's position bias). The shared and feature routes give such a row its
-    # uniform forward but not the reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the
-    # device-generic routes (GPU, compile, export) do not check it.
-    keyless = tuned and kind == "key" and bool(no_key_rows(key_bias, causal, q0, lq).any())
+    causal = causal_added
     weights = synthesizer.mixture_weights()  # (n, H or 1)
     heads = synthesizer.num_heads
-    input_independent = all(c in INPUT_INDEPENDENT for c in components)
-    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
-        position_bias = None  # only a vanilla term would read it
-    if position_bias is not None and not (
-        input_independent and dropout == 0.0 and kind != "general" and position_bias.shape[0] == 1 and not keyless
-    ):
-        return None
-
-    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
-        tuned and components == ("factorized_random",) and position_bias is None
-        and value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
-    )
-    if input_independent and dropout == 0.0 and kind != "general" and not features_faster and not keyless:
+    if route == "shared":
         if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
             r = getattr(synthesizer, components[0] + "_r")
             if _use_cache(synthesizer, [r], q0):
@@ -794,10 +840,7 @@ def fast_synthesizer_attention(
     full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
     if kind == "general" or kind == "key" and causal:
         full = general_bias(with_causal(attention_mask, kind == "key", q0, lq, lk, value.device), bias_dtype)
-    # Rows without a kept key: see `keyless` above (sdpa's backward recomputes their probabilities from a log-sum-exp
-    # that rounds to MASKED, weighing each key 1, not 1/lk); an arbitrary ("general") mask is checked here.
-    keyless = keyless or tuned and kind == "general" and qf is not None and bool((full.amax(-1) <= MASKED / 2).any())
-    if shared or kind == "general" and qf is None or keyless:
+    if route == "per_example":
         if full is not None:
             # the two biases added would leave a row without kept keys attending to the padded keys only
             bias, causal = full, False
