@@ -172,6 +172,10 @@ def test_offloaded_weights_give_the_in_memory_outputs(variant, tmp_path):
             ).eval()
             got = offloaded(input_ids=OFFLOAD_IDS, attention_mask=mask).logits
             assert torch.allclose(got, expected, atol=1e-5), (buffers, (got - expected).abs().max())
+        # the reference route (attention maps asked for) reads the parameters inside the module's forward too
+        maps = model(input_ids=OFFLOAD_IDS, attention_mask=mask, output_attentions=True).attentions
+        got = offloaded(input_ids=OFFLOAD_IDS, attention_mask=mask, output_attentions=True).attentions
+        assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, maps))
 
 
 # The stacks' blocks on disk; the tied embeddings stay in memory (a tied weight offloaded under one name is looked up
