@@ -2,8 +2,8 @@
 
 The logits of query i are the outer product of its two factors, `S_ij = A_i[j mod a] * B_i[j // a]` (`a * b = L`,
 columns cut to `lk`): an `(lq, lk)` table per example and head with no low-dimensional form, so no fused kernel
-applies. `factorized_dense_attention` runs it in query chunks: forward keeps only the log-sum-exp and the output
-(plus the dropout keep-mask), backward recomputes each chunk's probabilities from the factors and turns `dS` back
+applies. `factorized_dense_attention` runs it in query chunks: forward keeps only the output (plus the dropout
+keep-mask), backward recomputes each chunk's probabilities from the factors (one fused softmax) and turns `dS` back
 into `dA`, `dB` by two contractions, `dA_i[p] = sum_q dS_i[q a + p] B_i[q]`, `dB_i[q] = sum_p dS_i[q a + p] A_i[p]`.
 Against the chunked reference under activation checkpointing (its previous route) it skips the second forward in
 backward (a second dropout draw and softmax per chunk) and every autograd copy of the logits (docs/attention_core.md,
@@ -46,7 +46,7 @@ def _chunk_logits(a, b, bias, rows: range, lk: int) -> torch.Tensor:
 
 
 class FactorizedDenseAttention(torch.autograd.Function):
-    """`factorized_dense_reference` in query chunks with a backward from the saved log-sum-exp (see module doc)."""
+    """`factorized_dense_reference` in query chunks, probabilities recomputed in backward (see module doc)."""
 
     @staticmethod
     def forward(ctx, a, b, value, bias, dropout: float, step: int):
@@ -54,43 +54,35 @@ class FactorizedDenseAttention(torch.autograd.Function):
             batch, heads, lk, dh = value.shape
             lq = a.shape[2]
             out = value.new_empty(batch, heads, lq, dh)
-            lse = torch.empty(batch, heads, lq, 1, dtype=torch.float64 if a.dtype == torch.float64 else torch.float32,
-                              device=value.device)
             keeps = []
             for start in range(0, lq, step):
                 rows = range(start, min(lq, start + step))
-                p = _chunk_logits(a, b, bias, rows, lk)
-                m = p.amax(-1, keepdim=True)
-                p.sub_(m).exp_()
-                z = p.sum(-1, keepdim=True)
-                p.div_(z)
-                lse[:, :, rows.start : rows.stop] = m + z.log()
+                p = torch.softmax(_chunk_logits(a, b, bias, rows, lk), dim=-1)
                 if dropout > 0:
                     keep = torch.rand_like(p) >= dropout
                     keeps.append(keep)
                     p.mul_(keep).div_(1 - dropout)
                 out[:, :, rows.start : rows.stop] = torch.matmul(p.to(value.dtype), value)
-        ctx.save_for_backward(a, b, value, bias, lse, out, *keeps)
+        ctx.save_for_backward(a, b, value, bias, out, *keeps)
         ctx.meta = (dropout, step)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, b, value, bias, lse, out, *keeps = ctx.saved_tensors
+        a, b, value, bias, out, *keeps = ctx.saved_tensors
         dropout, step = ctx.meta
         with torch.autocast(grad_out.device.type, enabled=False):
             lk, lq = value.shape[2], a.shape[2]
+            acc = torch.float64 if a.dtype == torch.float64 else torch.float32
             g = grad_out.to(value.dtype)
-            d = (g.to(lse.dtype) * out.to(lse.dtype)).sum(-1, keepdim=True)  # D_i = sum_j P_ij dP_ij
+            d = (g.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # D_i = sum_j P_ij dP_ij
             grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
-            grad_v = torch.zeros(value.shape, dtype=lse.dtype, device=value.device)
+            grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
             width = a.shape[-1] * b.shape[-1]
             for c, start in enumerate(range(0, lq, step)):
                 rows = range(start, min(lq, start + step))
-                chunk_lse = lse[:, :, rows.start : rows.stop]
-                p = _chunk_logits(a, b, bias, rows, lk).sub_(chunk_lse).exp_()
-                # rows that see no key: their log-sum-exp rounds to MASKED, the reference attends uniformly there
-                p = torch.where(chunk_lse <= MASKED / 2, 1.0 / lk, p)
+                # the probabilities again (one fused softmax; a row with every key masked is uniform, as in forward)
+                p = torch.softmax(_chunk_logits(a, b, bias, rows, lk), dim=-1)
                 g_c = g[:, :, rows.start : rows.stop]
                 gp = torch.matmul(g_c, value.transpose(-1, -2)).to(p.dtype)  # dP
                 pd = p
