@@ -54,7 +54,7 @@ from .modeling import (
     synthesizer_attention_forward,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Every `attn_implementation` name a user can pass, one per named variant.
 ATTN_IMPLEMENTATIONS = tuple(attn_implementation_name(v) for v in NAMED_VARIANTS)

@@ -1,5 +1,5 @@
 """Slow, obviously-correct synthesizer attention written independently of the package: explicit loops over
-batch, head and query, straight from the formulas of Tay et al. 2021 (DESIGN.md §1). Tests compare the
+batch, head and query, straight from the formulas of Tay et al. 2021 (docs/attention_core.md, "The variants"). Tests compare the
 package's modules against it in forward and backward."""
 
 import torch

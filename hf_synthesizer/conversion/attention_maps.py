@@ -74,7 +74,8 @@ def synthesized_attention(model: nn.Module, length: int | None = None, input_ids
     hooks = []
     for name, module in dynamic:
         def hook(mod, args, output, name=name):
-            captured[name] = output
+            if not isinstance(output, tuple):  # the logits call, not the layer's attention call (0.2.0)
+                captured[name] = output
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()

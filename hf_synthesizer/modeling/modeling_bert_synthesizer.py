@@ -29,7 +29,10 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    check_cache_position,
+    key_placeholder,
     resolve_cache,
+    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_math import check_input_length
@@ -73,30 +76,31 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same contract as `BertSelfAttention.forward` (transformers/models/bert/modeling_bert.py) on every supported
-        transformers: the cache arrives as `cache=` (5.24) or `past_key_values=` (5.23); `encoder_hidden_states`
+        transformers: the cache arrives as `cache=` (5.24) or `past_key_values=` (5.23); a caller's `cache_position`
+        must agree with the cache (`check_cache_position`); `encoder_hidden_states`
         (passed by `BertAttention`, always None for self-attention) is ignored as the stock module ignores it; any
         other keyword goes to `synthesizer_attention_forward`, which raises on what it does not handle.
         hidden_states `(B, lq, d)` -> `(output (B, lq, d), probabilities (B, H, lq, lk) or None)`."""
         cache = resolve_cache(cache, past_key_values)
+        cache_position = kwargs.pop("cache_position", None)  # checked against the cache below
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
         value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
         if hasattr(self, "query"):  # built only when a vanilla term reads it
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
-        else:
-            # Nothing reads keys: the cache keeps a placeholder that still counts the positions
-            # (one wide: transformers' DynamicLayer counts an empty tensor as length 0).
-            query_layer, key_layer = None, value_layer[..., :1]
-
         query_offset = 0
+        if isinstance(cache, EncoderDecoderCache):
+            cache = cache.self_attention_cache
+        if not hasattr(self, "query"):
+            # Nothing reads keys: the cache keeps a placeholder that still counts the positions.
+            query_layer, key_layer = None, key_placeholder(value_layer, cache, self.layer_idx)
         if cache is not None:
-            if isinstance(cache, EncoderDecoderCache):
-                cache = cache.self_attention_cache
             query_offset, key_layer, value_layer, attention_mask = update_self_attention_cache(
                 cache, self.layer_idx, key_layer, value_layer, attention_mask,
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
+            check_cache_position(cache_position, query_offset)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
@@ -165,6 +169,12 @@ class BertSynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, BertPreTrainedM
 
 
 class BertSynthesizerModel(BertSynthesizerPreTrainedModel, BertModel):
+    def _create_attention_masks(self, *args, **kwargs):
+        """BERT's masks, built under a synthesizer name when the backend is "sdpa" (`synthesizer_masks`): padding
+        comes as the key mask the fast routes need, and transformers' own "sdpa" mask builder is left alone."""
+        with synthesizer_masks(self.config):
+            return super()._create_attention_masks(*args, **kwargs)
+
     def _install_synthesizer_attention(self):
         ignored = []
         config = self.config

@@ -32,7 +32,10 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    check_cache_position,
+    key_placeholder,
     resolve_cache,
+    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
@@ -41,7 +44,8 @@ from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_build
 class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
     """T5 attention whose logits come from `self.synthesizer`. For cross-attention and layers that stay vanilla
     the synthesizer is plain dot-product (`components == ("vanilla",)`, no parameters). `q`/`k` exist only when a
-    vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own."""
+    vanilla term uses them; checkpoint names (`q`, `k`, `v`, `o`, `relative_attention_bias`) are T5's own. T5 takes
+    no position_ids: a packed row's positions come from its block-diagonal mask (see `token_positions`)."""
 
     def __init__(
         self,
@@ -77,6 +81,9 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
         `past_key_values=` (5.23); any other keyword goes to `synthesizer_attention_forward`, which raises on what it
         does not handle. hidden_states `(B, lq, d)` -> `(output (B, lq, d), position_bias, probabilities or None)`."""
         cache = resolve_cache(cache, past_key_values)
+        # T5 hands every model keyword to both stacks: a caller's cache_position is the decoder's, checked against the
+        # self-attention cache below; the encoder and cross-attention have no positions in that cache and ignore it.
+        cache_position = kwargs.pop("cache_position", None)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
         is_cross_attention = key_value_states is not None
@@ -101,10 +108,8 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             if uses_qk:
                 key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
             else:
-                # Nothing reads keys. The cache still needs them to count positions, and transformers 5.23's
-                # `DynamicLayer.get_seq_length` reports 0 for a tensor with no elements, so an empty (.., 0) placeholder
-                # would silently reset positions while decoding: keep a one-wide placeholder of zeros.
-                key_states = value_states.new_zeros(()).expand(*value_states.shape[:-1], 1)
+                # Nothing reads keys; the cache still needs them to count positions (see key_placeholder).
+                key_states = key_placeholder(value_states, None if cache is None else layer_cache, self.layer_idx)
             if cache is not None and is_cross_attention:
                 key_states, value_states = layer_cache.update(key_states, value_states, self.layer_idx)
                 if isinstance(cache, EncoderDecoderCache):
@@ -114,6 +119,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     layer_cache, self.layer_idx, key_states, value_states, mask,
                     None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
+                check_cache_position(cache_position, query_offset)
 
         if position_bias is None:
             key_length = value_states.shape[-2]
@@ -200,6 +206,12 @@ class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel
 
 class T5SynthesizerStack(T5SynthesizerPreTrainedModel, T5Stack):
     """A `T5Stack` whose attention modules are `T5SynthesizerAttention`s (synthesized where configured)."""
+
+    def forward(self, *args, **kwargs):
+        """T5's stack, its masks built under a synthesizer name when the backend is "sdpa" (`synthesizer_masks`: the
+        stack builds them inside its forward; its attention modules treat that name as "sdpa")."""
+        with synthesizer_masks(self.config):
+            return super().forward(*args, **kwargs)
 
     def _install_synthesizer_attention(self):
         config = self.config

@@ -6,8 +6,10 @@ Importing this file registers `synthesizer_<variant>` for every named variant.
 This file ships with saved checkpoints (trust_remote_code): it imports only torch, transformers and siblings.
 """
 
+import contextlib
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +29,7 @@ from transformers.masking_utils import (
 )
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+from .route_factorized_dense import factorized_dense_attention
 from .synthesizer_fast import (
     CHUNK_ELEMENTS,
     MASKED,
@@ -176,11 +179,12 @@ class SynthesizerLogits(nn.Module):
         table = self.component_logits(name, hidden_states, query, key, scaling, 0, lq, self.length)
         return at_positions(table, None, key_positions)
 
-    def forward(
+    def logits(
         self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True, positions=None
     ):
         """Mixed logits; `positions` `(query_positions (B, lq), key_positions (B, lk))` replaces the slots
-        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`)."""
+        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`). Reads this module's parameters:
+        call it only from `forward` (offload hooks load them there)."""
         logits = []
         for name in self.components:
             if positions is None:
@@ -193,6 +197,38 @@ class SynthesizerLogits(nn.Module):
         if len(logits) == 1:
             return logits[0]
         return mix_logits(logits, self.mixture_weights())
+
+    def forward(self, *args, call: "AttentionCall | None" = None, **kwargs):
+        """With `call` (an `AttentionCall`; `args` = hidden_states, query, key, value, attention_mask): the attention
+        of one layer, `softmax(mixed logits + mask) V` -> `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or
+        None)`. Without: the mixed logits, `self.logits(*args, **kwargs)` (the 0.1.0 contract of calling this module;
+        the reference route computes its logits this way, so forward hooks on this module see them).
+
+        Every read of this module's parameters happens inside its `forward` (or in the `forward` of a child it
+        calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md, "Offload").
+        Positions other than the slots either rotate each example to start at slot 0 (`call.positions.shift`: left
+        padding of whole sequences) or read the reference math at the positions (packed sequences, decoding after a
+        left-padded prefix)."""
+        if call is None:
+            return self.logits(*args, **kwargs)
+        hidden_states, query, key, value, attention_mask = args
+        positions = call.positions
+        if positions is not None and positions.shift is not None:
+            pad = positions.shift
+            query, key, value, attention_mask, hidden_states = (
+                None if t is None else shift_to_start(t, pad, dim) for t, dim in
+                ((query, 2), (key, 2), (value, 2), (attention_mask, 3), (hidden_states, 1))
+            )
+            output, probs = route_attention(self, hidden_states, query, key, value, attention_mask, call, None)
+            if probs is not None:
+                probs = probs.expand(value.shape[0], -1, -1, -1)
+                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
+            return shift_to_start(output, pad, 1, undo=True), probs
+        by_position = None
+        if positions is not None:  # (one batch size for the gathers: positions from a mask or position_ids may have 1)
+            batch = value.shape[0]
+            by_position = (positions.query.expand(batch, -1), positions.key.expand(batch, -1))
+        return route_attention(self, hidden_states, query, key, value, attention_mask, call, by_position)
 
 
 def init_synthesizer_weights(module: nn.Module, std: float) -> None:
@@ -224,14 +260,13 @@ IGNORED_KEYWORDS = {
     "output_router_logits": "no router in BERT/T5",
     "num_items_in_batch": "a loss-normalisation count, read by the loss",
     "shift_labels": "labels already shifted for the causal-LM loss, read by the loss",
-    "position_ids": "synthesizer rows are indexed by slot (query_offset + i), as the causal mask is",
     "use_cache": "the module updates the cache before calling attention",
     "return_dict": "an output-format flag of the model",
     "labels": "read by the model's loss; generate() hands every model keyword to the encoder stack (Seq2SeqTrainer)",
 }
 # Keywords that carry the decoding cache: the module must have consumed it (updated the cache and passed
 # `query_offset`); reaching the attention function means a caller the module does not know passed it.
-CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value", "layer_past", "cache_position")
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value", "layer_past")
 # Flash-attention packing keywords: a packed batch would index synthesizer rows by slot across sequence boundaries.
 PACKED_KEYWORDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
@@ -254,7 +289,7 @@ def check_attention_keywords(kwargs: dict) -> None:
             )
         raise TypeError(
             f"synthesizer attention got an unexpected keyword argument `{name}`: it handles query_offset, "
-            f"synthesizer_inputs, position_bias, is_causal and output_attentions, and ignores "
+            f"synthesizer_inputs, position_bias, position_ids, cache_position, is_causal and output_attentions, and ignores "
             f"{sorted(IGNORED_KEYWORDS)}. A transformers version newer than hf_synthesizer knows may pass it; please "
             f"report it with your transformers version."
         )
@@ -266,6 +301,21 @@ def resolve_cache(cache, past_key_values):
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("Pass the decoding cache once, as `cache=` (or the older name `past_key_values=`), not both.")
     return cache if cache is not None else past_key_values
+
+
+def key_placeholder(value: torch.Tensor, cache, layer_idx: int) -> torch.Tensor:
+    """The keys a layer without a dot-product term puts in its cache: zeros `(B, H, lq, w)` that only count the
+    positions (nothing reads them). `w` is 1 (transformers 5.23's `DynamicLayer` counts an empty tensor as length 0),
+    or the width of the keys the cache layer already holds, so that full-width entries written by others -- PEFT's
+    prefix tuning fills every layer with its prefix keys, a user's cache -- and ours can be concatenated. `cache` a
+    self-attention `Cache` (not an `EncoderDecoderCache`) or None."""
+    width = 1
+    layers = getattr(cache, "layers", None)
+    if layers is not None and layer_idx is not None and layer_idx < len(layers):
+        keys = getattr(layers[layer_idx], "keys", None)
+        if getattr(layers[layer_idx], "is_initialized", True) and isinstance(keys, torch.Tensor) and keys.dim() == 4:
+            width = keys.shape[-1] if keys.shape[-1] > 0 else 1
+    return value.new_zeros(()).expand(*value.shape[:-1], width)
 
 
 def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask, length_limit: int | None = None):
@@ -334,12 +384,35 @@ def reference_attention_forward(module: nn.Module, query, key, value, attention_
     return own(query, key, value, attention_mask, reference=True, **kwargs)
 
 
+# The name a synthesizer model's config carries while transformers builds its masks under "sdpa" (`synthesizer_masks`):
+# registered by this package only, so transformers' own "sdpa" entry stays untouched.
+FAST_ROUTES_NAME = "synthesizer_fast"
+
+
+@contextlib.contextmanager
+def synthesizer_masks(config):
+    """While transformers builds the masks of a synthesizer model whose backend is "sdpa" (the default), the config
+    names `FAST_ROUTES_NAME` instead, whose mask builder is `synthesizer_mask` (padding as a `(B, 1, 1, lk)` key mask
+    the fast routes recognise by its shape; transformers' `sdpa_mask` would materialise `(B, 1, lq, lk)` and push
+    every call to the general route). Attention modules running meanwhile treat that name as "sdpa"
+    (`attention_function`). Restored on exit, exceptions included. A hook only synthesizer models use: importing the
+    package changes nothing for other models (issue 25)."""
+    switch = getattr(config, "_attn_implementation_internal", None) == "sdpa"
+    if switch:
+        config._attn_implementation_internal = FAST_ROUTES_NAME
+    try:
+        yield
+    finally:
+        if switch:
+            config._attn_implementation_internal = "sdpa"
+
+
 def attention_function(implementation: str):
     """The function a synthesizer attention module runs under `config._attn_implementation`: `"sdpa"` its
     synthesizer math by the fast routes, `"eager"` by the plain reference (on a vanilla layer: dot-product attention
     in sdpa / materialised), any other name what is registered under it in `AttentionInterface` (the
     `synthesizer_<variant>` names run the fast routes too)."""
-    if implementation == "sdpa":
+    if implementation in ("sdpa", FAST_ROUTES_NAME):
         return synthesizer_attention_forward
     if implementation == "eager":
         return reference_attention_forward
@@ -364,6 +437,118 @@ def synthesizer_of(module: nn.Module):
     return synthesizer
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
+
+    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `shift`
+    `(B,)` long or None: set when the positions are `slot - shift[b]` for whole sequences (left padding, no cache), so
+    that the routes may run on each example rotated to start at slot 0 instead of reading logits at positions."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    shift: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """Everything about one attention call besides its tensors, computed once by `synthesizer_attention`.
+
+    scaling: factor of the dot-product term; dropout: attention dropout probability (applied in training only);
+    q0: position of the first query in slots (int, or a static cache's on-device 0-dim tensor); lq/lk: query/key
+    lengths; causal: add the causal mask (the mask given holds padding only, or nothing); position_bias: T5's relative
+    position bias `(1 or B, H, lq, lk)` or None; bias_synthesized: add it to synthesized logits too; positions: see
+    `Positions` (None: positions are slots); reference: run the plain reference math (the "eager" backend);
+    output_attentions: return the probabilities."""
+
+    scaling: float
+    dropout: float
+    q0: "int | torch.Tensor"
+    lq: int
+    lk: int
+    causal: bool = False
+    position_bias: torch.Tensor | None = None
+    bias_synthesized: bool = True
+    positions: Positions | None = None
+    reference: bool = False
+    output_attentions: bool = False
+
+
+def token_positions(position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool) -> Positions | None:
+    """The positions of this call's queries and keys, one mechanism for every input (docs/attention_core.md,
+    "Positions"), or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while
+    decoding, which the module checks against a caller's `cache_position`):
+
+    - a mask: each query's position counts from the first key its row keeps (`mask_positions`): left padding (key
+      mask or full mask) and packed sequences (block-diagonal mask, DataCollatorWithFlattening's layout, or the one
+      transformers 5.25 builds from restarting position_ids) get the positions their position_ids would give;
+    - no mask: `position_ids` `(B or 1, lq)` when given (queries at them; keys at them for whole sequences, at their
+      slots after a cached prefix).
+
+    With a mask, given `position_ids` are not read: cached decoding could not reproduce them where they disagree with
+    the mask (generate's positions restart after right padding), and they agree with it otherwise.
+    `tuned` (CPU eager) may read on the host: positions equal to the slots are reported as None (fast routes)."""
+    whole = isinstance(q0, int) and q0 == 0 and lq == lk
+    if attention_mask is not None:
+        positions = mask_positions(attention_mask, q0, lq, lk, whole)
+    elif position_ids is not None:
+        given = position_ids.reshape(-1, lq).clamp_min(0)
+        keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
+        positions = Positions(given, keys)
+    else:
+        return None
+    if positions is None or not tuned or isinstance(q0, torch.Tensor):
+        return positions
+    slots = torch.arange(lk, device=positions.key.device)
+    if bool((positions.key == slots).all()) and bool((positions.query == slots[q0 : q0 + lq]).all()):
+        return None  # CPU eager: nothing to move, the routes run on the slots
+    return positions
+
+
+def mask_positions(attention_mask, q0, lq: int, lk: int, whole: bool) -> Positions | None:
+    """Positions from a mask, on-device (no host read): a query's position is its slot minus the first key its row
+    keeps; a key's, its slot minus the first key kept by the row of the query in its slot (whole sequences), else by
+    any row (`pad`, the example's left padding). Key mask `(B or 1, 1, 1, lk)`: slot - pad for all, with `shift` set
+    for whole sequences (the routes run on rotated slots). Full mask `(B or 1, 1, lq, lk)`: per row, read by position.
+    Rows that keep no key take the example's pad (their outputs are unused). Per-head masks: None (slots).
+    Returns `Positions` (query `(B, lq)`, key `(B, lk)`) or None."""
+    m = attention_mask
+    if m.dim() != 4 or m.shape[1] != 1:
+        return None
+    keep = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+    keep = keep[:, 0]  # (B, lq or 1, lk)
+    has = keep.any(-1)
+    first = keep.int().argmax(-1)  # (B, rows): the first kept key of each row (0 when none)
+    pad = torch.where(has, first, lk).amin(-1)
+    pad = torch.where(pad >= lk, 0, pad)  # (B,)
+    if m.shape[2] == 1:
+        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
+    start = torch.where(has, first, pad[:, None])  # (B, lq)
+    query = torch.arange(lq, device=m.device) + q0 - start
+    if not whole:
+        return Positions(query.clamp_min(0), slot_positions(pad, 0, lk))
+    # Slots before the first kept key wrap around to the end, as the rotation of a key mask's `shift` puts them
+    # (outputs of padded slots are unused, but equal on every route).
+    query = torch.where(query < 0, query + lk, query)
+    return Positions(query, query)
+
+
+def check_cache_position(cache_position, query_offset) -> None:
+    """A caller's `cache_position` (positions of this call's tokens in the decoding cache, as loops written for
+    transformers 5.23 pass it) must agree with the cache's seen length `query_offset`, which gives the positions:
+    raise naming both when not. A static cache's on-device offset is compared on the host in eager mode only."""
+    if cache_position is None or cache_position.numel() == 0 or is_tracing(cache_position):
+        return
+    first = int(cache_position.reshape(-1)[0])
+    seen = int(query_offset) if not torch.compiler.is_compiling() else first
+    if first != seen:
+        raise ValueError(
+            f"cache_position starts at {first} but the decoding cache has seen {seen} positions: the queries of this "
+            f"call sit at positions {seen}.. of the cache. Pass cache_position=torch.arange({seen}, {seen} + "
+            f"new tokens) (or leave it out: the cache gives it), or the cache that goes with your cache_position."
+        )
+
+
 class SynthesizerAttentionMixin:
     """What makes an attention module a synthesizer one: it owns `self.synthesizer` (a `SynthesizerLogits`) and runs
     attention with this copy's code. Put it first in the bases."""
@@ -381,7 +566,8 @@ class SynthesizerAttentionMixin:
         query_offset: int | None = None,
         is_causal: bool | None = None,
         output_attentions: bool | None = False,
-        left_aligned: bool = False,
+        position_ids: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
         reference: bool = False,
         **kwargs,
     ):
@@ -394,12 +580,11 @@ class SynthesizerAttentionMixin:
         `synthesizer_inputs` `(B, lq, d)` the hidden states the queries come from (dense variants synthesize from
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
-        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`; `reference`
-        runs the plain reference (the `"eager"` backend: materialised probabilities, always returned) instead of the
-        fast routes (`"sdpa"`: probabilities only with `output_attentions`). Left padding: with a key mask, query/key
-        positions count from each example's first kept key (`left_padding`), so padding on either side leaves real
-        tokens' outputs unchanged; `left_aligned` (internal) marks a call whose examples were already shifted to start
-        at slot 0.
+        see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`;
+        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` is
+        checked against the cache by the module that owns the cache and ignored here (cross-attention, encoders);
+        `reference` runs the plain reference (the `"eager"` backend: materialised probabilities, always returned)
+        instead of the fast routes (`"sdpa"`: probabilities only with `output_attentions`).
         Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
         Raises TypeError on a keyword it does not handle (see IGNORED_KEYWORDS), ValueError past synthesizer_length.
         """
@@ -407,7 +592,7 @@ class SynthesizerAttentionMixin:
         check_attention_keywords(kwargs)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
-        q0 = lk - lq if query_offset is None else query_offset  # query i sits at position q0 + i
+        q0 = lk - lq if query_offset is None else query_offset  # query i sits at slot q0 + i
         if isinstance(q0, torch.Tensor) and cpu_tuned(value):
             # A static cache's offset (see update_self_attention_cache): CPU eager reads it (free there) and cuts the
             # empty slots, so that the CPU-tuned routes see an int offset and only the positions filled.
@@ -426,58 +611,53 @@ class SynthesizerAttentionMixin:
             bool(is_causal) and (lq > 1 or isinstance(q0, torch.Tensor))
             and (attention_mask is None or attention_mask.shape[-2] == 1)
         )
-        bias_synthesized = getattr(self, "bias_synthesized", True)
-
-        pad = None if synthesizer.is_vanilla or left_aligned else left_padding(attention_mask)  # (B,) on-device
-        if pad is not None and cpu_tuned(value) and not bool(pad.any()):
-            pad = None  # CPU eager, nothing left-padded (one host read): the routes run exactly as without the shift
-        by_position = None
-        if pad is not None and isinstance(q0, int) and q0 == 0 and lq == lk:  # (a static cache's q0 is a tensor)
-            # Whole sequences: shift each example to start at slot 0 (left padding becomes right padding, positions
-            # become slots), run every route unchanged, shift back. T5's position bias is a function of j - i only,
-            # unchanged by a shift of both axes (for real tokens).
-            shifted = [None if t is None else shift_to_start(t, pad, dim) for t, dim in (
-                (query, 2), (key, 2), (value, 2), (attention_mask, 3), (synthesizer_inputs, 1))]
-            output, probs = self.synthesizer_attention(
-                *shifted[:4], scaling, dropout, shifted[4], position_bias, q0, is_causal, output_attentions,
-                left_aligned=True, reference=reference, **kwargs,
-            )
-            if probs is not None:
-                probs = probs.expand(value.shape[0], -1, -1, -1)
-                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
-            return shift_to_start(output, pad, 1, undo=True), probs
-        if pad is not None:  # decoding after a cached prefix: the reference math with per-example positions
-            by_position = (slot_positions(pad, q0, lq), slot_positions(pad, 0, lk))
-
-        fast = synthesizer.use_fast_paths and not reference and not output_attentions and by_position is None
-        if fast and not synthesizer.is_vanilla:
-            output = fast_synthesizer_attention(
-                synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout, self.training,
-                q0, lq, lk, position_bias, bias_synthesized, causal,
-            )
-            if output is not None:
-                return output, None
-        attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-        if fast:
-            if synthesizer.is_vanilla:
-                return sdpa_attention_forward(
-                    self, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                    is_causal=False, position_bias=position_bias,
-                )
-            if synthesizer.uses_dot_product:
-                return _mixture_through_sdpa(
-                    synthesizer, synthesizer_inputs, query, key, value, attention_mask, scaling, dropout,
-                    self.training, q0, lq, lk, position_bias, bias_synthesized,
-                )
-        logits = synthesizer(
-            synthesizer_inputs, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position
+        positions = None
+        if not synthesizer.is_vanilla:
+            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value))
+            if position_ids is not None and positions is not None and cpu_tuned(value):
+                check_length(int(positions.query.max()) + 1, synthesizer.length)  # (elsewhere: a device assert)
+        call = AttentionCall(
+            scaling, dropout, q0, lq, lk, causal, position_bias, getattr(self, "bias_synthesized", True), positions,
+            reference, bool(output_attentions),
         )
-        # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
-        # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
-        probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
-        probs = F.dropout(probs, p=dropout, training=self.training)
-        output = torch.matmul(probs.to(value.dtype), value)
-        return output.transpose(1, 2).contiguous(), probs if output_attentions or reference else None
+        return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call=call)
+
+
+def route_attention(synthesizer, hidden_states, query, key, value, attention_mask, call: AttentionCall, by_position):
+    """The route of one call, run inside `synthesizer.forward`: the fast routes (`fast_synthesizer_attention`, sdpa
+    for vanilla and vanilla mixtures) where they apply, else the plain reference (materialised logits, optionally
+    read at `by_position` = (query positions, key positions)). Returns `(output (B, lq, H, dh), probabilities or
+    None)`."""
+    q0, lq, lk, causal, training = call.q0, call.lq, call.lk, call.causal, synthesizer.training
+    position_bias, bias_synthesized, scaling, dropout = call.position_bias, call.bias_synthesized, call.scaling, call.dropout
+    fast = synthesizer.use_fast_paths and not call.reference and not call.output_attentions and by_position is None
+    if fast and not synthesizer.is_vanilla:
+        output = fast_synthesizer_attention(
+            synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training,
+            q0, lq, lk, position_bias, bias_synthesized, causal,
+        )
+        if output is not None:
+            return output, None
+    attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
+    if fast:
+        if synthesizer.is_vanilla:
+            return sdpa_attention_forward(
+                synthesizer, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                is_causal=False, position_bias=position_bias,
+            )
+        if synthesizer.uses_dot_product:
+            return _mixture_through_sdpa(
+                synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout,
+                training, q0, lq, lk, position_bias, bias_synthesized,
+            )
+    # A call of the module (not `.logits`): forward hooks on it see the logits, as in 0.1.0 (attention maps use them).
+    logits = synthesizer(hidden_states, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position)
+    # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
+    # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
+    probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
+    probs = F.dropout(probs, p=dropout, training=training)
+    output = torch.matmul(probs.to(value.dtype), value)
+    return output.transpose(1, 2).contiguous(), probs if call.output_attentions or call.reference else None
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -502,6 +682,53 @@ def with_causal(attention_mask, causal: bool, q0: int, lq: int, lk: int, device)
     return attention_mask.masked_fill(~keep, torch.finfo(attention_mask.dtype).min)
 
 
+ROUTES = ("reference", "factorized_dense", "chunked_reference", "shared", "per_example", "features")
+
+
+def choose_route(
+    components, *, batch: int, tuned: bool, low_precision: bool, dropout: float, mask_kind: str, keyless: bool,
+    position_bias: str | None, batch_times_head_dim: int,
+) -> str:
+    """The route of one attention call, from a description of it alone (pure: nothing runs, nothing is read).
+
+    components: the layer's components (`SynthesizerLogits.components`, not vanilla alone); batch: examples;
+    tuned: CPU eager (`cpu_tuned`); low_precision: fp16/bf16 values; dropout: attention dropout in effect (0 outside
+    training); mask_kind: `split_mask`'s "none" / "key" / "general"; keyless: some row sees no kept key (CPU eager
+    only); position_bias: None, "shared" (T5's `(1, H, lq, lk)`) or "per_example" (a batched bias);
+    batch_times_head_dim: `B * dh` (factorized random's crossover, measured in benchmarks/RESULTS.md).
+
+    Returns one of ROUTES: "reference" (the plain math, no fast route applies), "factorized_dense"
+    (route_factorized_dense), "chunked_reference" (the reference in query chunks), "shared" (input-independent
+    logits once per batch), "per_example" (query-chunked attention with a full-rank R, or arbitrary masks, or rows
+    without keys), "features" (sdpa's flash kernel on concatenated features). Tested as a truth table
+    (tests/test_routes.py)."""
+    components = tuple(components)
+    if batch == 0:
+        return "reference"
+    if components == ("factorized_dense",) and tuned and position_bias is None:
+        return "factorized_dense"
+    if "factorized_dense" in components:
+        return "chunked_reference"
+    full_rank = any(c in FULL_RANK for c in components)
+    input_independent = all(c in INPUT_INDEPENDENT for c in components)
+    if low_precision and full_rank and (dropout > 0 or not input_independent):
+        return "reference"  # the per-example route in bf16/fp16 is slower than the reference and less robust
+    if position_bias is not None and not (
+        input_independent and dropout == 0.0 and mask_kind != "general" and position_bias == "shared" and not keyless
+    ):
+        return "reference"
+    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
+        tuned and components == ("factorized_random",) and position_bias is None
+        and batch_times_head_dim < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
+    )
+    if input_independent and dropout == 0.0 and mask_kind != "general" and not features_faster and not keyless:
+        return "shared"
+    has_features = any(c in ("vanilla", "dense", "factorized_random") for c in components)
+    if full_rank or mask_kind == "general" and not has_features or keyless:
+        return "per_example"
+    return "features"
+
+
 def fast_synthesizer_attention(
     synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
     position_bias=None, bias_synthesized=True, causal=False,
@@ -523,42 +750,38 @@ def fast_synthesizer_attention(
     mixed in once per batch and takes the shared route.
     """
     components = synthesizer.components
-    if value.shape[0] == 0:
-        return None
     tuned = cpu_tuned(value)  # CPU-only kernels and Functions below run only where this holds
-    if "factorized_dense" in components:
+    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
+        position_bias = None  # only a vanilla term would read it
+    dropout = dropout if training else 0.0
+    kind, key_bias, causal_added = split_mask(attention_mask, causal)
+    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask, an example all padding)
+    # takes the exact per-example route. The shared and feature routes give such a row its uniform forward but not the
+    # reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the device-generic routes (GPU,
+    # compile, export) do not check it.
+    keyless = tuned and value.shape[0] > 0 and (
+        kind == "key" and bool(no_key_rows(key_bias, causal_added, q0, lq).any())
+        or kind == "general" and bool((general_bias(attention_mask).amax(-1) <= MASKED / 2).any())
+    )
+    route = choose_route(
+        components, batch=value.shape[0], tuned=tuned, low_precision=value.dtype in (torch.float16, torch.bfloat16),
+        dropout=dropout, mask_kind=kind, keyless=keyless,
+        position_bias=None if position_bias is None else ("shared" if position_bias.shape[0] == 1 else "per_example"),
+        batch_times_head_dim=value.shape[0] * value.shape[-1],
+    )
+    if route == "reference":
+        return None
+    if route == "factorized_dense":
+        return _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout)
+    if route == "chunked_reference":
         return chunked_reference_attention(
             synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
             scaling, dropout, training, q0, lq, lk, position_bias, bias_synthesized, chunked=tuned,
         )
-    if value.dtype in (torch.float16, torch.bfloat16) and any(c in FULL_RANK for c in components) and (
-        training and dropout > 0 or any(c not in INPUT_INDEPENDENT for c in components)
-    ):
-        # The per-example route in bf16/fp16 is slower than the reference there (RESULTS.md) and less robust on
-        # extreme inputs: low precision runs the reference.
-        return None
-    dropout = dropout if training else 0.0
-    kind, key_bias, causal = split_mask(attention_mask, causal)
-    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask) takes the exact
-    # per-example route (the reference with T5's position bias). The shared and feature routes give such a row its
-    # uniform forward but not the reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the
-    # device-generic routes (GPU, compile, export) do not check it.
-    keyless = tuned and kind == "key" and bool(no_key_rows(key_bias, causal, q0, lq).any())
+    causal = causal_added
     weights = synthesizer.mixture_weights()  # (n, H or 1)
     heads = synthesizer.num_heads
-    input_independent = all(c in INPUT_INDEPENDENT for c in components)
-    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
-        position_bias = None  # only a vanilla term would read it
-    if position_bias is not None and not (
-        input_independent and dropout == 0.0 and kind != "general" and position_bias.shape[0] == 1 and not keyless
-    ):
-        return None
-
-    features_faster = (  # (CPU-tuned only: a batch-size test would specialise compiled/exported graphs on it)
-        tuned and components == ("factorized_random",) and position_bias is None
-        and value.shape[0] * value.shape[-1] < SHARED_ROUTE_MIN_BATCH_HEAD_DIM
-    )
-    if input_independent and dropout == 0.0 and kind != "general" and not features_faster and not keyless:
+    if route == "shared":
         if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
             r = getattr(synthesizer, components[0] + "_r")
             if _use_cache(synthesizer, [r], q0):
@@ -570,7 +793,7 @@ def fast_synthesizer_attention(
                 return shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs).to(value.dtype)
         if not tuned or position_bias is not None or len(components) > 1:
             # logits (+ T5's position bias) mixed once per batch: (H, lq, lk)
-            logits = synthesizer(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
+            logits = synthesizer.logits(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
             if not tuned:
                 return generic_shared_attention(value, key_bias, causal, q0, logits=logits).to(value.dtype)
             out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
@@ -617,10 +840,7 @@ def fast_synthesizer_attention(
     full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
     if kind == "general" or kind == "key" and causal:
         full = general_bias(with_causal(attention_mask, kind == "key", q0, lq, lk, value.device), bias_dtype)
-    # Rows without a kept key: see `keyless` above (sdpa's backward recomputes their probabilities from a log-sum-exp
-    # that rounds to MASKED, weighing each key 1, not 1/lk); an arbitrary ("general") mask is checked here.
-    keyless = keyless or tuned and kind == "general" and qf is not None and bool((full.amax(-1) <= MASKED / 2).any())
-    if shared or kind == "general" and qf is None or keyless:
+    if route == "per_example":
         if full is not None:
             # the two biases added would leave a row without kept keys attending to the padded keys only
             bias, causal = full, False
@@ -650,6 +870,17 @@ def fast_synthesizer_attention(
     if tuned or attention_mask is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
         return out
     return uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)  # rows without a kept key, as the reference
+
+
+def _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout):
+    """Pure factorized dense on its own Function (route_factorized_dense): the factors from the layer's two linear
+    maps (called, so wrappers and hooks apply), padding and causality as one additive bias."""
+    heads = synthesizer.num_heads
+    a = synthesizer.factorized_dense_a(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, a)
+    b = synthesizer.factorized_dense_b(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, b)
+    mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
+    bias = None if mask is None else general_bias(mask, torch.float64 if value.dtype == torch.float64 else torch.float32)
+    return factorized_dense_attention(a, b, value, bias, dropout).to(value.dtype)
 
 
 def chunked_reference_attention(
@@ -687,7 +918,7 @@ def chunked_reference_attention(
 def _reference_chunk(
     synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden, query, key, value, mask, position_bias, q0
 ):
-    logits = synthesizer(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
+    logits = synthesizer.logits(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
     probs = F.dropout(attention_probabilities(logits, mask), p=dropout, training=training)
     return torch.matmul(probs.to(value.dtype), value)
 
@@ -759,24 +990,14 @@ def synthesizer_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def sdpa_or_synthesizer_mask(*args, config=None, **kwargs):
-    """What transformers' mask builders call for `attn_implementation="sdpa"` (registered in place of its
-    `sdpa_mask`, through the `config=` they pass for this purpose): for a synthesizer model, whose `"sdpa"` backend
-    is synthesizer attention's fast routes, the masks of `synthesizer_mask` (padding as a key mask the routes
-    recognise by its shape; sdpa's would come materialised `(B, 1, lq, lk)`); for any other model transformers'
-    `sdpa_mask`, unchanged. Synthesizer configs are recognised by their `synthesizer_variant` field, so that a
-    config of any copy of this code qualifies."""
-    if getattr(config, "synthesizer_variant", None) is not None:
-        return synthesizer_mask(*args, config=config, **kwargs)
-    return sdpa_mask(*args, config=config, **kwargs)
-
-
 def register_attn_implementation(name: str) -> None:
     """Make `name` a valid `attn_implementation` whose masks reach the synthesizer attention function."""
     AttentionInterface.register(name, synthesizer_attention_forward)
     AttentionMaskInterface.register(name, synthesizer_mask)
 
 
+# Only names synthesizer models use are registered: transformers' own entries ("sdpa", "eager", ...) stay untouched
+# (a synthesizer model under "sdpa" builds its masks under FAST_ROUTES_NAME, see `synthesizer_masks`).
 for _variant in NAMED_VARIANTS:
     register_attn_implementation(attn_implementation_name(_variant))
-AttentionMaskInterface.register("sdpa", sdpa_or_synthesizer_mask)
+register_attn_implementation(FAST_ROUTES_NAME)

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from .synthesizer_math import take
 
 # Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
-# instead of page-faulted afresh (DESIGN.md section 4).
+# instead of page-faulted afresh (docs/attention_core.md, "Performance on CPU").
 CHUNK_ELEMENTS = 1 << 22
 # Additive value of a masked-out logit. Finite (unlike -inf) so that a fully masked row comes out uniform like the
 # reference (which adds finfo.min), and two of them (causal + padding) cannot overflow to -inf.

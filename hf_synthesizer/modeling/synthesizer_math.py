@@ -48,8 +48,21 @@ def take(t: torch.Tensor, dim: int, start, length) -> torch.Tensor:
     length-sized parameter. A strided slice would do, but its contiguity depends on whether `length == L`, so
     `torch.export` with a dynamic length guards on `length != L` and rejects the range up to `L`; a gather's result is
     contiguous whatever the length (one small copy; compiled graphs fuse it into its consumer). `start` may be a 0-dim
-    tensor (a static cache's offset): it stays on the device."""
+    tensor (a static cache's offset): it stays on the device.
+
+    In eager mode with an int `start` a view (`narrow`): a gather copies, and on per-example logits (factorized
+    dense's `(B, H, lq, L)` table) that copy and its backward cost a quarter of a training step (issue 25 item 7)."""
+    if isinstance(start, int) and not _tracing(t):
+        return t if start == 0 and length == t.shape[dim] else t.narrow(dim, start, length)
     return t.index_select(dim, torch.arange(length, device=t.device) + start)
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """Whether `t` is being traced: torch.compile / torch.export (strict or not: fake tensors), or TorchScript."""
+    return (
+        torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        or type(t) not in (torch.Tensor, torch.nn.Parameter)
+    )
 
 
 class _ReLU(torch.autograd.Function):
@@ -218,17 +231,24 @@ def at_positions(table: torch.Tensor, query_positions: torch.Tensor | None, key_
     """Logits by position: `out[b, h, i, j] = table[b, h, query_positions[b, i], key_positions[b, j]]`.
 
     table: `(B or 1, H, L or lq, L)`, rows by query position (None: rows are already the queries, e.g. dense
-    logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` -> `(B, H, lq, lk)`.
+    logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` (the same B, see
+    `SynthesizerLogits.forward`) -> `(B, H, lq, lk)`.
     Positions must be below the table's size (`slot_positions` of lengths `check_length` accepted): a larger one is
     an IndexError on CPU and a device-side assert on CUDA."""
+    batch, heads = key_positions.shape[0], table.shape[1]
+    table = table.expand(batch, -1, -1, -1)  # (explicit gathers: take_along_dim's broadcast specialises the batch)
     if query_positions is not None:
-        table = torch.take_along_dim(table, query_positions[:, None, :, None], 2)
-    return torch.take_along_dim(table, key_positions[:, None, None, :], 3)
+        index = query_positions[:, None, :, None].expand(batch, heads, query_positions.shape[1], table.shape[3])
+        table = table.gather(2, index)
+    index = key_positions[:, None, None, :].expand(batch, heads, table.shape[2], key_positions.shape[1])
+    return table.gather(3, index)
 
 
 def factorized_random_logits_at(r1, r2, query_positions, key_positions) -> torch.Tensor:
     """Factorized random by position: `R1_h[query_positions[b, i]] . R2_h[key_positions[b, j]]`. r1, r2: (H, L, k)
     -> (B, H, lq, lk)."""
-    rows = torch.take_along_dim(r1[None], query_positions[:, None, :, None], 2)  # (B, H, lq, k)
-    cols = torch.take_along_dim(r2[None], key_positions[:, None, :, None], 2)  # (B, H, lk, k)
-    return torch.matmul(rows, cols.transpose(-1, -2))
+    batch, (heads, _, rank) = key_positions.shape[0], r1.shape
+    lq, lk = query_positions.shape[1], key_positions.shape[1]
+    rows = r1[None].expand(batch, -1, -1, -1).gather(2, query_positions[:, None, :, None].expand(batch, heads, lq, rank))
+    cols = r2[None].expand(batch, -1, -1, -1).gather(2, key_positions[:, None, :, None].expand(batch, heads, lk, rank))
+    return torch.matmul(rows, cols.transpose(-1, -2))  # (B, H, lq, lk)
