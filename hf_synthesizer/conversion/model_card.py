@@ -41,7 +41,7 @@ PIPELINE_TAGS = {
 
 
 def component_formula(name: str, config, family: str) -> str:
-    """The logits formula of one component, as the README and DESIGN.md write it (no `|`: it sits in a table)."""
+    """The logits formula of one component, as the README's variant table writes it (no `|`: it sits in a table)."""
     if name == "vanilla":
         return "`Q Kᵀ` (T5 does not scale it)" if family == "t5" else "`Q Kᵀ / √d_h` (stock dot-product attention)"
     if name == "dense":
