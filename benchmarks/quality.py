@@ -46,7 +46,8 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 import hf_synthesizer
 from hf_synthesizer.conversion.calibration import apply_calibration, compare_to_teacher, load_teacher, make_batches, \
     record_teacher_attention
-from hf_synthesizer.conversion.distillation import DistillationArguments, DistillationTrainer, distill
+from hf_synthesizer.conversion.distillation import (GENERAL_STEPS, RECIPE_TRAINING_DEFAULTS, DistillationArguments,
+                                                    DistillationTrainer, distill)
 from hf_synthesizer.conversion.loading import load_synthesizer_model
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
@@ -314,10 +315,14 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--distill_steps", type=int, default=40)
-    parser.add_argument("--distill_lr", type=float, default=2e-4, help="learning rate of the pretrained weights")
-    parser.add_argument("--attention_lr", type=float, default=2e-3, help="learning rate of the synthesizer weights")
-    parser.add_argument("--distill_batch_size", type=int, default=16)
+    # General distillation: the `hf-synthesizer distill` defaults (QUALITY.md's published rows ran 40 steps).
+    parser.add_argument("--distill_steps", type=int, default=GENERAL_STEPS)
+    parser.add_argument("--distill_lr", type=float, default=RECIPE_TRAINING_DEFAULTS["learning_rate"],
+                        help="learning rate of the pretrained weights")
+    parser.add_argument("--attention_lr", type=float, default=10 * RECIPE_TRAINING_DEFAULTS["learning_rate"],
+                        help="learning rate of the synthesizer weights")
+    parser.add_argument("--distill_batch_size", type=int,
+                        default=RECIPE_TRAINING_DEFAULTS["per_device_train_batch_size"])
     parser.add_argument("--hidden_loss", default="mse", choices=["mse", "cosine"])
     parser.add_argument("--task_distill_epochs", type=float, default=3.0,
                         help="epochs of the task stage (task-distilled rows) over the task's training text and as "
@@ -440,7 +445,7 @@ def main(argv=None) -> dict:
                                   calibration_samples=args.calibration_samples, max_seq_length=args.max_length,
                                   hidden_loss=args.hidden_loss, attention_learning_rate=args.attention_lr,
                                   overwrite=True),
-            attn, synthesizer_length=args.max_length,
+            attn, verbose=False, synthesizer_length=args.max_length,
         )
         seconds = time.perf_counter() - start
         facts = {**distilled.facts, "wall_seconds": round(seconds, 1)}

@@ -11,7 +11,7 @@ in-domain text lets them learn something before fine-tuning.
 The text file holds raw text; by default lines are concatenated and cut into blocks of `--max_seq_length`
 tokens (`--line_by_line` keeps one example per non-empty line). Without `--validation_file`,
 `--validation_split_percentage` of the lines are held out. Writes `train_results.json`, `eval_results.json`
-(loss, perplexity, masked-token accuracy) and the model (safetensors) with its tokenizer into `--output_dir`.
+(loss, perplexity, masked-token accuracy: evaluate's `accuracy` where it loads, else computed locally) and the model (safetensors) with its tokenizer into `--output_dir`.
 """
 
 import logging
@@ -24,7 +24,6 @@ from typing import Optional
 import torch
 import datasets
 import transformers
-from sklearn.metrics import accuracy_score
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -41,6 +40,7 @@ from hf_synthesizer.conversion.loading import (
     set_model_max_length,
 )
 # push_to_hub uploads the synthesizer model card
+from hf_synthesizer.conversion.metrics import load_metric
 from hf_synthesizer.conversion.trainer import SynthesizerTrainer
 
 logger = logging.getLogger(__name__)
@@ -77,11 +77,16 @@ def preprocess_logits_for_metrics(logits, labels):
     return logits.argmax(dim=-1)
 
 
-def masked_accuracy(eval_pred) -> dict:
-    """Top-1 accuracy on the masked positions (labels -100 are the unmasked ones), with scikit-learn."""
+def masked_accuracy(eval_pred, metric=None) -> dict:
+    """Top-1 accuracy on the masked positions (labels -100 are the unmasked ones): `metric` (default
+    `load_metric("accuracy")`: evaluate's module where it loads, else computed locally; the log says which)."""
     predictions, labels = eval_pred
     masked = labels != -100
-    return {"masked_accuracy": float(accuracy_score(labels[masked], predictions[masked])) if masked.any() else 0.0}
+    if not masked.any():
+        return {"masked_accuracy": 0.0}
+    metric = metric or load_metric("accuracy")
+    found = metric.compute(predictions=predictions[masked], references=labels[masked])
+    return {"masked_accuracy": float(found["accuracy"])}
 
 
 def main(argv=None) -> dict:
@@ -165,7 +170,8 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorForLanguageModeling(
             tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed
         ),
-        compute_metrics=masked_accuracy if eval_dataset is not None else None,
+        compute_metrics=(lambda p, metric=load_metric("accuracy"): masked_accuracy(p, metric))
+        if eval_dataset is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
     )
     metrics = {}

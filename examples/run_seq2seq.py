@@ -7,9 +7,11 @@
   the variant it was saved with; the `--synthesizer_*` options are then refused, they would not match its weights).
 - Data: `--train_file` / `--validation_file` / `--test_file` (CSV or JSON lines with `--source_column` and
   `--target_column`, default `source` / `target`), which works offline, or `--dataset_name` from the Hub.
-- `--predict_with_generate` scores generated text: exact match after whitespace normalisation, computed locally
-  with numpy (no metric download). Metrics are written as JSON to `--output_dir` (`all_results.json`,
-  `train_results.json`, `eval_results.json`, `predict_results.json`).
+- `--predict_with_generate` scores generated text: exact match after whitespace normalisation, computed here with
+  numpy, plus any `--metrics` (names or paths of evaluate metric modules, e.g. `sacrebleu` online or `./my_metric.py`,
+  loaded with `evaluate.load`; the log says whether evaluate's module or a local computation ran). Each pass prints
+  its metrics, which are also written as JSON to `--output_dir` (`all_results.json`, `train_results.json`,
+  `eval_results.json`, `predict_results.json`).
 
 Example (stock t5-small converted to a random+vanilla mixture):
 
@@ -39,6 +41,7 @@ from transformers import (
 import hf_synthesizer  # noqa: F401  (registers the synthesizer configs, models and attn_implementations)
 from hf_synthesizer.conversion.checkpoints import TOKENIZER_FILES
 from hf_synthesizer.conversion.loading import set_model_max_length, synthesizer_arguments
+from hf_synthesizer.conversion.metrics import load_metric
 # push_to_hub uploads the synthesizer model card
 from hf_synthesizer.conversion.trainer import SynthesizerSeq2SeqTrainer
 from hf_synthesizer import T5SynthesizerConfig
@@ -73,6 +76,9 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N train rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval rows."})
+    metrics: list[str] | None = field(default=None, metadata={"help": (
+        "More metrics of the generated text (--predict_with_generate) besides exact_match: names or paths of evaluate "
+        "metric modules (evaluate.load), e.g. sacrebleu or ./my_metric.py.")})
 
 
 def load_model(model_args: ModelArguments, synth_args):
@@ -114,8 +120,9 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None):
     return load_dataset(builder, data_files=files, cache_dir=cache_dir)
 
 
-def exact_match_metric(tokenizer):
-    """`compute_metrics` for generated ids: exact match of whitespace-normalised decoded text, with numpy.
+def exact_match_metric(tokenizer, metrics=()):
+    """`compute_metrics` for generated ids: exact match of whitespace-normalised decoded text, with numpy, and each of
+    `metrics` (`hf_synthesizer.conversion.metrics.Metric`) on the decoded texts.
 
     A prediction or reference holding the unknown token never matches: decoding drops `<unk>`, so a tokenizer that
     maps everything to it would decode every text to the same string and "match" everywhere."""
@@ -134,7 +141,11 @@ def exact_match_metric(tokenizer):
         matches = np.array([normalise(p) == normalise(t) for p, t in zip(decoded_preds, decoded_labels)])
         if tokenizer.unk_token_id is not None and len(matches):
             matches &= ~((preds == tokenizer.unk_token_id).any(-1) | (labels == tokenizer.unk_token_id).any(-1))
-        return {"exact_match": float(matches.mean()) if len(matches) else 0.0}
+        results = {"exact_match": float(matches.mean()) if len(matches) else 0.0}
+        for metric in metrics:
+            results.update(metric.compute(predictions=[normalise(p) for p in decoded_preds],
+                                          references=[normalise(t) for t in decoded_labels]))
+        return results
 
     return compute_metrics
 
@@ -218,21 +229,25 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
-        compute_metrics=exact_match_metric(tokenizer) if training_args.predict_with_generate else None,
+        compute_metrics=exact_match_metric(tokenizer, [load_metric(m) for m in data_args.metrics or ()])
+        if training_args.predict_with_generate else None,
     )
 
     all_metrics = {}
     if training_args.do_train:
         result = trainer.train()
         trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         all_metrics.update(result.metrics)
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if training_args.do_predict:
         output = trainer.predict(test_dataset, metric_key_prefix="predict")
+        trainer.log_metrics("predict", output.metrics)
         trainer.save_metrics("predict", output.metrics)
         all_metrics.update(output.metrics)
         if training_args.predict_with_generate:

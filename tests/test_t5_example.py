@@ -81,7 +81,7 @@ def test_help_lists_the_synthesizer_options(capsys):
         assert option in text, option
 
 
-def test_example_converts_trains_and_writes_metrics(stock_digits_t5, tmp_path):
+def test_example_converts_trains_and_writes_metrics(stock_digits_t5, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [
         "--model_name_or_path", str(stock_digits_t5),
@@ -99,6 +99,9 @@ def test_example_converts_trains_and_writes_metrics(stock_digits_t5, tmp_path):
         "--disable_tqdm", "true",
     ]
     metrics = load_example().main(argv)
+    printed = capsys.readouterr().out  # each pass prints its metrics, as the other examples do (issue 26 item 8)
+    for block, key in (("train", "train_loss"), ("eval", "eval_exact_match"), ("predict", "predict_exact_match")):
+        assert f"***** {block} metrics *****" in printed and key in printed, block
     written = json.loads((out / "all_results.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     for key in ("train_loss", "eval_loss", "eval_exact_match", "predict_exact_match"):
