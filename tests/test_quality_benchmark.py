@@ -117,6 +117,12 @@ def test_quick_run_writes_json_plot_and_report(stock_bert_dir, tmp_path, one_thr
     assert "| stock `sdpa` |" in log and "| `random` task-distilled |" in log and "hidden cosine" in log
     assert "Agreement with the fine-tuned stock model" in log
 
+    # Without --split test the test split is not evaluated at all.
+    load_benchmark().main(["--quick", "--model", str(model), "--tasks", "bbc-headlines", "--variants", "random",
+                           "--output", str(tmp_path / "dev")])
+    assert "test_accuracy" not in (tmp_path / "dev" / "quality.json").read_text()
+    assert "test 300 (not read)" in (tmp_path / "dev" / "quality.log").read_text()
+
 
 def test_seed_table_means_runs_per_seed_and_refuses_disagreeing_stock_rows(tmp_path):
     spec = importlib.util.spec_from_file_location("quality_seeds", BENCHMARK.with_name("quality_seeds.py"))
