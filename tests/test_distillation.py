@@ -440,7 +440,7 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     out = capsys.readouterr().out
     assert code == 0, out
     marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
-             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epochs", "Stage 1/4", "Stage 2/4",
+             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epoch against", "Stage 1/4", "Stage 2/4",
              "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
     positions = [out.index(m) for m in marks]
     assert positions == sorted(positions), out
@@ -518,3 +518,12 @@ def test_card_of_a_record_written_before_texts_per_step(tmp_path):
     text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
                                                                             "total": 0.6}}})
     assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text
+    text = card_section({**old, "steps": 1, "epochs": 1.0, "texts_per_step": 1.0})
+    assert ": 1 optimizer step (1.00 epochs, 1 text per step" in text and "1 steps" not in text
+
+
+def test_counts_read_singular_for_one():
+    from hf_synthesizer.conversion.distillation import count
+
+    assert [count(1, "epoch"), count(1.0, "epoch"), count(2, "step"), count(1.5, "epoch"), count(1234, "step", ",")] \
+        == ["1 epoch", "1 epoch", "2 steps", "1.5 epochs", "1,234 steps"]

@@ -395,6 +395,12 @@ def loss_table(losses: dict) -> list[str]:
     return lines
 
 
+def count(number, unit: str, spec: str = "g") -> str:
+    """`number` formatted with `spec` and `unit`, singular when it reads 1: "1 epoch", "2 epochs", "1.50 epochs"."""
+    text = format(number, spec)
+    return f"{text} {unit if text == '1' else unit + 's'}"
+
+
 def teacher_text(facts: dict) -> str:
     """The teacher as the card names it: the Hub id or path given, and the name its config records if different."""
     name, recorded = facts["teacher"], facts.get("teacher_config_name")
@@ -411,16 +417,16 @@ def general_card_section(facts: dict) -> str:
     """The "Distillation" section of general distillation (records written before `texts_per_step` existed give
     the batch size only)."""
     per_step = facts.get("texts_per_step")
-    batch = (f"{per_step:g} texts per step on average (batch size {facts['batch_size']})" if per_step is not None
-             else f"{facts['batch_size']} texts per step")
+    batch = (f"{count(per_step, 'text')} per step on average (batch size {facts['batch_size']})"
+             if per_step is not None else f"{count(facts['batch_size'], 'text')} per step")
     hidden = {"mse": "mean squared error", "cosine": "1 − cosine similarity"}[facts["hidden_loss"]]
     lines = [
         "## Distillation",
         "",
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
         f"teacher {teacher_text(facts)} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
-        f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
-        f"({facts['epochs']:.2f} epochs, {batch}, learning rate {facts['learning_rate']:g}, "
+        f"truncated to {facts['max_seq_length']}): {count(facts['steps'], 'optimizer step', ',')} "
+        f"({count(facts['epochs'], 'epoch', '.2f')}, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
         + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
         + ".",
@@ -588,7 +594,7 @@ def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps
                    "  1. calibration: skipped (--no_calibrate_first)\n")
     return (f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
             f"file; a labelled .csv/.json runs the task recipe):\n{calibration}"
-            f"  2. general distillation: {steps} steps of {batch} texts (of {texts}, length <= {max_length}) against "
+            f"  2. general distillation: {count(steps, 'step')} of {count(batch, 'text')} (of {texts}, length <= {max_length}) against "
             f"{stock}")
 
 
@@ -667,7 +673,7 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
         save_student(model, tokenizer, stock, dst, facts, general_card_section(facts), trainer,
                      sentence_transformers=head == "base")
     losses = facts["losses"]
-    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {facts['steps']} steps on {len(texts)} texts; "
+    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {count(facts['steps'], 'step')} on {count(len(texts), 'text')}; "
         f"loss (first -> last training batch) {losses['first']['total']:.4f} -> {losses['last']['total']:.4f}"
         + (f"; held-out {losses['eval_first']['total']:.4f} -> {losses['eval']['total']:.4f}"
            if "eval" in losses else "") + ".")
@@ -782,8 +788,8 @@ def task_card_section(facts: dict) -> str:
     """The card's "Distillation" section for the task recipe: the stages, their losses, the validation results."""
     tuned = facts["teacher_fine_tuning"]
     general, task = facts["general"], facts["task"]
-    teacher = (f"the stock model fine-tuned here on the training file ({tuned['epochs']:g} epochs, {tuned['steps']} "
-               f"steps, learning rate {tuned['learning_rate']:g})" if tuned else f"`{facts['teacher']}` (given)")
+    teacher = (f"the stock model fine-tuned here on the training file ({count(tuned['epochs'], 'epoch')}, "
+               f"{count(tuned['steps'], 'step')}, learning rate {tuned['learning_rate']:g})" if tuned else f"`{facts['teacher']}` (given)")
     lines = [
         "## Distillation",
         "",
@@ -797,11 +803,11 @@ def task_card_section(facts: dict) -> str:
         f"1. teacher: {teacher};",
         f"2. calibration: " + (f"closed form on {facts['calibration_texts']:,} texts;" if facts["calibrated"] else
                                "skipped;"),
-        f"3. general distillation from the stock model: {general['steps']:,} steps of {general['texts_per_step']:g} "
-        f"texts on average, learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for "
+        f"3. general distillation from the stock model: {count(general['steps'], 'step', ',')} of "
+        f"{count(general['texts_per_step'], 'text')} on average, learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for "
         f"the synthesizer parameters), attention KL + hidden-state {facts['hidden_loss']} loss;",
-        f"4. task stage against the fine-tuned teacher: {task['steps']:,} steps ({task['epochs']:.2f} epochs) of "
-        f"{task['texts_per_step']:g} texts, KL to its logits (temperature 1) + the same per-layer losses, no labels.",
+        f"4. task stage against the fine-tuned teacher: {count(task['steps'], 'step', ',')} "
+        f"({count(task['epochs'], 'epoch', '.2f')}) of {count(task['texts_per_step'], 'text')}, KL to its logits (temperature 1) + the same per-layer losses, no labels.",
         "",
         "The teachers were frozen; the student's dropout was off while distilling.",
         "",
@@ -826,15 +832,15 @@ def task_card_section(facts: dict) -> str:
 
 def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, batch, max_length) -> str:
     teacher = (f"{args.teacher} (given)" if args.teacher else
-               f"fine-tune {stock} on {args.train_file}, {epochs:g} epochs (saved to {dst / 'teacher'})")
+               f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} (saved to {dst / 'teacher'})")
     calibration = (f"closed form on {min(len(texts), args.calibration_samples)} texts" if args.calibrate_first
                    else "skipped (--no_calibrate_first)")
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
             f"{', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}), 4 stages:\n"
             f"  1. teacher: {teacher}\n  2. calibration: {calibration}\n"
-            f"  3. general distillation: {general_steps} steps of {batch} texts (of {len(texts)}, length <= "
+            f"  3. general distillation: {count(general_steps, 'step')} of {count(batch, 'text')} (of {len(texts)}, length <= "
             f"{max_length}) against {stock}\n"
-            f"  4. task stage: {epochs:g} epochs against the fine-tuned teacher (logits, attention, hidden states)\n"
+            f"  4. task stage: {count(epochs, 'epoch')} against the fine-tuned teacher (logits, attention, hidden states)\n"
             + (f"  then the student's and the teacher's accuracy on {args.validation_file}" if args.validation_file
                else "  (no --validation_file: no validation metrics)"))
 
@@ -865,12 +871,12 @@ def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenize
     from .calibration import load_teacher
     from .loading import quiet_logs
 
-    say(f"Stage 3/4: general distillation ({args.general_steps} steps)", flush=True)
+    say(f"Stage 3/4: general distillation ({count(args.general_steps, 'step')})", flush=True)
     general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
                                                                     max_steps=args.general_steps),
                                    texts, tokenizer, max_length, args)
     general_facts = stage_facts(general, general.train())
-    say(f"Stage 4/4: task stage ({training_args.num_train_epochs:g} epochs against {teacher_dir})", flush=True)
+    say(f"Stage 4/4: task stage ({count(training_args.num_train_epochs, 'epoch')} against {teacher_dir})", flush=True)
     with quiet_logs():
         task_teacher = load_teacher(teacher_dir, like=model)
     task = distillation_trainer(model, task_teacher, stage_args(training_args, dst, "task", max_steps=-1),
@@ -925,7 +931,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
                for split, data in raw.items()}
     teacher_dir, tuned = Path(args.teacher or dst / "teacher"), None
     if not args.teacher:
-        say(f"Stage 1/4: fine-tuning the teacher ({training_args.num_train_epochs:g} epochs)", flush=True)
+        say(f"Stage 1/4: fine-tuning the teacher ({count(training_args.num_train_epochs, 'epoch')})", flush=True)
         teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, dst)
     say("Stage 2/4: calibration", flush=True)
     calibration = calibrate(model, stock_teacher, texts + extra, tokenizer, max_length, args, say)
