@@ -394,6 +394,9 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert "| first training batch |" in text and "| last training batch |" in text
     assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
     assert "loss not logged" not in out and "-> " in out
+    # distill holds no calibration text out: its note says so, and does not point at convert's hold-out
+    assert "agreement measured on the calibration texts themselves (an upper bound: text the calibration did not see " \
+           "scores lower)." in out and "holds some out" not in out
     assert not any((dst / name).exists() for name in ST_FILES)
     encoder = tmp_path / "encoder"
     code = cli.main(["distill", str(sentence_transformers_stock), str(encoder), "--attn_implementation",
