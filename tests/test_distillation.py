@@ -386,7 +386,7 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert code == 0, out
     plan, summary, end = out.index("1. calibration on 2 texts"), out.index("Calibration on 2 texts"), out.index(
         "Distilled")
-    assert plan < out.index("2. general distillation: 3 steps of 16 texts") < summary < out.index("train_runtime") < end
+    assert plan < out.index("2. general distillation: 3 steps of 2 texts (all of them; batch size 16)") < summary < out.index("train_runtime") < end
     facts = json.loads((dst / DISTILLATION_FILE).read_text())
     assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
     assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
@@ -443,7 +443,7 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     out = capsys.readouterr().out
     assert code == 0, out
     marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
-             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epoch against", "Stage 1/4", "Stage 2/4",
+             "3. general distillation: 4 steps of 8 texts (of 48)", "4. task stage: 1 epoch against", "Stage 1/4", "Stage 2/4",
              "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
     positions = [out.index(m) for m in marks]
     assert positions == sorted(positions), out
@@ -473,7 +473,7 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
                      "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more)])
     out = capsys.readouterr().out
-    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "(of 64, " in out
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "4 steps of 8 texts (of 64)" in out
     facts = json.loads((again / DISTILLATION_FILE).read_text())
     assert facts["validation"]["teacher"] == validation["teacher"] and facts["unlabeled_texts"] == 16
     assert facts["task"]["steps"] == 8  # (48 + 16) texts / 8 per step

@@ -589,12 +589,22 @@ def general_steps(training_args: TrainingArguments, args) -> int:
     return training_args.max_steps if training_args.max_steps > 0 else args.general_steps
 
 
-def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, batch, max_length) -> str:
+def step_size(texts: int, training_args: TrainingArguments) -> str:
+    """Texts per optimizer step as the plan states it: the batch size (per device x accumulation x devices), or all
+    `texts` when there are fewer (then every step sees the same `texts`), e.g. "2 texts (all of them; batch size 16)"."""
+    batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+             * max(training_args.world_size, 1))
+    if texts < batch:
+        return f"{count(texts, 'text')} (all of them; batch size {batch})"
+    return f"{count(batch, 'text')} (of {texts})"
+
+
+def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, per_step: str, max_length) -> str:
     calibration = (f"  1. calibration on {min(texts, args.calibration_samples)} texts\n" if args.calibrate_first else
                    "  1. calibration: skipped (--no_calibrate_first)\n")
     return (f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
             f"file; a labelled .csv/.json runs the task recipe):\n{calibration}"
-            f"  2. general distillation: {count(steps, 'step')} of {count(batch, 'text')} (of {texts}, length <= {max_length}) against "
+            f"  2. general distillation: {count(steps, 'step')} of {per_step}, length <= {max_length}, against "
             f"{stock}")
 
 
@@ -651,7 +661,7 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     config = model.config
     max_length = text_length(config, args.max_seq_length)
     say(_general_plan(stock, dst, attn_implementation, head, args, len(texts), steps,
-                      training_args.per_device_train_batch_size, max_length), flush=True)
+                      step_size(len(texts), training_args), max_length), flush=True)
     if getattr(config, "is_encoder_decoder", False) and "decoder" in (getattr(config, "synthesizer_stacks", ()) or ()):
         logger.warning("Distillation trains the encoder's attention; the decoder's synthesized self-attention is "
                        + ("calibrated only." if args.calibrate_first else "left at its plain initialisation "
@@ -830,7 +840,8 @@ def task_card_section(facts: dict) -> str:
     return "\n".join(lines)
 
 
-def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, batch, max_length) -> str:
+def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, per_step: str,
+          max_length) -> str:
     teacher = (f"{args.teacher} (given)" if args.teacher else
                f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} (saved to {dst / 'teacher'})")
     calibration = (f"closed form on {min(len(texts), args.calibration_samples)} texts" if args.calibrate_first
@@ -838,8 +849,8 @@ def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, e
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
             f"{', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}), 4 stages:\n"
             f"  1. teacher: {teacher}\n  2. calibration: {calibration}\n"
-            f"  3. general distillation: {count(general_steps, 'step')} of {count(batch, 'text')} (of {len(texts)}, length <= "
-            f"{max_length}) against {stock}\n"
+            f"  3. general distillation: {count(general_steps, 'step')} of {per_step}, length <= {max_length}, "
+            f"against {stock}\n"
             f"  4. task stage: {count(epochs, 'epoch')} against the fine-tuned teacher (logits, attention, hidden states)\n"
             + (f"  then the student's and the teacher's accuracy on {args.validation_file}" if args.validation_file
                else "  (no --validation_file: no validation metrics)"))
@@ -926,7 +937,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
                                             **synthesizer_options, **fields)
     max_length = text_length(model.config, args.max_seq_length)
     say(_plan(stock, dst, attn_implementation, args, labels, texts + extra, args.general_steps,
-              training_args.num_train_epochs, training_args.per_device_train_batch_size, max_length), flush=True)
+              training_args.num_train_epochs, step_size(len(texts + extra), training_args), max_length), flush=True)
     encoded = {split: encode(data, tokenizer, args.text_column, args.label_column, fields["label2id"], max_length)
                for split, data in raw.items()}
     teacher_dir, tuned = Path(args.teacher or dst / "teacher"), None
