@@ -390,6 +390,7 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     facts = json.loads((dst / DISTILLATION_FILE).read_text())
     assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
     assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
+    assert "teacher_config_name" not in facts
     text = ModelCard.load(dst / "README.md").text
     assert "| first training batch |" in text and "| last training batch |" in text
     assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
@@ -518,6 +519,10 @@ def test_card_of_a_record_written_before_texts_per_step(tmp_path):
            "hidden_loss": "mse", "hidden_loss_weight": 1.0, "losses": {}}
     text = card_section(old)
     assert "8 texts per step," in text and "`model`" in text and "| first training batch |" not in text
+    # A record naming the teacher's config `_name_or_path` (the model it was fine-tuned from, not the teacher): the
+    # card names the teacher as the user gave it, nothing else.
+    text = card_section({**old, "teacher_config_name": "nreimers/MiniLM-L6-H384-uncased"})
+    assert "nreimers" not in text and "_name_or_path" not in text and "teacher `model` on" in text
     text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
                                                                             "total": 0.6}}})
     assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text

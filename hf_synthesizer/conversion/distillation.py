@@ -401,10 +401,11 @@ def count(number, unit: str, spec: str = "g") -> str:
     return f"{text} {unit if text == '1' else unit + 's'}"
 
 
-def teacher_text(facts: dict) -> str:
-    """The teacher as the card names it: the Hub id or path given, and the name its config records if different."""
-    name, recorded = facts["teacher"], facts.get("teacher_config_name")
-    return f"`{name}`" + (f" (its config's `_name_or_path`: `{recorded}`)" if recorded and recorded != name else "")
+def teacher_text(name: str) -> str:
+    """The teacher as the card names it: the Hub id (--base_model) or the path exactly as the user gave it. Not its
+    config's `_name_or_path`: that records the model the teacher was made from (e.g. MiniLM's base model before
+    fine-tuning), not the teacher."""
+    return f"`{name}`"
 
 
 def card_section(facts: dict) -> str:
@@ -424,7 +425,7 @@ def general_card_section(facts: dict) -> str:
         "## Distillation",
         "",
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
-        f"teacher {teacher_text(facts)} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
+        f"teacher {teacher_text(facts['teacher'])} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
         f"truncated to {facts['max_seq_length']}): {count(facts['steps'], 'optimizer step', ',')} "
         f"({count(facts['epochs'], 'epoch', '.2f')}, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
@@ -609,13 +610,10 @@ def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps
 
 
 def general_facts(stock: Path, config, head: str, texts, max_length: int, args, calibrated: bool) -> dict:
-    """What general distillation used (teacher as given and as its config names it, texts, tokens, settings), for the
+    """What general distillation used (teacher as given, texts, tokens, settings), for the
     card and `distillation.json`; `stage_facts` adds what the run did."""
-    from .checkpoints import read_config_dict
-
     return {
         "teacher": args.base_model or str(stock),
-        "teacher_config_name": read_config_dict(stock).get("_name_or_path") or None,  # as saved, not as loaded
         "base_model": args.base_model,
         "variant": config.synthesizer_variant,
         "head": head,
@@ -805,7 +803,7 @@ def task_card_section(facts: dict) -> str:
         "",
         f"Made by `hf-synthesizer distill`'s task recipe "
         f"(`hf_synthesizer.conversion.distillation.distill_for_task`) from the stock model "
-        f"{teacher_text({'teacher': facts['stock'], 'teacher_config_name': facts['stock_config_name']})}, for the "
+        f"{teacher_text(facts['stock'])}, for the "
         f"{len(facts['labels'])} labels of `{facts['train_file']}` ({facts['train_texts']:,} labelled texts"
         + (f" and {facts['unlabeled_texts']:,} unlabeled ones" if facts["unlabeled_texts"] else "")
         + f", truncated to {facts['max_seq_length']} tokens):",
@@ -856,12 +854,12 @@ def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, e
                else "  (no --validation_file: no validation metrics)"))
 
 
-def check_task_request(stock: Path, training_args: TrainingArguments) -> dict:
+def check_task_request(stock: Path, training_args: TrainingArguments) -> None:
     """Refuse what the task recipe cannot do, naming what to do instead: a T5 source, --resume_from_checkpoint,
-    --max_steps. Returns STOCK's config.json as a dict."""
+    --max_steps."""
     from .checkpoints import family_of
 
-    family, config_dict = family_of(stock)
+    family, _ = family_of(stock)
     if family.name != "bert":
         raise ValueError(f"The task recipe distills BERT classifiers; {stock} is a {family.name} checkpoint. Distill "
                          f"a T5 encoder on a text file (one text per line) instead, then fine-tune it.")
@@ -871,7 +869,6 @@ def check_task_request(stock: Path, training_args: TrainingArguments) -> dict:
     if training_args.max_steps > 0:
         raise ValueError("--max_steps sets general distillation's steps for a text file; the task recipe has several "
                          "stages: use --general_steps (stage 3) and --num_train_epochs (stages 1 and 4).")
-    return config_dict
 
 
 def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenizer, max_length, training_args, args,
@@ -925,7 +922,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     say = print if verbose else (lambda *a, **k: None)
     stock, dst = Path(stock), Path(training_args.output_dir)
     check_request(stock, attn_implementation, training_args, args)
-    config_dict = check_task_request(stock, training_args)
+    check_task_request(stock, training_args)
     raw, labels = load_labelled(args.train_file, args.validation_file, args.text_column, args.label_column)
     if args.max_train_samples:
         raw["train"] = raw["train"].select(range(min(len(raw["train"]), args.max_train_samples)))
@@ -949,7 +946,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     task, general_facts, task_facts = distillation_stages(model, stock_teacher, teacher_dir, texts + extra, tokenizer,
                                                           max_length, training_args, args, dst, say)
     facts = {
-        "recipe": "task", "stock": str(stock), "stock_config_name": config_dict.get("_name_or_path"),
+        "recipe": "task", "stock": str(stock),
         "teacher": str(teacher_dir), "teacher_fine_tuning": tuned, "base_model": args.base_model,
         "variant": model.config.synthesizer_variant, "head": "sequence-classification",
         "labels": [str(x) for x in labels], "train_file": str(args.train_file), "train_texts": len(texts),
