@@ -407,6 +407,30 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert "calibration: skipped" in capsys.readouterr().out
 
 
+def test_general_steps_zero_skips_general_distillation(sentence_transformers_stock, tmp_path, capsys, one_thread):
+    """--general_steps 0 on a text file: Trainer's max_steps=0 would mean "train num_train_epochs"; distill takes no
+    step instead and says so in the plan, the summary and the card (the student as calibrated); a negative count is
+    refused."""
+    two = tmp_path / "two.txt"
+    two.write_text("the cat sat on the mat\na big red tree\n")
+    dst = tmp_path / "calibrated"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--general_steps", "0", "--use_cpu", "true",
+                     "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2. general distillation: skipped (--general_steps 0)" in out and "not distilled (--general_steps 0)" in out
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert facts["steps"] == 0 and facts["losses"] == {} and facts["calibrated"]
+    text = ModelCard.load(dst / "README.md").text
+    assert "general distillation skipped (`--general_steps 0`, no optimizer step): closed-form calibration on 2 " \
+           "texts" in text
+    assert AutoModel.from_pretrained(dst).config.synthesizer_variant == "random"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(tmp_path / "neg"), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--general_steps", "-1", "--use_cpu", "true"])
+    assert code == 2 and "0 to skip general distillation" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def labelled_csv(tmp_path_factory):
     """A tiny 3-label task (does the text name an animal, a plant, or neither?), train and dev CSV."""
@@ -471,14 +495,18 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
     again, more = tmp_path / "again", tmp_path / "more.txt"
     more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
+    # --general_steps 0 skips stage 3 (Trainer's max_steps=0 would train whole epochs), in the plan and the card.
     code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
-                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more)])
+                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more), "--general_steps", "0"])
     out = capsys.readouterr().out
-    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "4 steps of 8 texts (of 64)" in out
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out
+    assert "3. general distillation: skipped (--general_steps 0)" in out and "general stage skipped" in out
     facts = json.loads((again / DISTILLATION_FILE).read_text())
     assert facts["validation"]["teacher"] == validation["teacher"] and facts["unlabeled_texts"] == 16
-    assert facts["task"]["steps"] == 8  # (48 + 16) texts / 8 per step
-    assert "and 16 unlabeled ones" in ModelCard.load(again / "README.md").text
+    assert facts["task"]["steps"] == 8 and facts["general"] is None  # (48 + 16) texts / 8 per step
+    text = ModelCard.load(again / "README.md").text
+    assert "and 16 unlabeled ones" in text and "3. general distillation from the stock model: skipped" in text
+    assert "Losses of the general stage" not in text
 
 
 def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, tmp_path, capsys):

@@ -310,9 +310,8 @@ class DistillationArguments:
         "Labelled files: more in-domain text (one per line, no labels) for calibration, general distillation and the "
         "task stage, besides the training texts.")})
     general_steps: int = field(default=GENERAL_STEPS, metadata={"help": (
-        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md). For a "
-        f"text "
-        f"file --max_steps, when given, overrides it.")})
+        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md); 0 skips "
+        f"it. For a text file --max_steps, when given, overrides it.")})
     calibrate_first: bool = field(
         default=True, metadata={"help": "Initialise the synthesizer by closed-form calibration on the first "
                                 "--calibration_samples texts before distilling (docs/conversion.md); "
@@ -421,11 +420,14 @@ def general_card_section(facts: dict) -> str:
     batch = (f"{count(per_step, 'text')} per step on average (batch size {facts['batch_size']})"
              if per_step is not None else f"{count(facts['batch_size'], 'text')} per step")
     hidden = {"mse": "mean squared error", "cosine": "1 − cosine similarity"}[facts["hidden_loss"]]
+    if facts["steps"] == 0:
+        return skipped_card_section(facts)
     lines = [
         "## Distillation",
         "",
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
-        f"teacher {teacher_text(facts['teacher'])} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
+        f"teacher {teacher_text(facts['teacher'])} on {facts['train_texts']:,} unlabeled texts "
+        f"({facts['train_tokens']:,} tokens, "
         f"truncated to {facts['max_seq_length']}): {count(facts['steps'], 'optimizer step', ',')} "
         f"({count(facts['epochs'], 'epoch', '.2f')}, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
@@ -438,6 +440,16 @@ def general_card_section(facts: dict) -> str:
         "",
     ]
     return "\n".join(lines + loss_table(facts["losses"]))
+
+
+def skipped_card_section(facts: dict) -> str:
+    """The "Distillation" section of a text-file run with `--general_steps 0`: no distillation step was taken."""
+    calibrated = (f"closed-form calibration on {count(facts['calibration_texts'], 'text')} from the stock teacher "
+                  f"{teacher_text(facts['teacher'])} only" if facts.get("calibrated") else
+                  f"no calibration either: the student is the stock model {teacher_text(facts['teacher'])} converted, "
+                  f"its synthesizer at its plain initialisation")
+    return "\n".join(["## Distillation", "", f"`hf-synthesizer distill` with general distillation skipped "
+                      f"(`--general_steps 0`, no optimizer step): {calibrated}."])
 
 
 def stage_losses(trainer: DistillationTrainer, before: dict | None = None) -> dict:
@@ -455,7 +467,8 @@ def stage_losses(trainer: DistillationTrainer, before: dict | None = None) -> di
 
 
 def stage_facts(trainer: DistillationTrainer, train_output, before: dict | None = None) -> dict:
-    """Steps, epochs, texts per step (really trained on), learning rates, runtime and losses of one stage."""
+    """Steps, epochs, texts per step (really trained on), learning rates, runtime and losses of one stage
+    (`train_output` None: the stage was skipped, 0 steps)."""
     args = trainer.args
     per_step = trainer.texts_seen * args.gradient_accumulation_steps / max(trainer.batches_seen, 1)
     return {
@@ -466,7 +479,7 @@ def stage_facts(trainer: DistillationTrainer, train_output, before: dict | None 
         "train_tokens": int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])),
         "learning_rate": args.learning_rate,
         "attention_learning_rate": trainer.attention_learning_rate,
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_runtime_s": train_output.metrics.get("train_runtime") if train_output is not None else None,
         "losses": stage_losses(trainer, before),
     }
 
@@ -486,7 +499,7 @@ class DistillationResult:
 # ----------------------------------------------------------------------------------------------- the pipeline
 def check_request(stock: Path, attn_implementation: str | None, training_args: TrainingArguments, args) -> None:
     """Refuse, naming the fix: a synthesizer STOCK, a student that is not a synthesizer variant, DST == STOCK, an
-    existing DST without --overwrite (raises ValueError / CheckpointError)."""
+    existing DST without --overwrite, a negative --general_steps (raises ValueError / CheckpointError)."""
     from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS
     from .checkpoints import CheckpointError, family_of
 
@@ -496,6 +509,9 @@ def check_request(stock: Path, attn_implementation: str | None, training_args: T
             f"{stock} is already a synthesizer checkpoint (variant {config_dict['synthesizer_variant']}): distillation "
             f"needs the stock (dot-product) checkpoint as its teacher. Pass the stock folder it was converted from."
         )
+    if args.general_steps < 0:
+        raise ValueError(f"--general_steps {args.general_steps}: pass the number of steps, or 0 to skip general "
+                         f"distillation.")
     if not attn_implementation or not attn_implementation.startswith(ATTN_PREFIX):
         raise ValueError(
             f"--attn_implementation must name the student's synthesizer variant (synthesizer_<variant>), got "
@@ -592,7 +608,7 @@ def general_steps(training_args: TrainingArguments, args) -> int:
 
 def step_size(texts: int, training_args: TrainingArguments) -> str:
     """Texts per optimizer step as the plan states it: the batch size (per device x accumulation x devices), or all
-    `texts` when there are fewer (then every step sees the same `texts`), e.g. "2 texts (all of them; batch size 16)"."""
+    `texts` when there are fewer (every step sees all `texts`), e.g. "2 texts (all of them; batch size 16)"."""
     batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
              * max(training_args.world_size, 1))
     if texts < batch:
@@ -603,10 +619,10 @@ def step_size(texts: int, training_args: TrainingArguments) -> str:
 def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, per_step: str, max_length) -> str:
     calibration = (f"  1. calibration on {min(texts, args.calibration_samples)} texts\n" if args.calibrate_first else
                    "  1. calibration: skipped (--no_calibrate_first)\n")
+    general = (f"{count(steps, 'step')} of {per_step}, length <= {max_length}, against {stock}" if steps else
+               "skipped (--general_steps 0): the student is saved as calibrated")
     return (f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
-            f"file; a labelled .csv/.json runs the task recipe):\n{calibration}"
-            f"  2. general distillation: {count(steps, 'step')} of {per_step}, length <= {max_length}, against "
-            f"{stock}")
+            f"file; a labelled .csv/.json runs the task recipe):\n{calibration}  2. general distillation: {general}")
 
 
 def general_facts(stock: Path, config, head: str, texts, max_length: int, args, calibrated: bool) -> dict:
@@ -672,16 +688,23 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     before = None
     if evaluation is not None and not training_args.resume_from_checkpoint:
         before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
-    if evaluation is not None:
-        trainer.evaluate()
+    train_output = None
+    if steps:  # Trainer's max_steps=0 would mean "train num_train_epochs": 0 skips the stage instead
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+        if evaluation is not None:
+            trainer.evaluate()
     facts = {**general_facts(stock, model.config, head, texts, max_length, args, calibration is not None),
              **stage_facts(trainer, train_output, before)}
     if trainer.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, general_card_section(facts), trainer,
                      sentence_transformers=head == "base")
     losses = facts["losses"]
-    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {count(facts['steps'], 'step')} on {count(len(texts), 'text')}; "
+    if not steps:
+        say(f"Saved {stock} converted into {dst} (variant {facts['variant']}), "
+            + ("calibrated" if calibration is not None else "not calibrated") + ", not distilled (--general_steps 0).")
+        return DistillationResult(model, trainer, facts, calibration)
+    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {count(facts['steps'], 'step')} on "
+        f"{count(len(texts), 'text')}; "
         f"loss (first -> last training batch) {losses['first']['total']:.4f} -> {losses['last']['total']:.4f}"
         + (f"; held-out {losses['eval_first']['total']:.4f} -> {losses['eval']['total']:.4f}"
            if "eval" in losses else "") + ".")
@@ -797,7 +820,8 @@ def task_card_section(facts: dict) -> str:
     tuned = facts["teacher_fine_tuning"]
     general, task = facts["general"], facts["task"]
     teacher = (f"the stock model fine-tuned here on the training file ({count(tuned['epochs'], 'epoch')}, "
-               f"{count(tuned['steps'], 'step')}, learning rate {tuned['learning_rate']:g})" if tuned else f"`{facts['teacher']}` (given)")
+               f"{count(tuned['steps'], 'step')}, learning rate {tuned['learning_rate']:g})" if tuned
+               else f"`{facts['teacher']}` (given)")
     lines = [
         "## Distillation",
         "",
@@ -811,18 +835,18 @@ def task_card_section(facts: dict) -> str:
         f"1. teacher: {teacher};",
         f"2. calibration: " + (f"closed form on {facts['calibration_texts']:,} texts;" if facts["calibrated"] else
                                "skipped;"),
-        f"3. general distillation from the stock model: {count(general['steps'], 'step', ',')} of "
-        f"{count(general['texts_per_step'], 'text')} on average, learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for "
-        f"the synthesizer parameters), attention KL + hidden-state {facts['hidden_loss']} loss;",
+        "3. general distillation from the stock model: " + (
+            f"{count(general['steps'], 'step', ',')} of {count(general['texts_per_step'], 'text')} on average, "
+            f"learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for the synthesizer "
+            f"parameters), attention KL + hidden-state {facts['hidden_loss']} loss;" if general
+            else "skipped (`--general_steps 0`);"),
         f"4. task stage against the fine-tuned teacher: {count(task['steps'], 'step', ',')} "
-        f"({count(task['epochs'], 'epoch', '.2f')}) of {count(task['texts_per_step'], 'text')}, KL to its logits (temperature 1) + the same per-layer losses, no labels.",
+        f"({count(task['epochs'], 'epoch', '.2f')}) of {count(task['texts_per_step'], 'text')}, KL to its logits "
+        f"(temperature 1) + the same per-layer losses, no labels.",
         "",
         "The teachers were frozen; the student's dropout was off while distilling.",
         "",
-        "Losses of the general stage:",
-        "",
-        *loss_table(general["losses"]),
-        "",
+        *(["Losses of the general stage:", "", *loss_table(general["losses"]), ""] if general else []),
         "Losses of the task stage:",
         "",
         *loss_table(task["losses"]),
@@ -847,9 +871,10 @@ def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, e
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
             f"{', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}), 4 stages:\n"
             f"  1. teacher: {teacher}\n  2. calibration: {calibration}\n"
-            f"  3. general distillation: {count(general_steps, 'step')} of {per_step}, length <= {max_length}, "
-            f"against {stock}\n"
-            f"  4. task stage: {count(epochs, 'epoch')} against the fine-tuned teacher (logits, attention, hidden states)\n"
+            + (f"  3. general distillation: {count(general_steps, 'step')} of {per_step}, length <= {max_length}, "
+               f"against {stock}\n" if general_steps else "  3. general distillation: skipped (--general_steps 0)\n")
+            + f"  4. task stage: {count(epochs, 'epoch')} against the fine-tuned teacher (logits, attention, hidden "
+              f"states)\n"
             + (f"  then the student's and the teacher's accuracy on {args.validation_file}" if args.validation_file
                else "  (no --validation_file: no validation metrics)"))
 
@@ -875,15 +900,19 @@ def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenize
                         dst: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
     """Stages 3 and 4 on `texts`: general distillation from `stock_teacher` (`args.general_steps` steps), then the
     task stage against the fine-tuned classifier in `teacher_dir` (`num_train_epochs`). Returns the task stage's
-    trainer and both stages' facts (`stage_facts`)."""
+    trainer and both stages' facts (`stage_facts`; None for a skipped general stage, `--general_steps 0`)."""
     from .calibration import load_teacher
     from .loading import quiet_logs
 
-    say(f"Stage 3/4: general distillation ({count(args.general_steps, 'step')})", flush=True)
-    general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
-                                                                    max_steps=args.general_steps),
-                                   texts, tokenizer, max_length, args)
-    general_facts = stage_facts(general, general.train())
+    general_facts = None  # --general_steps 0 skips the stage (Trainer's max_steps=0 would train whole epochs)
+    if args.general_steps:
+        say(f"Stage 3/4: general distillation ({count(args.general_steps, 'step')})", flush=True)
+        general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
+                                                                        max_steps=args.general_steps),
+                                       texts, tokenizer, max_length, args)
+        general_facts = stage_facts(general, general.train())
+    else:
+        say("Stage 3/4: general distillation skipped (--general_steps 0)", flush=True)
     say(f"Stage 4/4: task stage ({count(training_args.num_train_epochs, 'epoch')} against {teacher_dir})", flush=True)
     with quiet_logs():
         task_teacher = load_teacher(teacher_dir, like=model)
@@ -965,10 +994,11 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
 
 
 def _summary(facts: dict, dst: Path) -> str:
-    general, task = facts["general"]["losses"], facts["task"]["losses"]
-    lines = [f"Distilled {facts['stock']} into {dst} (variant {facts['variant']}, sequence classifier): general stage "
-             f"loss {general['first']['total']:.4f} -> {general['last']['total']:.4f}, task stage "
-             f"{task['first']['total']:.4f} -> {task['last']['total']:.4f} (first -> last training batch)."]
+    general, task = (facts["general"] or {}).get("losses"), facts["task"]["losses"]
+    stage3 = (f"general stage loss {general['first']['total']:.4f} -> {general['last']['total']:.4f}" if general
+              else "general stage skipped")
+    lines = [f"Distilled {facts['stock']} into {dst} (variant {facts['variant']}, sequence classifier): {stage3}, "
+             f"task stage {task['first']['total']:.4f} -> {task['last']['total']:.4f} (first -> last training batch)."]
     validation = facts.get("validation")
     if validation:
         name = validation["metric"]
