@@ -395,6 +395,7 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert "| first training batch |" in text and "| last training batch |" in text
     assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
     assert "loss not logged" not in out and "-> " in out
+    assert not [p.name for p in dst.iterdir() if p.is_dir()]  # no checkpoint-3: DST is the model folder
     # distill holds no calibration text out: its note says so, and does not point at convert's hold-out
     assert "agreement measured on the calibration texts themselves (an upper bound: text the calibration did not see " \
            "scores lower)." in out and "holds some out" not in out
@@ -463,10 +464,14 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     common = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--validation_file",
               str(dev), "--text_column", "text", "--label_column", "label", "--general_steps", "4",
               "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-              "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no"]
-    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common])
+              "--use_cpu", "true", "--disable_tqdm", "true"]
+    kept = tmp_path / "teacher"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common, "--teacher_output_dir", str(kept)])
     out = capsys.readouterr().out
     assert code == 0, out
+    # DST holds the student only (pushing it uploads nothing else): no Trainer checkpoints, stages or teacher
+    assert not [p.name for p in dst.iterdir() if p.is_dir()]
+    assert (kept / "model.safetensors").is_file() and f"(kept in {kept})" in out
     marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
              "3. general distillation: 4 steps of 8 texts (of 48)", "4. task stage: 1 epoch against", "Stage 1/4", "Stage 2/4",
              "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
@@ -497,7 +502,7 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
     # --general_steps 0 skips stage 3 (Trainer's max_steps=0 would train whole epochs), in the plan and the card.
     code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
-                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more), "--general_steps", "0"])
+                     "--teacher", str(kept), "--unlabeled_file", str(more), "--general_steps", "0"])
     out = capsys.readouterr().out
     assert code == 0 and "(given)" in out and "Stage 1/4" not in out
     assert "3. general distillation: skipped (--general_steps 0)" in out and "general stage skipped" in out
@@ -527,13 +532,16 @@ def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, 
         code = cli.main(["distill", str(stock), str(tmp_path / f"out{number}"), *base, *extra])
         err = capsys.readouterr().err
         assert code == 2 and re.search(message, err, re.S), (extra, err)
-        assert not (tmp_path / f"out{number}" / "teacher").exists()
+        assert not (tmp_path / f"out{number}").exists()
     from transformers import BertForSequenceClassification
 
     two = tmp_path / "two_labels"
     BertForSequenceClassification.from_pretrained(stock_dir, num_labels=2).save_pretrained(two)
     code = cli.main(["distill", str(stock_dir), str(tmp_path / "t"), *base, "--teacher", str(two)])
     assert code == 2 and "classifies 2 labels, the data has 3" in capsys.readouterr().err  # config.json omits them
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "u"), *base, "--teacher_output_dir",
+                     str(tmp_path / "u" / "teacher")])
+    assert code == 2 and "inside DST" in capsys.readouterr().err and not (tmp_path / "u").exists()
 
 
 def test_card_of_a_record_written_before_texts_per_step(tmp_path):

@@ -32,7 +32,8 @@ then `general_steps` steps of the losses above against the stock model; the stud
 With a labelled file (.csv/.tsv/.json/.jsonl: `--text_column`, `--label_column`) it runs the whole recommended task
 recipe (`distill_for_task`), each stage a `Trainer` run, and writes a sequence classifier:
 
-1. teacher: STOCK fine-tuned on the training file (`num_train_epochs`; saved to DST/teacher), or `--teacher`;
+1. teacher: STOCK fine-tuned on the training file (`num_train_epochs`; kept with `--teacher_output_dir`), or
+   `--teacher`;
 2. calibration on the training texts (`hf_synthesizer.conversion.calibration`);
 3. general distillation from STOCK on the training texts (labels unused) and any `--unlabeled_file` text;
 4. task stage: `num_train_epochs` epochs against the fine-tuned teacher (logit KL + the per-layer losses, no labels);
@@ -51,6 +52,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,13 +277,14 @@ class DistillationTrainer(Trainer):
 # `recipe_training_args` in Python. General distillation runs GENERAL_STEPS optimizer steps unless --max_steps is given.
 GENERAL_STEPS = 120
 RECIPE_TRAINING_DEFAULTS = {"learning_rate": 2e-4, "per_device_train_batch_size": 16, "warmup_steps": 0.1,
-                            "weight_decay": 0.01, "report_to": "none"}
+                            "weight_decay": 0.01, "report_to": "none", "save_strategy": "no"}  # DST: the model only
 LABELLED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 
 
 def recipe_training_args(output_dir, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the recommended recipe's defaults (`RECIPE_TRAINING_DEFAULTS`: learning rate 2e-4,
-    16 texts per step, 10 % warmup, weight decay 0.01, no trackers), `overrides` on top; the `distill` CLI's
+    16 texts per step, 10 % warmup, weight decay 0.01, no trackers, no Trainer checkpoints in DST: pass
+    `save_strategy="steps"` for `checkpoint-N` folders to resume from), `overrides` on top; the `distill` CLI's
     defaults."""
     return TrainingArguments(output_dir=str(output_dir), **{**RECIPE_TRAINING_DEFAULTS, **overrides})
 
@@ -304,8 +307,10 @@ class DistillationArguments:
                                                                  "strings)."})
     teacher: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: a checkpoint folder of STOCK already fine-tuned on the task (a sequence classifier with the "
-        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first (saved to "
-        "DST/teacher).")})
+        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first.")})
+    teacher_output_dir: Optional[str] = field(default=None, metadata={"help": (
+        "Labelled files: keep the teacher fine-tuned here in this folder (outside DST; for --teacher in a later run; "
+        "the size of STOCK, ~90 MB for MiniLM-L6). Default: not kept (a temporary folder, deleted at the end).")})
     unlabeled_file: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: more in-domain text (one per line, no labels) for calibration, general distillation and the "
         "task stage, besides the training texts.")})
@@ -499,7 +504,7 @@ class DistillationResult:
 # ----------------------------------------------------------------------------------------------- the pipeline
 def check_request(stock: Path, attn_implementation: str | None, training_args: TrainingArguments, args) -> None:
     """Refuse, naming the fix: a synthesizer STOCK, a student that is not a synthesizer variant, DST == STOCK, an
-    existing DST without --overwrite, a negative --general_steps (raises ValueError / CheckpointError)."""
+    existing DST without --overwrite, a negative --general_steps, --teacher_output_dir inside DST (raises ValueError / CheckpointError)."""
     from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS
     from .checkpoints import CheckpointError, family_of
 
@@ -509,6 +514,11 @@ def check_request(stock: Path, attn_implementation: str | None, training_args: T
             f"{stock} is already a synthesizer checkpoint (variant {config_dict['synthesizer_variant']}): distillation "
             f"needs the stock (dot-product) checkpoint as its teacher. Pass the stock folder it was converted from."
         )
+    out, kept = Path(training_args.output_dir).resolve(), Path(args.teacher_output_dir or "/").resolve()
+    if args.teacher_output_dir and out in (kept, *kept.parents):
+        raise ValueError(f"--teacher_output_dir {args.teacher_output_dir} is inside DST ({training_args.output_dir}), "
+                         f"which holds the student only (pushing DST would upload the teacher): pass a folder beside "
+                         f"it, e.g. {out.name}-teacher.")
     if args.general_steps < 0:
         raise ValueError(f"--general_steps {args.general_steps}: pass the number of steps, or 0 to skip general "
                          f"distillation.")
@@ -774,16 +784,18 @@ def encode(data, tokenizer, text_column, label_column, label2id, max_length):
     return data.map(tokenize, batched=True, remove_columns=data.column_names)
 
 
-def stage_args(training_args: TrainingArguments, dst: Path, stage: str, **fields) -> TrainingArguments:
-    """The user's `TrainingArguments` for one stage: its own output folder DST/stages/<stage>, no evaluation during
-    training (the recipe evaluates at the end), `fields` on top."""
-    return dataclasses.replace(training_args, output_dir=str(dst / "stages" / stage), eval_strategy="no",
+def stage_args(training_args: TrainingArguments, work: Path, stage: str, **fields) -> TrainingArguments:
+    """The user's `TrainingArguments` for one stage: its own output folder `work/<stage>` (a temporary folder, not
+    DST), no checkpoints (the recipe cannot resume a stage), no evaluation during training (the recipe evaluates at
+    the end), `fields` on top."""
+    return dataclasses.replace(training_args, output_dir=str(work / stage), eval_strategy="no", save_strategy="no",
                                load_best_model_at_end=False, **fields)
 
 
-def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args, dst: Path) -> tuple[Path, dict]:
-    """Stage 1: STOCK (its own class and attention) fine-tuned on `train` (tokenized, with labels) with `Trainer`,
-    saved with the tokenizer to DST/teacher. Returns the folder and what was done."""
+def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args, work: Path,
+                      folder: Path) -> tuple[Path, dict]:
+    """Stage 1: STOCK (its own class and attention) fine-tuned on `train` (tokenized, with labels) with `Trainer`
+    (in `work`), saved with the tokenizer to `folder`. Returns the folder and what was done."""
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
 
     from .loading import quiet_logs
@@ -791,24 +803,23 @@ def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args
     with quiet_logs():  # the new classification head is "missing" by design
         model = AutoModelForSequenceClassification.from_pretrained(stock, **fields)
     model.accepts_loss_kwargs = False  # per-batch mean loss (see examples/run_classification.py)
-    args = stage_args(training_args, dst, "teacher", max_steps=-1)
+    args = stage_args(training_args, work, "teacher-training", max_steps=-1)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
     output = trainer.train()
-    folder = dst / "teacher"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, {"epochs": args.num_train_epochs, "steps": trainer.state.global_step,
                     "learning_rate": args.learning_rate, "train_runtime_s": output.metrics.get("train_runtime")}
 
 
-def validation_metrics(model, data, tokenizer, training_args, dst: Path, metric) -> dict:
+def validation_metrics(model, data, tokenizer, training_args, work: Path, metric) -> dict:
     """`metric` (a `hf_synthesizer.conversion.metrics.Metric`) and the loss of `model` on `data` (with labels)."""
     from transformers import DataCollatorWithPadding, Trainer
 
     def compute(prediction):
         return metric.compute(predictions=prediction.predictions.argmax(-1), references=prediction.label_ids)
 
-    trainer = Trainer(model=model, args=stage_args(training_args, dst, "evaluation"), compute_metrics=compute,
+    trainer = Trainer(model=model, args=stage_args(training_args, work, "evaluation"), compute_metrics=compute,
                       data_collator=DataCollatorWithPadding(tokenizer))
     found = trainer.predict(data, metric_key_prefix="validation").metrics  # evaluate() would log "epoch 0"
     return {k.removeprefix("validation_"): v for k, v in found.items()
@@ -865,7 +876,9 @@ def task_card_section(facts: dict) -> str:
 def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, per_step: str,
           max_length) -> str:
     teacher = (f"{args.teacher} (given)" if args.teacher else
-               f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} (saved to {dst / 'teacher'})")
+               f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} "
+               + (f" (kept in {args.teacher_output_dir})" if args.teacher_output_dir else
+                  " (not kept: --teacher_output_dir DIR keeps it)"))
     calibration = (f"closed form on {min(len(texts), args.calibration_samples)} texts" if args.calibrate_first
                    else "skipped (--no_calibrate_first)")
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
@@ -897,7 +910,7 @@ def check_task_request(stock: Path, training_args: TrainingArguments) -> None:
 
 
 def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenizer, max_length, training_args, args,
-                        dst: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
+                        work: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
     """Stages 3 and 4 on `texts`: general distillation from `stock_teacher` (`args.general_steps` steps), then the
     task stage against the fine-tuned classifier in `teacher_dir` (`num_train_epochs`). Returns the task stage's
     trainer and both stages' facts (`stage_facts`; None for a skipped general stage, `--general_steps 0`)."""
@@ -907,7 +920,7 @@ def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenize
     general_facts = None  # --general_steps 0 skips the stage (Trainer's max_steps=0 would train whole epochs)
     if args.general_steps:
         say(f"Stage 3/4: general distillation ({count(args.general_steps, 'step')})", flush=True)
-        general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
+        general = distillation_trainer(model, stock_teacher, stage_args(training_args, work, "general",
                                                                         max_steps=args.general_steps),
                                        texts, tokenizer, max_length, args)
         general_facts = stage_facts(general, general.train())
@@ -916,12 +929,12 @@ def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenize
     say(f"Stage 4/4: task stage ({count(training_args.num_train_epochs, 'epoch')} against {teacher_dir})", flush=True)
     with quiet_logs():
         task_teacher = load_teacher(teacher_dir, like=model)
-    task = distillation_trainer(model, task_teacher, stage_args(training_args, dst, "task", max_steps=-1),
+    task = distillation_trainer(model, task_teacher, stage_args(training_args, work, "task", max_steps=-1),
                                 texts, tokenizer, max_length, args, prediction_loss_weight=1.0)
     return task, general_facts, stage_facts(task, task.train())
 
 
-def validation_report(student, teacher_dir: Path, data, tokenizer, training_args, dst: Path, file) -> dict:
+def validation_report(student, teacher_dir: Path, data, tokenizer, training_args, work: Path, file) -> dict:
     """Accuracy and loss of the student and of the teacher in `teacher_dir` on `data` (tokenized, with labels), and
     where the accuracy came from (`metrics.load_metric`: evaluate's module, or the local computation)."""
     from transformers import AutoModelForSequenceClassification
@@ -933,12 +946,21 @@ def validation_report(student, teacher_dir: Path, data, tokenizer, training_args
     with quiet_logs():
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     return {"file": str(file), "examples": len(data), "metric": metric.name, "metric_source": metric.source,
-            **{who: validation_metrics(m, data, tokenizer, training_args, dst, metric)
+            **{who: validation_metrics(m, data, tokenizer, training_args, work, metric)
                for who, m in (("student", student), ("teacher", teacher))}}
 
 
 def distill_for_task(stock, training_args: TrainingArguments, args, attn_implementation: str | None, *,
                      verbose: bool = True, **synthesizer_options) -> DistillationResult:
+    """`run_task_recipe` with a temporary folder for the stages' Trainers (and the fine-tuned teacher unless
+    `args.teacher_output_dir`), deleted at the end: DST holds the student only."""
+    with tempfile.TemporaryDirectory(prefix="hf-synthesizer-distill-") as work:
+        return run_task_recipe(stock, training_args, args, attn_implementation, Path(work), verbose=verbose,
+                               **synthesizer_options)
+
+
+def run_task_recipe(stock, training_args: TrainingArguments, args, attn_implementation: str | None, work: Path, *,
+                    verbose: bool = True, **synthesizer_options) -> DistillationResult:
     """Run the recipe (module docstring) from the stock checkpoint folder `stock` on `args.train_file` (labelled:
     `args.text_column`, `args.label_column`) and save the student classifier to `training_args.output_dir`.
 
@@ -966,17 +988,18 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
               training_args.num_train_epochs, step_size(len(texts + extra), training_args), max_length), flush=True)
     encoded = {split: encode(data, tokenizer, args.text_column, args.label_column, fields["label2id"], max_length)
                for split, data in raw.items()}
-    teacher_dir, tuned = Path(args.teacher or dst / "teacher"), None
+    teacher_dir, tuned = Path(args.teacher or args.teacher_output_dir or work / "teacher"), None
     if not args.teacher:
         say(f"Stage 1/4: fine-tuning the teacher ({count(training_args.num_train_epochs, 'epoch')})", flush=True)
-        teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, dst)
+        teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, work,
+                                               teacher_dir)
     say("Stage 2/4: calibration", flush=True)
     calibration = calibrate(model, stock_teacher, texts + extra, tokenizer, max_length, args, say)
     task, general_facts, task_facts = distillation_stages(model, stock_teacher, teacher_dir, texts + extra, tokenizer,
-                                                          max_length, training_args, args, dst, say)
+                                                          max_length, training_args, args, work, say)
     facts = {
         "recipe": "task", "stock": str(stock),
-        "teacher": str(teacher_dir), "teacher_fine_tuning": tuned, "base_model": args.base_model,
+        "teacher": args.teacher or args.teacher_output_dir, "teacher_fine_tuning": tuned, "base_model": args.base_model,
         "variant": model.config.synthesizer_variant, "head": "sequence-classification",
         "labels": [str(x) for x in labels], "train_file": str(args.train_file), "train_texts": len(texts),
         "unlabeled_texts": len(extra), "max_seq_length": max_length, "calibrated": calibration is not None,
@@ -986,7 +1009,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     }
     if "validation" in encoded:
         facts["validation"] = validation_report(model, teacher_dir, encoded["validation"], tokenizer, training_args,
-                                                dst, args.validation_file)
+                                                work, args.validation_file)
     if task.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, task_card_section(facts), task, sentence_transformers=False)
     say(_summary(facts, dst))
@@ -1039,7 +1062,8 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stock", type=Path, help="Stock BERT/T5 checkpoint folder (the teacher).")
-    parser.add_argument("dst", type=Path, help="Output folder (also the Trainer's output_dir: checkpoint-N folders).")
+    parser.add_argument("dst", type=Path, help="Output folder: the student only (Trainer checkpoint-N folders "
+                        "only with --save_strategy steps, to --resume_from_checkpoint; delete them before pushing).")
     parser.set_defaults(func=run)
 
 
