@@ -386,7 +386,8 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert code == 0, out
     plan, summary, end = out.index("1. calibration on 2 texts"), out.index("Calibration on 2 texts"), out.index(
         "Distilled")
-    assert plan < out.index("2. general distillation: 3 steps of 2 texts (all of them; batch size 16)") < summary < out.index("train_runtime") < end
+    step = out.index("2. general distillation: 3 steps of 2 texts (all of them; batch size 16)")
+    assert plan < step < summary < out.index("train_runtime") < end
     facts = json.loads((dst / DISTILLATION_FILE).read_text())
     assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
     assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
@@ -473,7 +474,8 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     assert not [p.name for p in dst.iterdir() if p.is_dir()]
     assert (kept / "model.safetensors").is_file() and f"(kept in {kept})" in out
     marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
-             "3. general distillation: 4 steps of 8 texts (of 48)", "4. task stage: 1 epoch against", "Stage 1/4", "Stage 2/4",
+             "3. general distillation: 4 steps of 8 texts (of 48)", "4. task stage: 1 epoch against", "Stage 1/4",
+             "Stage 2/4",
              "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
     positions = [out.index(m) for m in marks]
     assert positions == sorted(positions), out
@@ -562,8 +564,10 @@ def test_card_of_a_record_written_before_texts_per_step(tmp_path):
     text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
                                                                             "total": 0.6}}})
     assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text
-    text = card_section({**old, "steps": 1, "epochs": 1.0, "texts_per_step": 1.0})
-    assert ": 1 optimizer step (1.00 epochs, 1 text per step" in text and "1 steps" not in text
+    text = card_section({**old, "steps": 1, "epochs": 1.0, "texts_per_step": 1.0, "calibrated": True,
+                         "calibration_texts": 1})
+    assert ": 1 optimizer step (1.00 epochs, 1 text per step" in text and "calibration on 1 text." in text
+    assert "1 steps" not in text and "1 texts" not in text
 
 
 def test_counts_read_singular_for_one():

@@ -625,7 +625,7 @@ class CalibrationReport(dict):
         clauses = self.calibrated_lines() + self.skipped_lines()
         if self.agreement:
             clauses.append(self.measured_on(convert_holds_out))
-        return f"Calibration on {self.num_examples} texts: " + "; ".join(clauses)
+        return f"Calibration on {self.num_examples} text{'s' * (self.num_examples != 1)}: " + "; ".join(clauses)
 
 
 def load_teacher(stock_path, like: nn.Module | None = None, **kwargs) -> nn.Module:

@@ -436,7 +436,8 @@ def general_card_section(facts: dict) -> str:
         f"truncated to {facts['max_seq_length']}): {count(facts['steps'], 'optimizer step', ',')} "
         f"({count(facts['epochs'], 'epoch', '.2f')}, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
-        + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
+        + (f", after closed-form calibration on {count(facts['calibration_texts'], 'text', ',')}"
+           if facts.get("calibrated") else "")
         + ".",
         "",
         f"Loss: {facts['attention_loss_weight']:g} × KL(teacher ‖ student) of every layer's attention probabilities "
@@ -504,7 +505,8 @@ class DistillationResult:
 # ----------------------------------------------------------------------------------------------- the pipeline
 def check_request(stock: Path, attn_implementation: str | None, training_args: TrainingArguments, args) -> None:
     """Refuse, naming the fix: a synthesizer STOCK, a student that is not a synthesizer variant, DST == STOCK, an
-    existing DST without --overwrite, a negative --general_steps, --teacher_output_dir inside DST (raises ValueError / CheckpointError)."""
+    existing DST without --overwrite, a negative --general_steps, --teacher_output_dir inside DST (raises
+    ValueError / CheckpointError)."""
     from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS
     from .checkpoints import CheckpointError, family_of
 
@@ -627,7 +629,8 @@ def step_size(texts: int, training_args: TrainingArguments) -> str:
 
 
 def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, per_step: str, max_length) -> str:
-    calibration = (f"  1. calibration on {min(texts, args.calibration_samples)} texts\n" if args.calibrate_first else
+    calibration = (f"  1. calibration on {count(min(texts, args.calibration_samples), 'text')}\n"
+                   if args.calibrate_first else
                    "  1. calibration: skipped (--no_calibrate_first)\n")
     general = (f"{count(steps, 'step')} of {per_step}, length <= {max_length}, against {stock}" if steps else
                "skipped (--general_steps 0): the student is saved as calibrated")
@@ -844,7 +847,8 @@ def task_card_section(facts: dict) -> str:
         + f", truncated to {facts['max_seq_length']} tokens):",
         "",
         f"1. teacher: {teacher};",
-        f"2. calibration: " + (f"closed form on {facts['calibration_texts']:,} texts;" if facts["calibrated"] else
+        "2. calibration: " + (f"closed form on {count(facts['calibration_texts'], 'text', ',')};"
+                              if facts["calibrated"] else
                                "skipped;"),
         "3. general distillation from the stock model: " + (
             f"{count(general['steps'], 'step', ',')} of {count(general['texts_per_step'], 'text')} on average, "
@@ -879,7 +883,7 @@ def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, e
                f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} "
                + (f" (kept in {args.teacher_output_dir})" if args.teacher_output_dir else
                   " (not kept: --teacher_output_dir DIR keeps it)"))
-    calibration = (f"closed form on {min(len(texts), args.calibration_samples)} texts" if args.calibrate_first
+    calibration = (f"closed form on {count(min(len(texts), args.calibration_samples), 'text')}" if args.calibrate_first
                    else "skipped (--no_calibrate_first)")
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
             f"{', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}), 4 stages:\n"
