@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 EXCLUSIONS_TABLE = "tool.hf_synthesizer.unsupported_transformers"
+INSTALL_FAILED = 90  # what .ci/run's suite_on returns when transformers X could not be installed (pytest uses 0-5)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,10 @@ def transformers_range(pyproject_text: str) -> str:
     return match.group(1).replace(" ", "")
 
 
-def exclusions(pyproject_text: str) -> dict[str, str]:
-    """`{version: reason}` from the `[tool.hf_synthesizer.unsupported_transformers]` table; an entry without a reason
-    is a ValueError (an exclusion must say why)."""
+def exclusions(pyproject_text: str) -> dict[Version, str]:
+    """`{version: reason}` from the `[tool.hf_synthesizer.unsupported_transformers]` table, keyed by `Version` so that
+    `"5.26"` excludes release `5.26.0`; an entry without a reason, or whose key is no version, is a ValueError (an
+    exclusion must say why, and what)."""
     table = re.search(r"^\[" + re.escape(EXCLUSIONS_TABLE) + r"\]\s*$(.*?)(?=^\[|\Z)", pyproject_text, re.M | re.S)
     if table is None:
         return {}
@@ -61,12 +63,17 @@ def exclusions(pyproject_text: str) -> dict[str, str]:
             raise ValueError(
                 f"[{EXCLUSIONS_TABLE}] entry {line!r}: write it as \"X.Y.Z\" = \"why it is not supported\"."
             )
-        result[entry.group(1)] = entry.group(2).strip()
+        try:
+            version = Version(entry.group(1))
+        except InvalidVersion:
+            raise ValueError(f"[{EXCLUSIONS_TABLE}] entry {line!r}: {entry.group(1)!r} is not a version; write it as "
+                             f"\"X.Y.Z\" = \"why it is not supported\".") from None
+        result[version] = entry.group(2).strip()
     return result
 
 
 def decide(
-    newest: str | None, specifier: str, excluded: dict[str, str], index_error: str = "", tested: str | None = None
+    newest: str | None, specifier: str, excluded: dict[Version, str], index_error: str = "", tested: str | None = None
 ) -> Decision:
     """Whether the suite must run on the newest release `newest` (None: the index could not be reached). `tested`: the
     transformers version the first suite run used (None: taken to be `newest` when the range allows it)."""
@@ -83,9 +90,10 @@ def decide(
     if below_range(newest, specifier):
         return Decision(False, newest, f"the newest transformers release the index offers, {newest}, is below the "
                                        f"range {specifier} (a mirror without the newer releases?): nothing to check")
-    if newest in excluded:
+    reason = {Version(str(k)): v for k, v in excluded.items()}.get(Version(newest))  # "5.26" == "5.26.0"
+    if reason is not None:
         return Decision(False, newest, f"the newest transformers release, {newest}, is excluded in pyproject.toml: "
-                                       f"{excluded[newest]}")
+                                       f"{reason}")
     return Decision(True, newest, f"the newest transformers release, {newest}, is outside the range {specifier} and "
                                   f"not excluded: running the suite on it")
 
@@ -104,7 +112,12 @@ def failed_tests(pytest_output: str) -> list[str]:
 
 def verdict(version: str, returncode: int, pytest_output: str, in_range: bool = False) -> str:
     """The message after the suite ran on `version`, the newest release: CI fails on it unless the range allows
-    `version` (`in_range`) and the suite passed."""
+    `version` (`in_range`) and the suite passed. `returncode` INSTALL_FAILED: transformers `version` could not be
+    installed, so no test ran."""
+    if returncode == INSTALL_FAILED:
+        return (f"installing transformers {version}, the newest release, failed (see pip's output above): no test ran. "
+                f"Rerun CI if the index was unreachable; otherwise find what keeps it from installing (a Python or "
+                f"dependency requirement), or exclude {version} with a reason in [{EXCLUSIONS_TABLE}] of pyproject.toml")
     if in_range:
         if returncode == 0:
             return f"the suite passes on transformers {version}, the newest release, which the range allows"

@@ -108,3 +108,23 @@ def test_ci_runs_the_readme_test_command_and_the_newest_release_check():
     command = 'pip install torch==2.13.0 -e ".[dev]" && HF_HUB_OFFLINE=1 python -m pytest -q'
     assert command in readme and command in run
     assert "python .ci/newest_transformers.py check" in run and "newest_transformers.py verdict" in run
+
+
+def test_an_exclusion_is_a_version_not_a_string():
+    """`"5.26" = "why"` excludes release 5.26.0 (compared as versions); a key that is no version is refused."""
+    excluded = newest_transformers.exclusions(FAKE.replace('"5.27.0" =', '"5.26" ='))
+    decision = decide("5.26.0", ">=5.23.0,<5.26", excluded)
+    assert not decision.run_suite and "is excluded in pyproject.toml: changes the attention" in decision.reason
+    with pytest.raises(ValueError, match="'five' is not a version; write it as"):
+        newest_transformers.exclusions(FAKE.replace('"5.27.0" =', '"five" ='))
+
+
+def test_a_failed_install_is_named_as_such(tmp_path, capsys):
+    """.ci/run's suite_on returns INSTALL_FAILED when pip cannot install the release: the verdict says the install
+    failed, not "pytest exited 90", and CI fails."""
+    code = newest_transformers.INSTALL_FAILED
+    assert f"|| return {code}" in (ROOT / ".ci" / "run").read_text()
+    (tmp_path / "log").write_text("ERROR: No matching distribution found for transformers==5.26.0\n")
+    assert newest_transformers.main(["verdict", "5.26.0", str(code), str(tmp_path / "log")]) == 1
+    out = capsys.readouterr().out
+    assert "installing transformers 5.26.0, the newest release, failed" in out and "pytest exited" not in out

@@ -114,6 +114,7 @@ def test_compare_help_lists_flags(capsys):
     for flag in ("--model_name_or_path", "--variants", "--max_steps", "--max_length", "--seed", "--quick",
                  "--batch_size", "--max_depth", "--threads", "--family"):
         assert flag in text
+    assert "BERT or T5 checkpoint" in text and "Converts a BERT checkpoint" not in text  # --family t5 exists
 
 
 def test_compare_converts_the_packaged_minilm_checkpoint(minilm_dir, tmp_path, capsys):

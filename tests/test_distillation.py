@@ -386,14 +386,20 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
     assert code == 0, out
     plan, summary, end = out.index("1. calibration on 2 texts"), out.index("Calibration on 2 texts"), out.index(
         "Distilled")
-    assert plan < out.index("2. general distillation: 3 steps of 16 texts") < summary < out.index("train_runtime") < end
+    step = out.index("2. general distillation: 3 steps of 2 texts (all of them; batch size 16)")
+    assert plan < step < summary < out.index("train_runtime") < end
     facts = json.loads((dst / DISTILLATION_FILE).read_text())
     assert set(facts["losses"]) == {"first", "last"} and facts["texts_per_step"] == 2 and facts["batch_size"] == 16
     assert facts["losses"]["first"]["total"] > 0 and facts["teacher"] == str(sentence_transformers_stock)
+    assert "teacher_config_name" not in facts
     text = ModelCard.load(dst / "README.md").text
     assert "| first training batch |" in text and "| last training batch |" in text
     assert "2 texts per step on average (batch size 16)" in text and f"`{sentence_transformers_stock}`" in text
     assert "loss not logged" not in out and "-> " in out
+    assert not [p.name for p in dst.iterdir() if p.is_dir()]  # no checkpoint-3: DST is the model folder
+    # distill holds no calibration text out: its note says so, and does not point at convert's hold-out
+    assert "agreement measured on the calibration texts themselves (an upper bound: text the calibration did not see " \
+           "scores lower)." in out and "holds some out" not in out
     assert not any((dst / name).exists() for name in ST_FILES)
     encoder = tmp_path / "encoder"
     code = cli.main(["distill", str(sentence_transformers_stock), str(encoder), "--attn_implementation",
@@ -401,6 +407,30 @@ def test_cli_default_flags_record_losses_stages_and_real_batch(sentence_transfor
                      "--no_calibrate_first", "--use_cpu", "true"])
     assert code == 0 and all((encoder / name).exists() for name in ST_FILES)
     assert "calibration: skipped" in capsys.readouterr().out
+
+
+def test_general_steps_zero_skips_general_distillation(sentence_transformers_stock, tmp_path, capsys, one_thread):
+    """--general_steps 0 on a text file: Trainer's max_steps=0 would mean "train num_train_epochs"; distill takes no
+    step instead and says so in the plan, the summary and the card (the student as calibrated); a negative count is
+    refused."""
+    two = tmp_path / "two.txt"
+    two.write_text("the cat sat on the mat\na big red tree\n")
+    dst = tmp_path / "calibrated"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--general_steps", "0", "--use_cpu", "true",
+                     "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2. general distillation: skipped (--general_steps 0)" in out and "not distilled (--general_steps 0)" in out
+    facts = json.loads((dst / DISTILLATION_FILE).read_text())
+    assert facts["steps"] == 0 and facts["losses"] == {} and facts["calibrated"]
+    text = ModelCard.load(dst / "README.md").text
+    assert "general distillation skipped (`--general_steps 0`, no optimizer step): closed-form calibration on 2 " \
+           "texts" in text
+    assert AutoModel.from_pretrained(dst).config.synthesizer_variant == "random"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(tmp_path / "neg"), "--attn_implementation",
+                     "synthesizer_random", "--train_file", str(two), "--general_steps", "-1", "--use_cpu", "true"])
+    assert code == 2 and "0 to skip general distillation" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -435,12 +465,17 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     common = ["--attn_implementation", "synthesizer_random", "--train_file", str(train), "--validation_file",
               str(dev), "--text_column", "text", "--label_column", "label", "--general_steps", "4",
               "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-              "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no"]
-    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common])
+              "--use_cpu", "true", "--disable_tqdm", "true"]
+    kept = tmp_path / "teacher"
+    code = cli.main(["distill", str(sentence_transformers_stock), str(dst), *common, "--teacher_output_dir", str(kept)])
     out = capsys.readouterr().out
     assert code == 0, out
+    # DST holds the student only (pushing it uploads nothing else): no Trainer checkpoints, stages or teacher
+    assert not [p.name for p in dst.iterdir() if p.is_dir()]
+    assert (kept / "model.safetensors").is_file() and f"(kept in {kept})" in out
     marks = ["4 stages", "1. teacher: fine-tune", "2. calibration: closed form on 48 texts",
-             "3. general distillation: 4 steps of 8 texts", "4. task stage: 1 epochs", "Stage 1/4", "Stage 2/4",
+             "3. general distillation: 4 steps of 8 texts (of 48)", "4. task stage: 1 epoch against", "Stage 1/4",
+             "Stage 2/4",
              "Calibration on 48 texts", "Stage 3/4", "Stage 4/4", "Validation accuracy on"]
     positions = [out.index(m) for m in marks]
     assert positions == sorted(positions), out
@@ -467,14 +502,18 @@ def test_one_command_task_recipe_end_to_end(sentence_transformers_stock, labelle
     # The fine-tuned teacher reused: no fine-tuning stage, the same labels; more unlabeled text joins stages 2-4.
     again, more = tmp_path / "again", tmp_path / "more.txt"
     more.write_text("\n".join(f"the {w} sat on the mat" for w in WORDS[:16]) + "\n")
+    # --general_steps 0 skips stage 3 (Trainer's max_steps=0 would train whole epochs), in the plan and the card.
     code = cli.main(["distill", str(sentence_transformers_stock), str(again), *common,
-                     "--teacher", str(dst / "teacher"), "--unlabeled_file", str(more)])
+                     "--teacher", str(kept), "--unlabeled_file", str(more), "--general_steps", "0"])
     out = capsys.readouterr().out
-    assert code == 0 and "(given)" in out and "Stage 1/4" not in out and "(of 64, " in out
+    assert code == 0 and "(given)" in out and "Stage 1/4" not in out
+    assert "3. general distillation: skipped (--general_steps 0)" in out and "general stage skipped" in out
     facts = json.loads((again / DISTILLATION_FILE).read_text())
     assert facts["validation"]["teacher"] == validation["teacher"] and facts["unlabeled_texts"] == 16
-    assert facts["task"]["steps"] == 8  # (48 + 16) texts / 8 per step
-    assert "and 16 unlabeled ones" in ModelCard.load(again / "README.md").text
+    assert facts["task"]["steps"] == 8 and facts["general"] is None  # (48 + 16) texts / 8 per step
+    text = ModelCard.load(again / "README.md").text
+    assert "and 16 unlabeled ones" in text and "3. general distillation from the stock model: skipped" in text
+    assert "Losses of the general stage" not in text
 
 
 def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, tmp_path, capsys):
@@ -495,13 +534,16 @@ def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, 
         code = cli.main(["distill", str(stock), str(tmp_path / f"out{number}"), *base, *extra])
         err = capsys.readouterr().err
         assert code == 2 and re.search(message, err, re.S), (extra, err)
-        assert not (tmp_path / f"out{number}" / "teacher").exists()
+        assert not (tmp_path / f"out{number}").exists()
     from transformers import BertForSequenceClassification
 
     two = tmp_path / "two_labels"
     BertForSequenceClassification.from_pretrained(stock_dir, num_labels=2).save_pretrained(two)
     code = cli.main(["distill", str(stock_dir), str(tmp_path / "t"), *base, "--teacher", str(two)])
     assert code == 2 and "classifies 2 labels, the data has 3" in capsys.readouterr().err  # config.json omits them
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "u"), *base, "--teacher_output_dir",
+                     str(tmp_path / "u" / "teacher")])
+    assert code == 2 and "inside DST" in capsys.readouterr().err and not (tmp_path / "u").exists()
 
 
 def test_card_of_a_record_written_before_texts_per_step(tmp_path):
@@ -515,6 +557,21 @@ def test_card_of_a_record_written_before_texts_per_step(tmp_path):
            "hidden_loss": "mse", "hidden_loss_weight": 1.0, "losses": {}}
     text = card_section(old)
     assert "8 texts per step," in text and "`model`" in text and "| first training batch |" not in text
+    # A record naming the teacher's config `_name_or_path` (the model it was fine-tuned from, not the teacher): the
+    # card names the teacher as the user gave it, nothing else.
+    text = card_section({**old, "teacher_config_name": "nreimers/MiniLM-L6-H384-uncased"})
+    assert "nreimers" not in text and "_name_or_path" not in text and "teacher `model` on" in text
     text = card_section({**old, "texts_per_step": 2.0, "losses": {"first": {"attention": 0.5, "hidden": 0.1,
                                                                             "total": 0.6}}})
     assert "2 texts per step on average (batch size 8)" in text and "| first training batch | 0.5000 |" in text
+    text = card_section({**old, "steps": 1, "epochs": 1.0, "texts_per_step": 1.0, "calibrated": True,
+                         "calibration_texts": 1})
+    assert ": 1 optimizer step (1.00 epochs, 1 text per step" in text and "calibration on 1 text." in text
+    assert "1 steps" not in text and "1 texts" not in text
+
+
+def test_counts_read_singular_for_one():
+    from hf_synthesizer.conversion.distillation import count
+
+    assert [count(1, "epoch"), count(1.0, "epoch"), count(2, "step"), count(1.5, "epoch"), count(1234, "step", ",")] \
+        == ["1 epoch", "1 epoch", "2 steps", "1.5 epochs", "1,234 steps"]

@@ -1,6 +1,6 @@
-"""`hf-synthesizer compare`: the main job. Converts a BERT checkpoint to several synthesizer variants, fine-tunes each
-with `Trainer` on generated ListOps-style data (`hf_synthesizer.cli.listops`), and prints a comparison table:
-accuracy, train time relative to vanilla in the same run, and trainable parameter count.
+"""`hf-synthesizer compare`: the main job. Converts a BERT or T5 checkpoint (`--family`) to several synthesizer
+variants, fine-tunes each with `Trainer` on generated ListOps-style data (`hf_synthesizer.cli.listops`), and prints
+a comparison table: accuracy, train time relative to vanilla in the same run, and trainable parameter count.
 
 Everything is offline and deterministic for a given `--seed` (same data, same initialisation for every variant).
 

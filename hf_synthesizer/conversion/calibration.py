@@ -608,21 +608,24 @@ class CalibrationReport(dict):
             for c, names in self.skipped.items()
         ]
 
-    def measured_on(self) -> str:
-        """Which texts the agreement figures come from, in words."""
+    def measured_on(self, convert_holds_out: bool = True) -> str:
+        """Which texts the agreement figures come from, in words; `convert_holds_out`: add that `convert` holds texts
+        out (False where the caller, as `distill`, measures on the calibration texts only)."""
         if self.held_out_examples:
             return (f"agreement measured on {self.held_out_examples} held-out texts (not used for calibration; "
                     f"1.00 = the stock model's attention)")
+        hint = (f"; with {MIN_TEXTS_TO_HOLD_OUT} or more texts, convert holds some out to measure it"
+                if convert_holds_out else "")
         return ("agreement measured on the calibration texts themselves (an upper bound: text the calibration did not "
-                f"see scores lower; with {MIN_TEXTS_TO_HOLD_OUT} or more texts, convert holds some out to measure it)")
+                f"see scores lower{hint})")
 
-    def summary(self) -> str:
+    def summary(self, convert_holds_out: bool = True) -> str:
         """What was calibrated (with the agreement figures), what was not, one clause per component, and which texts
-        the agreement was measured on."""
+        the agreement was measured on (`convert_holds_out`: see `measured_on`)."""
         clauses = self.calibrated_lines() + self.skipped_lines()
         if self.agreement:
-            clauses.append(self.measured_on())
-        return f"Calibration on {self.num_examples} texts: " + "; ".join(clauses)
+            clauses.append(self.measured_on(convert_holds_out))
+        return f"Calibration on {self.num_examples} text{'s' * (self.num_examples != 1)}: " + "; ".join(clauses)
 
 
 def load_teacher(stock_path, like: nn.Module | None = None, **kwargs) -> nn.Module:

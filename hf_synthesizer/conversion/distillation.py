@@ -32,7 +32,8 @@ then `general_steps` steps of the losses above against the stock model; the stud
 With a labelled file (.csv/.tsv/.json/.jsonl: `--text_column`, `--label_column`) it runs the whole recommended task
 recipe (`distill_for_task`), each stage a `Trainer` run, and writes a sequence classifier:
 
-1. teacher: STOCK fine-tuned on the training file (`num_train_epochs`; saved to DST/teacher), or `--teacher`;
+1. teacher: STOCK fine-tuned on the training file (`num_train_epochs`; kept with `--teacher_output_dir`), or
+   `--teacher`;
 2. calibration on the training texts (`hf_synthesizer.conversion.calibration`);
 3. general distillation from STOCK on the training texts (labels unused) and any `--unlabeled_file` text;
 4. task stage: `num_train_epochs` epochs against the fine-tuned teacher (logit KL + the per-layer losses, no labels);
@@ -51,6 +52,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,13 +277,14 @@ class DistillationTrainer(Trainer):
 # `recipe_training_args` in Python. General distillation runs GENERAL_STEPS optimizer steps unless --max_steps is given.
 GENERAL_STEPS = 120
 RECIPE_TRAINING_DEFAULTS = {"learning_rate": 2e-4, "per_device_train_batch_size": 16, "warmup_steps": 0.1,
-                            "weight_decay": 0.01, "report_to": "none"}
+                            "weight_decay": 0.01, "report_to": "none", "save_strategy": "no"}  # DST: the model only
 LABELLED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 
 
 def recipe_training_args(output_dir, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the recommended recipe's defaults (`RECIPE_TRAINING_DEFAULTS`: learning rate 2e-4,
-    16 texts per step, 10 % warmup, weight decay 0.01, no trackers), `overrides` on top; the `distill` CLI's
+    16 texts per step, 10 % warmup, weight decay 0.01, no trackers, no Trainer checkpoints in DST: pass
+    `save_strategy="steps"` for `checkpoint-N` folders to resume from), `overrides` on top; the `distill` CLI's
     defaults."""
     return TrainingArguments(output_dir=str(output_dir), **{**RECIPE_TRAINING_DEFAULTS, **overrides})
 
@@ -304,15 +307,16 @@ class DistillationArguments:
                                                                  "strings)."})
     teacher: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: a checkpoint folder of STOCK already fine-tuned on the task (a sequence classifier with the "
-        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first (saved to "
-        "DST/teacher).")})
+        "same labels): the task stage's teacher. Default: fine-tune STOCK on --train_file first.")})
+    teacher_output_dir: Optional[str] = field(default=None, metadata={"help": (
+        "Labelled files: keep the teacher fine-tuned here in this folder (outside DST; for --teacher in a later run; "
+        "the size of STOCK, ~90 MB for MiniLM-L6). Default: not kept (a temporary folder, deleted at the end).")})
     unlabeled_file: Optional[str] = field(default=None, metadata={"help": (
         "Labelled files: more in-domain text (one per line, no labels) for calibration, general distillation and the "
         "task stage, besides the training texts.")})
     general_steps: int = field(default=GENERAL_STEPS, metadata={"help": (
-        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md). For a "
-        f"text "
-        f"file --max_steps, when given, overrides it.")})
+        f"Optimizer steps of general distillation (default {GENERAL_STEPS}, measured in docs/conversion.md); 0 skips "
+        f"it. For a text file --max_steps, when given, overrides it.")})
     calibrate_first: bool = field(
         default=True, metadata={"help": "Initialise the synthesizer by closed-form calibration on the first "
                                 "--calibration_samples texts before distilling (docs/conversion.md); "
@@ -395,10 +399,17 @@ def loss_table(losses: dict) -> list[str]:
     return lines
 
 
-def teacher_text(facts: dict) -> str:
-    """The teacher as the card names it: the Hub id or path given, and the name its config records if different."""
-    name, recorded = facts["teacher"], facts.get("teacher_config_name")
-    return f"`{name}`" + (f" (its config's `_name_or_path`: `{recorded}`)" if recorded and recorded != name else "")
+def count(number, unit: str, spec: str = "g") -> str:
+    """`number` formatted with `spec` and `unit`, singular when it reads 1: "1 epoch", "2 epochs", "1.50 epochs"."""
+    text = format(number, spec)
+    return f"{text} {unit if text == '1' else unit + 's'}"
+
+
+def teacher_text(name: str) -> str:
+    """The teacher as the card names it: the Hub id (--base_model) or the path exactly as the user gave it. Not its
+    config's `_name_or_path`: that records the model the teacher was made from (e.g. MiniLM's base model before
+    fine-tuning), not the teacher."""
+    return f"`{name}`"
 
 
 def card_section(facts: dict) -> str:
@@ -411,18 +422,22 @@ def general_card_section(facts: dict) -> str:
     """The "Distillation" section of general distillation (records written before `texts_per_step` existed give
     the batch size only)."""
     per_step = facts.get("texts_per_step")
-    batch = (f"{per_step:g} texts per step on average (batch size {facts['batch_size']})" if per_step is not None
-             else f"{facts['batch_size']} texts per step")
+    batch = (f"{count(per_step, 'text')} per step on average (batch size {facts['batch_size']})"
+             if per_step is not None else f"{count(facts['batch_size'], 'text')} per step")
     hidden = {"mse": "mean squared error", "cosine": "1 − cosine similarity"}[facts["hidden_loss"]]
+    if facts["steps"] == 0:
+        return skipped_card_section(facts)
     lines = [
         "## Distillation",
         "",
         f"Attention-transfer distillation (`hf-synthesizer distill`, `hf_synthesizer.conversion.distillation`) from the stock "
-        f"teacher {teacher_text(facts)} on {facts['train_texts']:,} unlabeled texts ({facts['train_tokens']:,} tokens, "
-        f"truncated to {facts['max_seq_length']}): {facts['steps']:,} optimizer steps "
-        f"({facts['epochs']:.2f} epochs, {batch}, learning rate {facts['learning_rate']:g}, "
+        f"teacher {teacher_text(facts['teacher'])} on {facts['train_texts']:,} unlabeled texts "
+        f"({facts['train_tokens']:,} tokens, "
+        f"truncated to {facts['max_seq_length']}): {count(facts['steps'], 'optimizer step', ',')} "
+        f"({count(facts['epochs'], 'epoch', '.2f')}, {batch}, learning rate {facts['learning_rate']:g}, "
         f"{facts['attention_learning_rate']:g} for the synthesizer parameters)"
-        + (f", after closed-form calibration on {facts['calibration_texts']:,} texts" if facts.get("calibrated") else "")
+        + (f", after closed-form calibration on {count(facts['calibration_texts'], 'text', ',')}"
+           if facts.get("calibrated") else "")
         + ".",
         "",
         f"Loss: {facts['attention_loss_weight']:g} × KL(teacher ‖ student) of every layer's attention probabilities "
@@ -431,6 +446,16 @@ def general_card_section(facts: dict) -> str:
         "",
     ]
     return "\n".join(lines + loss_table(facts["losses"]))
+
+
+def skipped_card_section(facts: dict) -> str:
+    """The "Distillation" section of a text-file run with `--general_steps 0`: no distillation step was taken."""
+    calibrated = (f"closed-form calibration on {count(facts['calibration_texts'], 'text')} from the stock teacher "
+                  f"{teacher_text(facts['teacher'])} only" if facts.get("calibrated") else
+                  f"no calibration either: the student is the stock model {teacher_text(facts['teacher'])} converted, "
+                  f"its synthesizer at its plain initialisation")
+    return "\n".join(["## Distillation", "", f"`hf-synthesizer distill` with general distillation skipped "
+                      f"(`--general_steps 0`, no optimizer step): {calibrated}."])
 
 
 def stage_losses(trainer: DistillationTrainer, before: dict | None = None) -> dict:
@@ -448,7 +473,8 @@ def stage_losses(trainer: DistillationTrainer, before: dict | None = None) -> di
 
 
 def stage_facts(trainer: DistillationTrainer, train_output, before: dict | None = None) -> dict:
-    """Steps, epochs, texts per step (really trained on), learning rates, runtime and losses of one stage."""
+    """Steps, epochs, texts per step (really trained on), learning rates, runtime and losses of one stage
+    (`train_output` None: the stage was skipped, 0 steps)."""
     args = trainer.args
     per_step = trainer.texts_seen * args.gradient_accumulation_steps / max(trainer.batches_seen, 1)
     return {
@@ -459,7 +485,7 @@ def stage_facts(trainer: DistillationTrainer, train_output, before: dict | None 
         "train_tokens": int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])),
         "learning_rate": args.learning_rate,
         "attention_learning_rate": trainer.attention_learning_rate,
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_runtime_s": train_output.metrics.get("train_runtime") if train_output is not None else None,
         "losses": stage_losses(trainer, before),
     }
 
@@ -479,7 +505,8 @@ class DistillationResult:
 # ----------------------------------------------------------------------------------------------- the pipeline
 def check_request(stock: Path, attn_implementation: str | None, training_args: TrainingArguments, args) -> None:
     """Refuse, naming the fix: a synthesizer STOCK, a student that is not a synthesizer variant, DST == STOCK, an
-    existing DST without --overwrite (raises ValueError / CheckpointError)."""
+    existing DST without --overwrite, a negative --general_steps, --teacher_output_dir inside DST (raises
+    ValueError / CheckpointError)."""
     from ..modeling.configuration_synthesizer import ATTN_PREFIX, NAMED_VARIANTS
     from .checkpoints import CheckpointError, family_of
 
@@ -489,6 +516,14 @@ def check_request(stock: Path, attn_implementation: str | None, training_args: T
             f"{stock} is already a synthesizer checkpoint (variant {config_dict['synthesizer_variant']}): distillation "
             f"needs the stock (dot-product) checkpoint as its teacher. Pass the stock folder it was converted from."
         )
+    out, kept = Path(training_args.output_dir).resolve(), Path(args.teacher_output_dir or "/").resolve()
+    if args.teacher_output_dir and out in (kept, *kept.parents):
+        raise ValueError(f"--teacher_output_dir {args.teacher_output_dir} is inside DST ({training_args.output_dir}), "
+                         f"which holds the student only (pushing DST would upload the teacher): pass a folder beside "
+                         f"it, e.g. {out.name}-teacher.")
+    if args.general_steps < 0:
+        raise ValueError(f"--general_steps {args.general_steps}: pass the number of steps, or 0 to skip general "
+                         f"distillation.")
     if not attn_implementation or not attn_implementation.startswith(ATTN_PREFIX):
         raise ValueError(
             f"--attn_implementation must name the student's synthesizer variant (synthesizer_<variant>), got "
@@ -538,7 +573,7 @@ def calibrate(model, teacher, texts, tokenizer, max_length: int, args, say=print
         return None
     report = calibrate_synthesizer(model, teacher, texts[: args.calibration_samples], tokenizer,
                                    max_length=max_length, max_samples=args.calibration_samples)
-    say(report.summary() + ".")
+    say(report.summary(convert_holds_out=False) + ".")  # distill measures on its calibration texts, holds none out
     return report
 
 
@@ -583,23 +618,31 @@ def general_steps(training_args: TrainingArguments, args) -> int:
     return training_args.max_steps if training_args.max_steps > 0 else args.general_steps
 
 
-def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, batch, max_length) -> str:
-    calibration = (f"  1. calibration on {min(texts, args.calibration_samples)} texts\n" if args.calibrate_first else
+def step_size(texts: int, training_args: TrainingArguments) -> str:
+    """Texts per optimizer step as the plan states it: the batch size (per device x accumulation x devices), or all
+    `texts` when there are fewer (every step sees all `texts`), e.g. "2 texts (all of them; batch size 16)"."""
+    batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+             * max(training_args.world_size, 1))
+    if texts < batch:
+        return f"{count(texts, 'text')} (all of them; batch size {batch})"
+    return f"{count(batch, 'text')} (of {texts})"
+
+
+def _general_plan(stock, dst, attn_implementation, head, args, texts: int, steps, per_step: str, max_length) -> str:
+    calibration = (f"  1. calibration on {count(min(texts, args.calibration_samples), 'text')}\n"
+                   if args.calibrate_first else
                    "  1. calibration: skipped (--no_calibrate_first)\n")
+    general = (f"{count(steps, 'step')} of {per_step}, length <= {max_length}, against {stock}" if steps else
+               "skipped (--general_steps 0): the student is saved as calibrated")
     return (f"Distilling {stock} into {dst} ({attn_implementation}, head {head}), general distillation only (a text "
-            f"file; a labelled .csv/.json runs the task recipe):\n{calibration}"
-            f"  2. general distillation: {steps} steps of {batch} texts (of {texts}, length <= {max_length}) against "
-            f"{stock}")
+            f"file; a labelled .csv/.json runs the task recipe):\n{calibration}  2. general distillation: {general}")
 
 
 def general_facts(stock: Path, config, head: str, texts, max_length: int, args, calibrated: bool) -> dict:
-    """What general distillation used (teacher as given and as its config names it, texts, tokens, settings), for the
+    """What general distillation used (teacher as given, texts, tokens, settings), for the
     card and `distillation.json`; `stage_facts` adds what the run did."""
-    from .checkpoints import read_config_dict
-
     return {
         "teacher": args.base_model or str(stock),
-        "teacher_config_name": read_config_dict(stock).get("_name_or_path") or None,  # as saved, not as loaded
         "base_model": args.base_model,
         "variant": config.synthesizer_variant,
         "head": head,
@@ -645,7 +688,7 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     config = model.config
     max_length = text_length(config, args.max_seq_length)
     say(_general_plan(stock, dst, attn_implementation, head, args, len(texts), steps,
-                      training_args.per_device_train_batch_size, max_length), flush=True)
+                      step_size(len(texts), training_args), max_length), flush=True)
     if getattr(config, "is_encoder_decoder", False) and "decoder" in (getattr(config, "synthesizer_stacks", ()) or ()):
         logger.warning("Distillation trains the encoder's attention; the decoder's synthesized self-attention is "
                        + ("calibrated only." if args.calibrate_first else "left at its plain initialisation "
@@ -658,16 +701,23 @@ def distill(stock, training_args: TrainingArguments, distillation_args: Distilla
     before = None
     if evaluation is not None and not training_args.resume_from_checkpoint:
         before = trainer.evaluate()  # the held-out loss before distilling (train() restarts the log history)
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
-    if evaluation is not None:
-        trainer.evaluate()
+    train_output = None
+    if steps:  # Trainer's max_steps=0 would mean "train num_train_epochs": 0 skips the stage instead
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+        if evaluation is not None:
+            trainer.evaluate()
     facts = {**general_facts(stock, model.config, head, texts, max_length, args, calibration is not None),
              **stage_facts(trainer, train_output, before)}
     if trainer.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, general_card_section(facts), trainer,
                      sentence_transformers=head == "base")
     losses = facts["losses"]
-    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {facts['steps']} steps on {len(texts)} texts; "
+    if not steps:
+        say(f"Saved {stock} converted into {dst} (variant {facts['variant']}), "
+            + ("calibrated" if calibration is not None else "not calibrated") + ", not distilled (--general_steps 0).")
+        return DistillationResult(model, trainer, facts, calibration)
+    say(f"Distilled {stock} into {dst} (variant {facts['variant']}): {count(facts['steps'], 'step')} on "
+        f"{count(len(texts), 'text')}; "
         f"loss (first -> last training batch) {losses['first']['total']:.4f} -> {losses['last']['total']:.4f}"
         + (f"; held-out {losses['eval_first']['total']:.4f} -> {losses['eval']['total']:.4f}"
            if "eval" in losses else "") + ".")
@@ -737,16 +787,18 @@ def encode(data, tokenizer, text_column, label_column, label2id, max_length):
     return data.map(tokenize, batched=True, remove_columns=data.column_names)
 
 
-def stage_args(training_args: TrainingArguments, dst: Path, stage: str, **fields) -> TrainingArguments:
-    """The user's `TrainingArguments` for one stage: its own output folder DST/stages/<stage>, no evaluation during
-    training (the recipe evaluates at the end), `fields` on top."""
-    return dataclasses.replace(training_args, output_dir=str(dst / "stages" / stage), eval_strategy="no",
+def stage_args(training_args: TrainingArguments, work: Path, stage: str, **fields) -> TrainingArguments:
+    """The user's `TrainingArguments` for one stage: its own output folder `work/<stage>` (a temporary folder, not
+    DST), no checkpoints (the recipe cannot resume a stage), no evaluation during training (the recipe evaluates at
+    the end), `fields` on top."""
+    return dataclasses.replace(training_args, output_dir=str(work / stage), eval_strategy="no", save_strategy="no",
                                load_best_model_at_end=False, **fields)
 
 
-def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args, dst: Path) -> tuple[Path, dict]:
-    """Stage 1: STOCK (its own class and attention) fine-tuned on `train` (tokenized, with labels) with `Trainer`,
-    saved with the tokenizer to DST/teacher. Returns the folder and what was done."""
+def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args, work: Path,
+                      folder: Path) -> tuple[Path, dict]:
+    """Stage 1: STOCK (its own class and attention) fine-tuned on `train` (tokenized, with labels) with `Trainer`
+    (in `work`), saved with the tokenizer to `folder`. Returns the folder and what was done."""
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
 
     from .loading import quiet_logs
@@ -754,24 +806,23 @@ def fine_tune_teacher(stock: Path, train, tokenizer, fields: dict, training_args
     with quiet_logs():  # the new classification head is "missing" by design
         model = AutoModelForSequenceClassification.from_pretrained(stock, **fields)
     model.accepts_loss_kwargs = False  # per-batch mean loss (see examples/run_classification.py)
-    args = stage_args(training_args, dst, "teacher", max_steps=-1)
+    args = stage_args(training_args, work, "teacher-training", max_steps=-1)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
     output = trainer.train()
-    folder = dst / "teacher"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, {"epochs": args.num_train_epochs, "steps": trainer.state.global_step,
                     "learning_rate": args.learning_rate, "train_runtime_s": output.metrics.get("train_runtime")}
 
 
-def validation_metrics(model, data, tokenizer, training_args, dst: Path, metric) -> dict:
+def validation_metrics(model, data, tokenizer, training_args, work: Path, metric) -> dict:
     """`metric` (a `hf_synthesizer.conversion.metrics.Metric`) and the loss of `model` on `data` (with labels)."""
     from transformers import DataCollatorWithPadding, Trainer
 
     def compute(prediction):
         return metric.compute(predictions=prediction.predictions.argmax(-1), references=prediction.label_ids)
 
-    trainer = Trainer(model=model, args=stage_args(training_args, dst, "evaluation"), compute_metrics=compute,
+    trainer = Trainer(model=model, args=stage_args(training_args, work, "evaluation"), compute_metrics=compute,
                       data_collator=DataCollatorWithPadding(tokenizer))
     found = trainer.predict(data, metric_key_prefix="validation").metrics  # evaluate() would log "epoch 0"
     return {k.removeprefix("validation_"): v for k, v in found.items()
@@ -782,33 +833,35 @@ def task_card_section(facts: dict) -> str:
     """The card's "Distillation" section for the task recipe: the stages, their losses, the validation results."""
     tuned = facts["teacher_fine_tuning"]
     general, task = facts["general"], facts["task"]
-    teacher = (f"the stock model fine-tuned here on the training file ({tuned['epochs']:g} epochs, {tuned['steps']} "
-               f"steps, learning rate {tuned['learning_rate']:g})" if tuned else f"`{facts['teacher']}` (given)")
+    teacher = (f"the stock model fine-tuned here on the training file ({count(tuned['epochs'], 'epoch')}, "
+               f"{count(tuned['steps'], 'step')}, learning rate {tuned['learning_rate']:g})" if tuned
+               else f"`{facts['teacher']}` (given)")
     lines = [
         "## Distillation",
         "",
         f"Made by `hf-synthesizer distill`'s task recipe "
         f"(`hf_synthesizer.conversion.distillation.distill_for_task`) from the stock model "
-        f"{teacher_text({'teacher': facts['stock'], 'teacher_config_name': facts['stock_config_name']})}, for the "
+        f"{teacher_text(facts['stock'])}, for the "
         f"{len(facts['labels'])} labels of `{facts['train_file']}` ({facts['train_texts']:,} labelled texts"
         + (f" and {facts['unlabeled_texts']:,} unlabeled ones" if facts["unlabeled_texts"] else "")
         + f", truncated to {facts['max_seq_length']} tokens):",
         "",
         f"1. teacher: {teacher};",
-        f"2. calibration: " + (f"closed form on {facts['calibration_texts']:,} texts;" if facts["calibrated"] else
+        "2. calibration: " + (f"closed form on {count(facts['calibration_texts'], 'text', ',')};"
+                              if facts["calibrated"] else
                                "skipped;"),
-        f"3. general distillation from the stock model: {general['steps']:,} steps of {general['texts_per_step']:g} "
-        f"texts on average, learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for "
-        f"the synthesizer parameters), attention KL + hidden-state {facts['hidden_loss']} loss;",
-        f"4. task stage against the fine-tuned teacher: {task['steps']:,} steps ({task['epochs']:.2f} epochs) of "
-        f"{task['texts_per_step']:g} texts, KL to its logits (temperature 1) + the same per-layer losses, no labels.",
+        "3. general distillation from the stock model: " + (
+            f"{count(general['steps'], 'step', ',')} of {count(general['texts_per_step'], 'text')} on average, "
+            f"learning rate {general['learning_rate']:g} ({general['attention_learning_rate']:g} for the synthesizer "
+            f"parameters), attention KL + hidden-state {facts['hidden_loss']} loss;" if general
+            else "skipped (`--general_steps 0`);"),
+        f"4. task stage against the fine-tuned teacher: {count(task['steps'], 'step', ',')} "
+        f"({count(task['epochs'], 'epoch', '.2f')}) of {count(task['texts_per_step'], 'text')}, KL to its logits "
+        f"(temperature 1) + the same per-layer losses, no labels.",
         "",
         "The teachers were frozen; the student's dropout was off while distilling.",
         "",
-        "Losses of the general stage:",
-        "",
-        *loss_table(general["losses"]),
-        "",
+        *(["Losses of the general stage:", "", *loss_table(general["losses"]), ""] if general else []),
         "Losses of the task stage:",
         "",
         *loss_table(task["losses"]),
@@ -824,27 +877,31 @@ def task_card_section(facts: dict) -> str:
     return "\n".join(lines)
 
 
-def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, batch, max_length) -> str:
+def _plan(stock, dst, attn_implementation, args, labels, texts, general_steps, epochs, per_step: str,
+          max_length) -> str:
     teacher = (f"{args.teacher} (given)" if args.teacher else
-               f"fine-tune {stock} on {args.train_file}, {epochs:g} epochs (saved to {dst / 'teacher'})")
-    calibration = (f"closed form on {min(len(texts), args.calibration_samples)} texts" if args.calibrate_first
+               f"fine-tune {stock} on {args.train_file}, {count(epochs, 'epoch')} "
+               + (f" (kept in {args.teacher_output_dir})" if args.teacher_output_dir else
+                  " (not kept: --teacher_output_dir DIR keeps it)"))
+    calibration = (f"closed form on {count(min(len(texts), args.calibration_samples), 'text')}" if args.calibrate_first
                    else "skipped (--no_calibrate_first)")
     return (f"Distilling {stock} into {dst} ({attn_implementation} sequence classifier, {len(labels)} labels: "
             f"{', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}), 4 stages:\n"
             f"  1. teacher: {teacher}\n  2. calibration: {calibration}\n"
-            f"  3. general distillation: {general_steps} steps of {batch} texts (of {len(texts)}, length <= "
-            f"{max_length}) against {stock}\n"
-            f"  4. task stage: {epochs:g} epochs against the fine-tuned teacher (logits, attention, hidden states)\n"
+            + (f"  3. general distillation: {count(general_steps, 'step')} of {per_step}, length <= {max_length}, "
+               f"against {stock}\n" if general_steps else "  3. general distillation: skipped (--general_steps 0)\n")
+            + f"  4. task stage: {count(epochs, 'epoch')} against the fine-tuned teacher (logits, attention, hidden "
+              f"states)\n"
             + (f"  then the student's and the teacher's accuracy on {args.validation_file}" if args.validation_file
                else "  (no --validation_file: no validation metrics)"))
 
 
-def check_task_request(stock: Path, training_args: TrainingArguments) -> dict:
+def check_task_request(stock: Path, training_args: TrainingArguments) -> None:
     """Refuse what the task recipe cannot do, naming what to do instead: a T5 source, --resume_from_checkpoint,
-    --max_steps. Returns STOCK's config.json as a dict."""
+    --max_steps."""
     from .checkpoints import family_of
 
-    family, config_dict = family_of(stock)
+    family, _ = family_of(stock)
     if family.name != "bert":
         raise ValueError(f"The task recipe distills BERT classifiers; {stock} is a {family.name} checkpoint. Distill "
                          f"a T5 encoder on a text file (one text per line) instead, then fine-tune it.")
@@ -854,31 +911,34 @@ def check_task_request(stock: Path, training_args: TrainingArguments) -> dict:
     if training_args.max_steps > 0:
         raise ValueError("--max_steps sets general distillation's steps for a text file; the task recipe has several "
                          "stages: use --general_steps (stage 3) and --num_train_epochs (stages 1 and 4).")
-    return config_dict
 
 
 def distillation_stages(model, stock_teacher, teacher_dir: Path, texts, tokenizer, max_length, training_args, args,
-                        dst: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
+                        work: Path, say=print) -> tuple[DistillationTrainer, dict, dict]:
     """Stages 3 and 4 on `texts`: general distillation from `stock_teacher` (`args.general_steps` steps), then the
     task stage against the fine-tuned classifier in `teacher_dir` (`num_train_epochs`). Returns the task stage's
-    trainer and both stages' facts (`stage_facts`)."""
+    trainer and both stages' facts (`stage_facts`; None for a skipped general stage, `--general_steps 0`)."""
     from .calibration import load_teacher
     from .loading import quiet_logs
 
-    say(f"Stage 3/4: general distillation ({args.general_steps} steps)", flush=True)
-    general = distillation_trainer(model, stock_teacher, stage_args(training_args, dst, "general",
-                                                                    max_steps=args.general_steps),
-                                   texts, tokenizer, max_length, args)
-    general_facts = stage_facts(general, general.train())
-    say(f"Stage 4/4: task stage ({training_args.num_train_epochs:g} epochs against {teacher_dir})", flush=True)
+    general_facts = None  # --general_steps 0 skips the stage (Trainer's max_steps=0 would train whole epochs)
+    if args.general_steps:
+        say(f"Stage 3/4: general distillation ({count(args.general_steps, 'step')})", flush=True)
+        general = distillation_trainer(model, stock_teacher, stage_args(training_args, work, "general",
+                                                                        max_steps=args.general_steps),
+                                       texts, tokenizer, max_length, args)
+        general_facts = stage_facts(general, general.train())
+    else:
+        say("Stage 3/4: general distillation skipped (--general_steps 0)", flush=True)
+    say(f"Stage 4/4: task stage ({count(training_args.num_train_epochs, 'epoch')} against {teacher_dir})", flush=True)
     with quiet_logs():
         task_teacher = load_teacher(teacher_dir, like=model)
-    task = distillation_trainer(model, task_teacher, stage_args(training_args, dst, "task", max_steps=-1),
+    task = distillation_trainer(model, task_teacher, stage_args(training_args, work, "task", max_steps=-1),
                                 texts, tokenizer, max_length, args, prediction_loss_weight=1.0)
     return task, general_facts, stage_facts(task, task.train())
 
 
-def validation_report(student, teacher_dir: Path, data, tokenizer, training_args, dst: Path, file) -> dict:
+def validation_report(student, teacher_dir: Path, data, tokenizer, training_args, work: Path, file) -> dict:
     """Accuracy and loss of the student and of the teacher in `teacher_dir` on `data` (tokenized, with labels), and
     where the accuracy came from (`metrics.load_metric`: evaluate's module, or the local computation)."""
     from transformers import AutoModelForSequenceClassification
@@ -890,12 +950,21 @@ def validation_report(student, teacher_dir: Path, data, tokenizer, training_args
     with quiet_logs():
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     return {"file": str(file), "examples": len(data), "metric": metric.name, "metric_source": metric.source,
-            **{who: validation_metrics(m, data, tokenizer, training_args, dst, metric)
+            **{who: validation_metrics(m, data, tokenizer, training_args, work, metric)
                for who, m in (("student", student), ("teacher", teacher))}}
 
 
 def distill_for_task(stock, training_args: TrainingArguments, args, attn_implementation: str | None, *,
                      verbose: bool = True, **synthesizer_options) -> DistillationResult:
+    """`run_task_recipe` with a temporary folder for the stages' Trainers (and the fine-tuned teacher unless
+    `args.teacher_output_dir`), deleted at the end: DST holds the student only."""
+    with tempfile.TemporaryDirectory(prefix="hf-synthesizer-distill-") as work:
+        return run_task_recipe(stock, training_args, args, attn_implementation, Path(work), verbose=verbose,
+                               **synthesizer_options)
+
+
+def run_task_recipe(stock, training_args: TrainingArguments, args, attn_implementation: str | None, work: Path, *,
+                    verbose: bool = True, **synthesizer_options) -> DistillationResult:
     """Run the recipe (module docstring) from the stock checkpoint folder `stock` on `args.train_file` (labelled:
     `args.text_column`, `args.label_column`) and save the student classifier to `training_args.output_dir`.
 
@@ -908,7 +977,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     say = print if verbose else (lambda *a, **k: None)
     stock, dst = Path(stock), Path(training_args.output_dir)
     check_request(stock, attn_implementation, training_args, args)
-    config_dict = check_task_request(stock, training_args)
+    check_task_request(stock, training_args)
     raw, labels = load_labelled(args.train_file, args.validation_file, args.text_column, args.label_column)
     if args.max_train_samples:
         raw["train"] = raw["train"].select(range(min(len(raw["train"]), args.max_train_samples)))
@@ -920,20 +989,21 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
                                             **synthesizer_options, **fields)
     max_length = text_length(model.config, args.max_seq_length)
     say(_plan(stock, dst, attn_implementation, args, labels, texts + extra, args.general_steps,
-              training_args.num_train_epochs, training_args.per_device_train_batch_size, max_length), flush=True)
+              training_args.num_train_epochs, step_size(len(texts + extra), training_args), max_length), flush=True)
     encoded = {split: encode(data, tokenizer, args.text_column, args.label_column, fields["label2id"], max_length)
                for split, data in raw.items()}
-    teacher_dir, tuned = Path(args.teacher or dst / "teacher"), None
+    teacher_dir, tuned = Path(args.teacher or args.teacher_output_dir or work / "teacher"), None
     if not args.teacher:
-        say(f"Stage 1/4: fine-tuning the teacher ({training_args.num_train_epochs:g} epochs)", flush=True)
-        teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, dst)
+        say(f"Stage 1/4: fine-tuning the teacher ({count(training_args.num_train_epochs, 'epoch')})", flush=True)
+        teacher_dir, tuned = fine_tune_teacher(stock, encoded["train"], tokenizer, fields, training_args, work,
+                                               teacher_dir)
     say("Stage 2/4: calibration", flush=True)
     calibration = calibrate(model, stock_teacher, texts + extra, tokenizer, max_length, args, say)
     task, general_facts, task_facts = distillation_stages(model, stock_teacher, teacher_dir, texts + extra, tokenizer,
-                                                          max_length, training_args, args, dst, say)
+                                                          max_length, training_args, args, work, say)
     facts = {
-        "recipe": "task", "stock": str(stock), "stock_config_name": config_dict.get("_name_or_path"),
-        "teacher": str(teacher_dir), "teacher_fine_tuning": tuned, "base_model": args.base_model,
+        "recipe": "task", "stock": str(stock),
+        "teacher": args.teacher or args.teacher_output_dir, "teacher_fine_tuning": tuned, "base_model": args.base_model,
         "variant": model.config.synthesizer_variant, "head": "sequence-classification",
         "labels": [str(x) for x in labels], "train_file": str(args.train_file), "train_texts": len(texts),
         "unlabeled_texts": len(extra), "max_seq_length": max_length, "calibrated": calibration is not None,
@@ -943,7 +1013,7 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
     }
     if "validation" in encoded:
         facts["validation"] = validation_report(model, teacher_dir, encoded["validation"], tokenizer, training_args,
-                                                dst, args.validation_file)
+                                                work, args.validation_file)
     if task.is_world_process_zero():
         save_student(model, tokenizer, stock, dst, facts, task_card_section(facts), task, sentence_transformers=False)
     say(_summary(facts, dst))
@@ -951,10 +1021,11 @@ def distill_for_task(stock, training_args: TrainingArguments, args, attn_impleme
 
 
 def _summary(facts: dict, dst: Path) -> str:
-    general, task = facts["general"]["losses"], facts["task"]["losses"]
-    lines = [f"Distilled {facts['stock']} into {dst} (variant {facts['variant']}, sequence classifier): general stage "
-             f"loss {general['first']['total']:.4f} -> {general['last']['total']:.4f}, task stage "
-             f"{task['first']['total']:.4f} -> {task['last']['total']:.4f} (first -> last training batch)."]
+    general, task = (facts["general"] or {}).get("losses"), facts["task"]["losses"]
+    stage3 = (f"general stage loss {general['first']['total']:.4f} -> {general['last']['total']:.4f}" if general
+              else "general stage skipped")
+    lines = [f"Distilled {facts['stock']} into {dst} (variant {facts['variant']}, sequence classifier): {stage3}, "
+             f"task stage {task['first']['total']:.4f} -> {task['last']['total']:.4f} (first -> last training batch)."]
     validation = facts.get("validation")
     if validation:
         name = validation["metric"]
@@ -995,7 +1066,8 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stock", type=Path, help="Stock BERT/T5 checkpoint folder (the teacher).")
-    parser.add_argument("dst", type=Path, help="Output folder (also the Trainer's output_dir: checkpoint-N folders).")
+    parser.add_argument("dst", type=Path, help="Output folder: the student only (Trainer checkpoint-N folders "
+                        "only with --save_strategy steps, to --resume_from_checkpoint; delete them before pushing).")
     parser.set_defaults(func=run)
 
 

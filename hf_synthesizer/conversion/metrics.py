@@ -90,5 +90,5 @@ def load_metric(name_or_path: str) -> Metric:
         logger.warning("Metric %s: computed locally with %s (evaluate.load(%r) failed: %s)", name, library,
                        name_or_path, type(e).__name__)
         return metric
-    logger.warning("Metric %s: evaluate.load(%r)", name, name_or_path)
+    logger.info("Metric %s: evaluate.load(%r)", name, name_or_path)
     return metric
