@@ -544,6 +544,12 @@ def test_task_recipe_errors_name_the_fix(stock_dir, stock_t5_dir, labelled_csv, 
     code = cli.main(["distill", str(stock_dir), str(tmp_path / "u"), *base, "--teacher_output_dir",
                      str(tmp_path / "u" / "teacher")])
     assert code == 2 and "inside DST" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    unlabelled = tmp_path / "unlabelled.csv"  # a row without a label raised KeyError: 'None' mid-recipe
+    unlabelled.write_text(train.read_text() + "a text nobody labelled,\n")
+    code = cli.main(["distill", str(stock_dir), str(tmp_path / "v"), *base[:2], "--train_file", str(unlabelled),
+                     "--use_cpu", "true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 row(s) without a 'label' value: drop them" in err and not (tmp_path / "v").exists(), err
 
 
 def test_card_of_a_record_written_before_texts_per_step(tmp_path):

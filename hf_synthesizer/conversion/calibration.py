@@ -206,10 +206,10 @@ def make_batches(texts, tokenizer=None, *, max_length=128, batch_size=32, max_sa
 MIN_TEXTS_TO_HOLD_OUT = 10
 
 
-def split_held_out(texts, fraction: float, text_column: str = "text"):
-    """`(calibration texts, held-out texts or None)`: every `round(1 / fraction)`-th text is held out, to measure
-    agreement on text the calibration did not see. Only raw text (a list of strings, a text file, a `datasets`
-    dataset) with at least `MIN_TEXTS_TO_HOLD_OUT` texts is split; anything else comes back whole, with None."""
+def split_held_out(texts, fraction: float):
+    """`(calibration texts, held-out texts or None)`: every `round(1 / fraction)`-th text is held out (0.2: one in 5;
+    0.4 rounds to one in 2), to measure agreement on text the calibration did not see. Only raw text (a list of
+    strings, a text file, a `datasets` dataset) with at least `MIN_TEXTS_TO_HOLD_OUT` texts is split; anything else comes back whole, with None."""
     from datasets import Dataset
 
     if fraction == 0:
@@ -669,7 +669,7 @@ def calibrate_synthesizer(
         teacher = load_teacher(teacher, like=model)
     limit = min(getattr(model.config, "synthesizer_length", max_length), max_length)
     limit = min(limit, getattr(model.config, "max_position_embeddings", limit))
-    texts, held_out = split_held_out(texts, hold_out, text_column)
+    texts, held_out = split_held_out(texts, hold_out)
     batches = make_batches(
         texts, tokenizer, max_length=limit, batch_size=batch_size, max_samples=max_samples, text_column=text_column
     )

@@ -747,13 +747,17 @@ def load_labelled(train_file, validation_file, text_column: str, label_column: s
                                  f"with {flag}.")
         if len(data) == 0:
             raise ValueError(f"{files[split]} has no rows.")
+        missing = sum(x is None for x in data[label_column])
+        if missing:
+            raise ValueError(f"{files[split]} has {missing} row(s) without a {label_column!r} value: drop them, or "
+                             f"give them a label (the task recipe trains and evaluates on labelled rows only).")
     feature = raw["train"].features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return raw, list(feature.names)
     if feature.dtype in ("float32", "float64"):
         raise ValueError(f"Labels in {label_column!r} are floats: the task recipe distills classifiers (integer or "
                          f"string labels).")
-    return raw, sorted({x for data in raw.values() for x in data[label_column] if x is not None})
+    return raw, sorted({x for data in raw.values() for x in data[label_column]})
 
 
 def label_fields(labels: list, teacher_dir=None) -> dict:
