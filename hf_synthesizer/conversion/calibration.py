@@ -209,7 +209,8 @@ MIN_TEXTS_TO_HOLD_OUT = 10
 def split_held_out(texts, fraction: float):
     """`(calibration texts, held-out texts or None)`: every `round(1 / fraction)`-th text is held out (0.2: one in 5;
     0.4 rounds to one in 2), to measure agreement on text the calibration did not see. Only raw text (a list of
-    strings, a text file, a `datasets` dataset) with at least `MIN_TEXTS_TO_HOLD_OUT` texts is split; anything else comes back whole, with None."""
+    strings, a text file, a `datasets` dataset) with at least `MIN_TEXTS_TO_HOLD_OUT` texts is split; anything else
+    comes back whole, with None."""
     from datasets import Dataset
 
     if fraction == 0:
