@@ -10,13 +10,13 @@ backward (a second dropout draw and softmax per chunk) and every autograd copy o
 "Factorized dense"). `factorized_dense_reference` is the plain math it is tested against (tests/test_routes.py),
 forward and backward.
 
-This file ships with saved checkpoints (trust_remote_code): it imports only torch.
+This file ships with saved checkpoints (trust_remote_code): it imports only torch and its sibling synthesizer_fast
+(the masked value and the chunk size every chunked route shares).
 """
 
 import torch
 
-MASKED = -1e30  # additive value of a masked logit (finite: a row with every key masked comes out uniform)
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk: small enough for the allocator to reuse the block
+from .synthesizer_fast import CHUNK_ELEMENTS, MASKED
 
 
 def factor_logits(a: torch.Tensor, b: torch.Tensor, lk: int) -> torch.Tensor:
