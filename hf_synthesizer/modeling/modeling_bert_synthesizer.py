@@ -29,6 +29,7 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    cache_layer_of,
     check_cache_position,
     key_placeholder,
     resolve_cache,
@@ -89,7 +90,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         if hasattr(self, "query"):  # built only when a vanilla term reads it
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
-        query_offset = 0
+        query_offset, cache_layer = 0, None
         if isinstance(cache, EncoderDecoderCache):
             cache = cache.self_attention_cache
         if not hasattr(self, "query"):
@@ -101,6 +102,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
             check_cache_position(cache_position, query_offset)
+            cache_layer = cache_layer_of(cache, self.layer_idx)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
@@ -113,6 +115,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
             scaling=self.scaling,
             synthesizer_inputs=hidden_states,
             query_offset=query_offset,
+            cache_layer=cache_layer,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, self.all_head_size).contiguous()

@@ -32,6 +32,7 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    cache_layer_of,
     check_cache_position,
     key_placeholder,
     resolve_cache,
@@ -97,7 +98,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             is_updated = cache.is_updated.get(self.layer_idx)
             layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
 
-        query_offset = 0
+        query_offset, cache_layer = 0, None
         current_states = key_value_states if is_cross_attention else hidden_states
         if is_cross_attention and cache is not None and is_updated:
             key_states = layer_cache.layers[self.layer_idx].keys
@@ -120,6 +121,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
                 check_cache_position(cache_position, query_offset)
+                cache_layer = cache_layer_of(layer_cache, self.layer_idx)
 
         if position_bias is None:
             key_length = value_states.shape[-2]
@@ -146,6 +148,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             position_bias=position_bias,
             synthesizer_inputs=hidden_states,
             query_offset=None if is_cross_attention else query_offset,
+            cache_layer=cache_layer,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()

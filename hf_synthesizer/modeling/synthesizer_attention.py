@@ -58,13 +58,13 @@ from .synthesizer_math import (
     factorized_dense_logits,
     factorized_random_logits,
     factorized_random_logits_at,
-    left_padding,
     mix_logits,
     mixture_weights,
     random_logits,
     relu,
-    shift_to_start,
-    slot_positions,
+    kept_positions,
+    compacting_order,
+    reorder_slots,
     take,
     vanilla_logits,
 )
@@ -165,7 +165,7 @@ class SynthesizerLogits(nn.Module):
             check_length(lk if isinstance(q0, torch.Tensor) else max(q0 + lq, lk), self.length)
 
     def component_logits_at(self, name, hidden_states, query, key, scaling, query_positions, key_positions):
-        """`component_logits` with per-example positions (left padding, see synthesizer_math.left_padding): query i of
+        """`component_logits` with per-example positions (see `token_positions`): query i of
         example b uses row `query_positions[b, i]`, key j column `key_positions[b, j]` -> (B, H, lq, lk)."""
         if name == "vanilla":
             return vanilla_logits(query, key, scaling)
@@ -206,24 +206,24 @@ class SynthesizerLogits(nn.Module):
 
         Every read of this module's parameters happens inside its `forward` (or in the `forward` of a child it
         calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md, "Offload").
-        Positions other than the slots either rotate each example to start at slot 0 (`call.positions.shift`: left
-        padding of whole sequences) or read the reference math at the positions (packed sequences, decoding after a
+        Positions other than the slots either reorder each example's slots (`call.positions.order`: whole
+        sequences with a key mask) or read the reference math at the positions (packed sequences, decoding after a
         left-padded prefix)."""
         if call is None:
             return self.logits(*args, **kwargs)
         hidden_states, query, key, value, attention_mask = args
         positions = call.positions
-        if positions is not None and positions.shift is not None:
-            pad = positions.shift
+        if positions is not None and positions.order is not None:
+            order = positions.order
             query, key, value, attention_mask, hidden_states = (
-                None if t is None else shift_to_start(t, pad, dim) for t, dim in
+                None if t is None else reorder_slots(t, order, dim) for t, dim in
                 ((query, 2), (key, 2), (value, 2), (attention_mask, 3), (hidden_states, 1))
             )
             output, probs = route_attention(self, hidden_states, query, key, value, attention_mask, call, None)
             if probs is not None:
                 probs = probs.expand(value.shape[0], -1, -1, -1)
-                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
-            return shift_to_start(output, pad, 1, undo=True), probs
+                probs = reorder_slots(reorder_slots(probs, order, 2, undo=True), order, 3, undo=True)
+            return reorder_slots(output, order, 1, undo=True), probs
         by_position = None
         if positions is not None:  # (one batch size for the gathers: positions from a mask or position_ids may have 1)
             batch = value.shape[0]
@@ -352,6 +352,13 @@ def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mas
     return query_offset, key, value, attention_mask
 
 
+def cache_layer_of(cache, layer_idx) -> object | None:
+    """The layer object of a self-attention `cache` holding layer `layer_idx`'s keys (None without one): where
+    `record_key_positions` keeps their positions."""
+    layers = getattr(cache, "layers", None)
+    return layers[layer_idx] if layers is not None and layer_idx is not None and layer_idx < len(layers) else None
+
+
 STOCK_MODULE_ERROR = (
     "{name} has no synthesizer parameters, so a synthesizer attn_implementation cannot run on it: it is a stock "
     "transformers model. Load the checkpoint with a synthesizer class, e.g. hf_synthesizer.BertSynthesizerModel / "
@@ -441,13 +448,14 @@ def synthesizer_of(module: nn.Module):
 class Positions:
     """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
 
-    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `shift`
-    `(B,)` long or None: set when the positions are `slot - shift[b]` for whole sequences (left padding, no cache), so
-    that the routes may run on each example rotated to start at slot 0 instead of reading logits at positions."""
+    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `order`
+    `(B, lk)` long or None: set for whole sequences whose positions are their kept-token counts (a key mask, no cache):
+    reordered by it (`compacting_order`) every kept token sits at the slot of its position, so the routes run on the
+    reordered slots instead of reading logits at positions."""
 
     query: torch.Tensor
     key: torch.Tensor
-    shift: torch.Tensor | None = None
+    order: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -474,60 +482,108 @@ class AttentionCall:
     output_attentions: bool = False
 
 
-def token_positions(position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool) -> Positions | None:
-    """The positions of this call's queries and keys, one mechanism for every input (docs/attention_core.md,
-    "Positions"), or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while
-    decoding, which the module checks against a caller's `cache_position`):
+def token_positions(
+    position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool, written: torch.Tensor | None = None
+) -> Positions | None:
+    """The positions of this call's queries and keys, one rule for every input (docs/attention_core.md, "Positions"),
+    or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while decoding):
 
-    - a mask: each query's position counts from the first key its row keeps (`mask_positions`): left padding (key
-      mask or full mask) and packed sequences (block-diagonal mask, DataCollatorWithFlattening's layout, or the one
-      transformers 5.25 builds from restarting position_ids) get the positions their position_ids would give;
-    - no mask: `position_ids` `(B or 1, lq)` when given (queries at them; keys at them for whole sequences, at their
-      slots after a cached prefix).
+    - a query sits at its `position_ids` `(B or 1, lq)` when given (they win over the mask, as in BERT's embeddings),
+      else at the mask's position of its slot (`mask_positions`: kept-token counts, or per row of a full mask), else
+      at its slot;
+    - a key sits where its token sat when it was written: for whole sequences (no cache) the queries' positions;
+      after a cached prefix, `written` `(B or 1, n)` (the key positions the cache layer recorded, see
+      `record_key_positions`) for the first `n` keys and the mask's positions (else the slots) for keys it does not
+      cover (a cache filled by others, e.g. PEFT's prefix), this call's keys at its queries' positions.
 
-    With a mask, given `position_ids` are not read: cached decoding could not reproduce them where they disagree with
-    the mask (generate's positions restart after right padding), and they agree with it otherwise.
-    `tuned` (CPU eager) may read on the host: positions equal to the slots are reported as None (fast routes)."""
+    `tuned` (CPU eager) may read on the host: positions that equal the slots on every kept token are reported as None
+    (fast routes), and given `position_ids` that equal the mask's on every kept token of a whole sequence take the
+    mask's (whose `order` keeps the fast routes). Elsewhere (GPU, compile, export) nothing is read on the host."""
     whole = isinstance(q0, int) and q0 == 0 and lq == lk
-    if attention_mask is not None:
-        positions = mask_positions(attention_mask, q0, lq, lk, whole)
-    elif position_ids is not None:
-        given = position_ids.reshape(-1, lq).clamp_min(0)
-        keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
-        positions = Positions(given, keys)
-    else:
-        return None
+    kept = kept_slots(attention_mask)
+    positions = mask_positions(attention_mask, kept, q0, lq, lk, whole)
+    given = None if position_ids is None else position_ids.reshape(-1, lq).clamp_min(0)
+    if whole and given is not None:
+        if not (tuned and positions is not None and _agree(given, positions.query, kept)):
+            positions = Positions(given, given)
+    elif not whole and (given is not None or written is not None):
+        slots = torch.arange(lk, device=(given if given is not None else written).device)
+        keys = slots.expand(1, lk) if positions is None else positions.key
+        queries = given if given is not None else take(keys, 1, q0, lq)
+        positions = Positions(queries, cached_key_positions(written, keys, queries, q0))
     if positions is None or not tuned or isinstance(q0, torch.Tensor):
         return positions
     slots = torch.arange(lk, device=positions.key.device)
-    if bool((positions.key == slots).all()) and bool((positions.query == slots[q0 : q0 + lq]).all()):
-        return None  # CPU eager: nothing to move, the routes run on the slots
+    if _agree(positions.key, slots, kept) and _agree(positions.query, slots[q0 : q0 + lq], _query_slots(kept, q0, lq)):
+        return None  # CPU eager: every kept token at its slot, the routes run on the slots
     return positions
 
 
-def mask_positions(attention_mask, q0, lq: int, lk: int, whole: bool) -> Positions | None:
-    """Positions from a mask, on-device (no host read): a query's position is its slot minus the first key its row
-    keeps; a key's, its slot minus the first key kept by the row of the query in its slot (whole sequences), else by
-    any row (`pad`, the example's left padding). Key mask `(B or 1, 1, 1, lk)`: slot - pad for all, with `shift` set
-    for whole sequences (the routes run on rotated slots). Full mask `(B or 1, 1, lq, lk)`: per row, read by position.
-    Rows that keep no key take the example's pad (their outputs are unused). Per-head masks: None (slots).
-    Returns `Positions` (query `(B, lq)`, key `(B, lk)`) or None."""
+def cached_key_positions(written, keys, queries, q0) -> torch.Tensor:
+    """`(B, lk)` positions of the keys after a cached prefix: `keys` (the mask's or the slots, `(B or 1, lk)`) with
+    the first ones replaced by the `written` record `(B or 1, n)` where it fits the batch, and this call's keys (slots
+    `q0 .. q0 + lq - 1`; `q0` an int or a static cache's on-device offset) at their queries' positions `(B or 1, lq)`."""
+    batch = max(keys.shape[0], queries.shape[0], 1 if written is None else written.shape[0])
+    keys = keys.expand(batch, -1)
+    if written is not None and written.shape[0] in (1, batch) and written.device == keys.device:
+        n = min(written.shape[1], keys.shape[1])
+        keys = torch.cat([written[:, :n].expand(batch, -1), keys[:, n:]], dim=1)
+    lq = queries.shape[1]
+    slots = (torch.arange(lq, device=keys.device) + q0).expand(batch, lq)
+    return keys.scatter(1, slots, queries.expand(batch, lq).to(keys.dtype))
+
+
+def record_key_positions(cache_layer, positions: Positions | None, lk: int, device) -> None:
+    """Remember on a self-attention cache layer the positions of its `lk` keys (`positions.key`, or the slots when
+    `positions` is None), so that later calls give each cached key the position it was written at (the cache stores
+    no positions: a position given by `position_ids` cannot be recovered from the mask). An attribute of the layer
+    object: `reorder_cache` (beam search) does not permute it, which is exact for `generate`, whose beams of one
+    example share their positions; a record that does not fit the next call's batch is ignored."""
+    if cache_layer is None:
+        return
+    keys = torch.arange(lk, device=device)[None] if positions is None else positions.key
+    cache_layer.synthesizer_key_positions = keys
+
+
+def _agree(a, b, where) -> bool:
+    """Host read: `a == b` wherever `where` (None: everywhere) holds, shapes broadcast."""
+    same = a == b
+    return bool((same if where is None else same | ~where).all())
+
+
+def _query_slots(kept, q0: int, lq: int):
+    return None if kept is None else kept[:, q0 : q0 + lq]
+
+
+def kept_slots(attention_mask) -> torch.Tensor | None:
+    """`(B or 1, lk)` bool: the slots some query may attend to (real tokens), from a key mask `(B or 1, 1, 1, lk)` or
+    a full mask `(B or 1, 1, lq, lk)`, boolean keep-mask or additive float mask. None for no mask or a per-head mask."""
     m = attention_mask
-    if m.dim() != 4 or m.shape[1] != 1:
+    if m is None or m.dim() != 4 or m.shape[1] != 1:
         return None
     keep = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-    keep = keep[:, 0]  # (B, lq or 1, lk)
-    has = keep.any(-1)
-    first = keep.int().argmax(-1)  # (B, rows): the first kept key of each row (0 when none)
-    pad = torch.where(has, first, lk).amin(-1)
-    pad = torch.where(pad >= lk, 0, pad)  # (B,)
-    if m.shape[2] == 1:
-        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
-    start = torch.where(has, first, pad[:, None])  # (B, lq)
+    return keep[:, 0].any(1)
+
+
+def mask_positions(attention_mask, kept, q0, lq: int, lk: int, whole: bool) -> Positions | None:
+    """Positions from a mask, on-device (no host read); `kept` its `kept_slots`. A key mask `(B or 1, 1, 1, lk)`: every
+    slot at its kept-token count (`kept_positions`), queries the slots `q0 .. q0 + lq - 1` of it, and `order` set for
+    whole sequences. A full mask `(B or 1, 1, lq, lk)`: a query's position is its slot minus the first key its row
+    keeps (packed sequences restart there; a row keeping none takes the example's first kept slot); keys take the
+    queries' positions (whole sequences) or their kept-token counts. Per-head masks and no mask: None (slots)."""
+    if kept is None:
+        return None
+    keys = kept_positions(kept)
+    if attention_mask.shape[2] == 1:
+        return Positions(take(keys, 1, q0, lq), keys, compacting_order(kept) if whole else None)
+    m = attention_mask
+    keep = (m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2)[:, 0]  # (B, lq, lk)
+    first = keep.int().argmax(-1)  # (B, lq): the first kept key of each row (0 when none)
+    start = torch.where(keep.any(-1), first, kept.int().argmax(-1)[:, None])
     query = torch.arange(lq, device=m.device) + q0 - start
     if not whole:
-        return Positions(query.clamp_min(0), slot_positions(pad, 0, lk))
-    # Slots before the first kept key wrap around to the end, as the rotation of a key mask's `shift` puts them
+        return Positions(query.clamp_min(0), keys)
+    # Slots before the first kept key wrap around to the end, where the reordering of a key mask puts them
     # (outputs of padded slots are unused, but equal on every route).
     query = torch.where(query < 0, query + lk, query)
     return Positions(query, query)
@@ -569,6 +625,7 @@ class SynthesizerAttentionMixin:
         position_ids: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
         reference: bool = False,
+        cache_layer=None,
         **kwargs,
     ):
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
@@ -583,6 +640,8 @@ class SynthesizerAttentionMixin:
         see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`;
         `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` is
         checked against the cache by the module that owns the cache and ignored here (cross-attention, encoders);
+        `cache_layer` the self-attention cache layer this call's keys were just written to (None without a cache),
+        where the keys' positions are recorded (`record_key_positions`);
         `reference` runs the plain reference (the `"eager"` backend: materialised probabilities, always returned)
         instead of the fast routes (`"sdpa"`: probabilities only with `output_attentions`).
         Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
@@ -613,7 +672,9 @@ class SynthesizerAttentionMixin:
         )
         positions = None
         if not synthesizer.is_vanilla:
-            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value))
+            written = getattr(cache_layer, "synthesizer_key_positions", None)
+            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value), written)
+            record_key_positions(cache_layer, positions, lk, value.device)
             if position_ids is not None and positions is not None and cpu_tuned(value):
                 check_length(int(positions.query.max()) + 1, synthesizer.length)  # (elsewhere: a device assert)
         call = AttentionCall(
