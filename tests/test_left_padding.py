@@ -150,12 +150,17 @@ def test_given_position_ids_win_over_a_left_padded_mask(variant, fast):
             torch.testing.assert_close(batch_grads[name], parameter.grad, atol=1e-11, rtol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("positions", ["generate", "offset"])
 @pytest.mark.parametrize("cache_class", ["dynamic", "static-generic"])
 @pytest.mark.parametrize("variant", SYNTHESIZED)
-def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward(variant, cache_class, monkeypatch):
+def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward(
+    variant, cache_class, positions, monkeypatch
+):
     """Per-example positions after a cached prefix (3 tokens, 2 more, then single tokens) against the whole-sequence
-    forward, on a left-padded batch (example 1's first step is all padding), with generate's position ids. Also with
-    a StaticCache on the device-generic routes, where the query offset is an on-device tensor (no host read)."""
+    forward, on a left-padded batch (example 1's first step is all padding), with generate's position ids, or with
+    position ids unlike the mask's ("offset": example b counts from b + 1), which cached keys must keep from the step
+    that wrote them. Also with a StaticCache on the device-generic routes, where the query offset is an on-device
+    tensor (no host read)."""
     from test_decoding import CACHE
     from transformers import DynamicCache, StaticCache
 
@@ -164,6 +169,8 @@ def test_bert_decoder_cached_steps_on_left_padded_prompts_equal_the_full_forward
     model = build("bert", variant)
     ids, mask = padded_batch("left", lengths=(7, 4, 6))
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    if positions == "offset":
+        position_ids = position_ids + torch.arange(1, 4)[:, None] * mask
     if cache_class == "static-generic":
         monkeypatch.setattr(sa, "cpu_tuned", lambda t: False)
     with torch.no_grad():
