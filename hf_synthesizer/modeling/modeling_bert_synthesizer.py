@@ -101,7 +101,8 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
                 cache, self.layer_idx, key_layer, value_layer, attention_mask,
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
-            check_cache_position(cache_position, query_offset)
+            if self.layer_idx in (0, None):  # once per model forward: every layer has seen as many
+                check_cache_position(cache_position, query_offset)
             cache_layer = cache_layer_of(cache, self.layer_idx)
 
         attention_interface = attention_function(self.config._attn_implementation)

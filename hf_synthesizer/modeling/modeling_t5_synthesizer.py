@@ -120,7 +120,8 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     layer_cache, self.layer_idx, key_states, value_states, mask,
                     None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
-                check_cache_position(cache_position, query_offset)
+                if self.layer_idx in (0, None):  # once per model forward: every layer has seen as many
+                    check_cache_position(cache_position, query_offset)
                 cache_layer = cache_layer_of(layer_cache, self.layer_idx)
 
         if position_bias is None:

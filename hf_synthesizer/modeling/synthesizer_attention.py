@@ -592,11 +592,11 @@ def mask_positions(attention_mask, kept, q0, lq: int, lk: int, whole: bool) -> P
 def check_cache_position(cache_position, query_offset) -> None:
     """A caller's `cache_position` (positions of this call's tokens in the decoding cache, as loops written for
     transformers 5.23 pass it) must agree with the cache's seen length `query_offset`, which gives the positions:
-    raise naming both when not. A static cache's on-device offset is compared on the host in eager mode only."""
+    raise naming both when not. One host read of each (the modules check once per model forward, in their first
+    layer); nothing is checked while tracing (compile, export)."""
     if cache_position is None or cache_position.numel() == 0 or is_tracing(cache_position):
         return
-    first = int(cache_position.reshape(-1)[0])
-    seen = int(query_offset) if not torch.compiler.is_compiling() else first
+    first, seen = int(cache_position.reshape(-1)[0]), int(query_offset)
     if first != seen:
         raise ValueError(
             f"cache_position starts at {first} but the decoding cache has seen {seen} positions: the queries of this "
@@ -638,8 +638,8 @@ class SynthesizerAttentionMixin:
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
         see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`;
-        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` is
-        checked against the cache by the module that owns the cache and ignored here (cross-attention, encoders);
+        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` the
+        slots of the queries in the cache, from a caller that does not pass `query_offset` (see `query_start`);
         `cache_layer` the self-attention cache layer this call's keys were just written to (None without a cache),
         where the keys' positions are recorded (`record_key_positions`);
         `reference` runs the plain reference (the `"eager"` backend: materialised probabilities, always returned)
@@ -651,7 +651,7 @@ class SynthesizerAttentionMixin:
         check_attention_keywords(kwargs)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
-        q0 = lk - lq if query_offset is None else query_offset  # query i sits at slot q0 + i
+        q0 = query_start(query_offset, cache_position, lq, lk)  # query i sits at slot q0 + i
         if isinstance(q0, torch.Tensor) and cpu_tuned(value):
             # A static cache's offset (see update_self_attention_cache): CPU eager reads it (free there) and cuts the
             # empty slots, so that the CPU-tuned routes see an int offset and only the positions filled.
@@ -682,6 +682,19 @@ class SynthesizerAttentionMixin:
             reference, bool(output_attentions),
         )
         return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call=call)
+
+
+def query_start(query_offset, cache_position, lq: int, lk: int):
+    """The slot of the first query: `query_offset` (what this package's modules pass: the cache's seen length), else
+    the first of a caller's `cache_position` (a third-party caller of the registered function; kept on the device, as a
+    static cache's offset), else `lk - lq` (the queries are the last keys). Both given: they must agree
+    (`check_cache_position`), never one silently dropped."""
+    if cache_position is None or cache_position.numel() == 0:
+        return lk - lq if query_offset is None else query_offset
+    if query_offset is not None:
+        check_cache_position(cache_position, query_offset)
+        return query_offset
+    return cache_position.reshape(-1)[0]
 
 
 def route_attention(synthesizer, hidden_states, query, key, value, attention_mask, call: AttentionCall, by_position):
