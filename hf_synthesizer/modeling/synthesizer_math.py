@@ -126,16 +126,20 @@ def factorized_random_logits(r1, r2, q0: int, query_length: int, key_length: int
     return torch.matmul(take(r1, 1, q0, query_length), take(r2, 1, 0, key_length).transpose(-1, -2))[None]
 
 
-def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
-    """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L`, and
-    `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a times: each (p, q) pair once), sliced to `lk`.
+def factor_logits(a: torch.Tensor, b: torch.Tensor, key_length: int) -> torch.Tensor:
+    """Factorized dense logits from the factors: `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a
+    times: each (p, q) pair once, column `q a + p` holds `B[q] A[p]`), sliced to `lk`. a `(.., rows, a)`, b
+    `(.., rows, b)` -> `(.., rows, lk)`. The one place the product is written (the reference and
+    route_factorized_dense both use it)."""
+    return take((b[..., :, None] * a[..., None, :]).flatten(-2), -1, 0, key_length)
 
-    F_A, F_B are one linear map per head, applied by the caller: a (B, lq, H*a), b (B, lq, H*b).
-    """
+
+def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
+    """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L` (`factor_logits`).
+    F_A, F_B are one linear map per head, applied by the caller: a (B, lq, H*a), b (B, lq, H*b) -> (B, H, lq, lk)."""
     a = a.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
     b = b.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
-    full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
-    return take(full, -1, 0, key_length)
+    return factor_logits(a, b, key_length)
 
 
 def mixture_weights(mixture: str, logits: torch.Tensor) -> torch.Tensor:
