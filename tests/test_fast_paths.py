@@ -9,7 +9,7 @@ from transformers import DynamicCache
 import hf_synthesizer.modeling.synthesizer_attention as sa
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, BertSynthesizerModel
 import hf_synthesizer.modeling.route_chunked_reference as chunked_reference
-from hf_synthesizer.modeling.route_per_example import per_example_attention
+from hf_synthesizer.modeling.route_per_example import Terms, per_example_attention
 from hf_synthesizer.modeling.route_shared import generic_shared_attention, shared_logits_attention
 from hf_synthesizer.modeling.synthesizer_fast import Mask
 from hf_synthesizer.modeling.synthesizer_math import additive_mask
@@ -456,7 +456,7 @@ def test_gradcheck_per_example_route(dropout):
 
     def fn(qf, kf, v, r, alphas):
         torch.manual_seed(1)  # the same dropout mask on every call
-        return per_example_attention(qf, kf, v, alphas, [r], bias, dropout, 1, 4, True)
+        return per_example_attention(qf, kf, v, Terms(alphas, bias, (r,), 1, True), 4, dropout)
 
     assert torch.autograd.gradcheck(fn, (qf, kf, v, r, alphas))
 

@@ -30,7 +30,7 @@ from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
 from .route_chunked_reference import chunked_reference_attention
 from .route_factorized_dense import factorized_dense_attention
 from .route_feature import feature_attention
-from .route_per_example import generic_per_example_attention, per_example_attention, shared_logits
+from .route_per_example import Terms, generic_per_example_attention, per_example_attention, shared_logits
 from .route_shared import generic_shared_attention, shared_logits_attention, shared_probabilities
 from .synthesizer_fast import InputIndependentCache, Mask, cpu_tuned, keyless_rows, uniform_rows
 from .synthesizer_math import (
@@ -929,8 +929,9 @@ def _run_per_example(synthesizer, x, mask: Mask, call: AttentionCall, tuned: boo
     else:
         bias = None if mask.key_bias is None else mask.key_bias[:, None, None, :].to(mask.dtype)
     alphas = torch.stack(alphas) if alphas else None
+    terms = Terms(alphas, bias, tuple(shared), q0, causal)
     if not tuned:
-        return generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal).to(value.dtype)
+        return generic_per_example_attention(qf, kf, value, terms, lq, dropout).to(value.dtype)
     cached = None
     if shared and qf is not None and dropout == 0.0:
         mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
@@ -938,7 +939,7 @@ def _run_per_example(synthesizer, x, mask: Mask, call: AttentionCall, tuned: boo
             cached = synthesizer.input_independent_cache.get(
                 shared + mixing, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
             )
-    return per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached).to(value.dtype)
+    return per_example_attention(qf, kf, value, terms, lq, dropout, cached).to(value.dtype)
 
 
 def _run_features(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
