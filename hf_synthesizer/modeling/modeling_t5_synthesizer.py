@@ -125,17 +125,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                 cache_layer = cache_layer_of(layer_cache, self.layer_idx)
 
         if position_bias is None:
-            key_length = value_states.shape[-2]
-            if not self.has_relative_attention_bias:
-                position_bias = torch.zeros(
-                    (1, self.n_heads, input_shape[1], key_length), device=value_states.device, dtype=value_states.dtype
-                )
-                if self.gradient_checkpointing and self.training:
-                    position_bias.requires_grad = True
-            else:
-                position_bias = self.compute_bias(
-                    input_shape[1], key_length, device=value_states.device, past_seen_tokens=query_offset
-                )
+            position_bias = self.new_position_bias(input_shape[1], value_states, query_offset)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
@@ -155,6 +145,19 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         attn_output = self.o(attn_output)
         return attn_output, position_bias, attn_weights
+
+    def new_position_bias(self, query_length: int, value_states, query_offset):
+        """T5's relative position bias `(1, H, lq, lk)` for a layer that computes it (the first), zeros for the others
+        when none is passed (as `T5Attention.forward` does); `query_offset` the positions the cache has seen."""
+        key_length = value_states.shape[-2]
+        if self.has_relative_attention_bias:
+            return self.compute_bias(query_length, key_length, device=value_states.device, past_seen_tokens=query_offset)
+        position_bias = torch.zeros(
+            (1, self.n_heads, query_length, key_length), device=value_states.device, dtype=value_states.dtype
+        )
+        if self.gradient_checkpointing and self.training:
+            position_bias.requires_grad = True
+        return position_bias
 
 
 class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel):
