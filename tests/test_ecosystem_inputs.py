@@ -348,7 +348,8 @@ def test_sdpa_backend_still_gets_key_masks(variant, monkeypatch):
     ids = torch.tensor([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 8]])
     seen = []
     original = sa.fast_synthesizer_attention
-    monkeypatch.setattr(sa, "fast_synthesizer_attention", lambda *a, **k: seen.append(a[2].given.shape) or original(*a, **k))
+    monkeypatch.setattr(sa, "fast_synthesizer_attention",
+                        lambda *a, **k: seen.append(a[2].given.shape) or original(*a, **k))
     with torch.no_grad():
         sdpa = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
         assert seen and all(shape[2] == 1 for shape in seen), seen

@@ -11,7 +11,7 @@ from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, Be
 import hf_synthesizer.modeling.route_chunked_reference as chunked_reference
 from hf_synthesizer.modeling.route_per_example import Terms, per_example_attention
 from hf_synthesizer.modeling.route_shared import generic_shared_attention, shared_logits_attention
-from hf_synthesizer.modeling.synthesizer_fast import Mask
+from hf_synthesizer.modeling.synthesizer_attention import Mask
 from hf_synthesizer.modeling.synthesizer_math import additive_mask
 
 VARIANTS = [

@@ -151,7 +151,9 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
         when none is passed (as `T5Attention.forward` does); `query_offset` the positions the cache has seen."""
         key_length = value_states.shape[-2]
         if self.has_relative_attention_bias:
-            return self.compute_bias(query_length, key_length, device=value_states.device, past_seen_tokens=query_offset)
+            return self.compute_bias(
+                query_length, key_length, device=value_states.device, past_seen_tokens=query_offset
+            )
         position_bias = torch.zeros(
             (1, self.n_heads, query_length, key_length), device=value_states.device, dtype=value_states.dtype
         )

@@ -233,7 +233,8 @@ def shared_gradients(gs, terms: Terms, rows: range, grads: dict) -> None:
     q0 = terms.q0
     for n, r in enumerate(terms.shared):
         if grads["shared"][n] is not None:
-            torch.mul(gsum, terms.alphas[n].view(-1, 1, 1), out=grads["shared"][n][:, q0 + rows.start : q0 + rows.stop, :lk])
+            rows_of_r = grads["shared"][n][:, q0 + rows.start : q0 + rows.stop, :lk]
+            torch.mul(gsum, terms.alphas[n].view(-1, 1, 1), out=rows_of_r)
         if grads["alphas"] is not None:  # (vecdot: no product tensor)
             r_c = _f32(r[:, q0 + rows.start : q0 + rows.stop, :lk])
             grads["alphas"][n] += torch.linalg.vecdot(gsum.reshape(heads, -1), r_c.reshape(heads, -1))

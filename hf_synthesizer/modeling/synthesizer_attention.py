@@ -8,7 +8,7 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -32,7 +32,8 @@ from .route_factorized_dense import factorized_dense_attention
 from .route_feature import feature_attention
 from .route_per_example import Terms, generic_per_example_attention, per_example_attention, shared_logits
 from .route_shared import generic_shared_attention, shared_logits_attention, shared_probabilities
-from .synthesizer_fast import InputIndependentCache, Mask, cpu_tuned, keyless_rows, uniform_rows
+from .synthesizer_fast import MASKED, InputIndependentCache, general_bias, keyless_rows, no_key_rows, uniform_rows
+from .synthesizer_positions import Positions, record_key_positions, token_positions
 from .synthesizer_math import (
     additive_mask,
     at_positions,
@@ -46,8 +47,7 @@ from .synthesizer_math import (
     mixture_weights,
     random_logits,
     relu,
-    kept_positions,
-    compacting_order,
+    causal_mask,
     reorder_slots,
     take,
     vanilla_logits,
@@ -222,7 +222,8 @@ class SynthesizerLogits(nn.Module):
         if positions is not None:  # (one batch size for the gathers: positions from a mask or position_ids may have 1)
             batch = value.shape[0]
             by_position = (positions.query.expand(batch, -1), positions.key.expand(batch, -1))
-        return route_attention(self, AttentionInputs(hidden_states, query, key, value), attention_mask, call, by_position)
+        x = AttentionInputs(hidden_states, query, key, value)
+        return route_attention(self, x, attention_mask, call, by_position)
 
 
 def init_synthesizer_weights(module: nn.Module, std: float) -> None:
@@ -439,20 +440,6 @@ def synthesizer_of(module: nn.Module):
 
 
 @dataclass(frozen=True)
-class Positions:
-    """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
-
-    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `order`
-    `(B, lk)` long or None: set for whole sequences whose positions are their kept-token counts (a key mask, no cache):
-    reordered by it (`compacting_order`) every kept token sits at the slot of its position, so the routes run on the
-    reordered slots instead of reading logits at positions."""
-
-    query: torch.Tensor
-    key: torch.Tensor
-    order: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
 class AttentionInputs:
     """The tensors of one attention call: hidden_states `(B, lq, d)` (what dense components synthesize from; None
     where no component reads them), query `(B, H, lq, dh)` / key `(B, H, lk, dh)` (None without a vanilla term),
@@ -492,113 +479,6 @@ class AttentionCall:
     positions: Positions | None = None
     reference: bool = False
     output_attentions: bool = False
-
-
-def token_positions(
-    position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool, written: torch.Tensor | None = None
-) -> Positions | None:
-    """The positions of this call's queries and keys, one rule for every input (docs/attention_core.md, "Positions"),
-    or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while decoding):
-
-    - a query sits at its `position_ids` `(B or 1, lq)` when given (they win over the mask, as in BERT's embeddings),
-      else at the mask's position of its slot (`mask_positions`: kept-token counts, or per row of a full mask), else
-      at its slot;
-    - a key sits where its token sat when it was written: for whole sequences (no cache) the queries' positions;
-      after a cached prefix, `written` `(B or 1, n)` (the key positions the cache layer recorded, see
-      `record_key_positions`) for the first `n` keys and the mask's positions (else the slots) for keys it does not
-      cover (a cache filled by others, e.g. PEFT's prefix), this call's keys at its queries' positions.
-
-    `tuned` (CPU eager) may read on the host: positions that equal the slots on every kept token are reported as None
-    (fast routes), and given `position_ids` that equal the mask's on every kept token of a whole sequence take the
-    mask's (whose `order` keeps the fast routes). Elsewhere (GPU, compile, export) nothing is read on the host."""
-    whole = isinstance(q0, int) and q0 == 0 and lq == lk
-    kept = kept_slots(attention_mask)
-    positions = mask_positions(attention_mask, kept, q0, lq, lk, whole)
-    given = None if position_ids is None else position_ids.reshape(-1, lq).clamp_min(0)
-    if whole and given is not None:
-        if not (tuned and positions is not None and _agree(given, positions.query, kept)):
-            positions = Positions(given, given)
-    elif not whole and (given is not None or written is not None):
-        slots = torch.arange(lk, device=(given if given is not None else written).device)
-        keys = slots.expand(1, lk) if positions is None else positions.key
-        queries = given if given is not None else take(keys, 1, q0, lq)
-        positions = Positions(queries, cached_key_positions(written, keys, queries, q0))
-    if positions is None or not tuned or isinstance(q0, torch.Tensor):
-        return positions
-    slots = torch.arange(lk, device=positions.key.device)
-    if _agree(positions.key, slots, kept) and _agree(positions.query, slots[q0 : q0 + lq], _query_slots(kept, q0, lq)):
-        return None  # CPU eager: every kept token at its slot, the routes run on the slots
-    return positions
-
-
-def cached_key_positions(written, keys, queries, q0) -> torch.Tensor:
-    """`(B, lk)` positions of the keys after a cached prefix: `keys` (the mask's or the slots, `(B or 1, lk)`) with
-    the first ones replaced by the `written` record `(B or 1, n)` where it fits the batch, and this call's keys (slots
-    `q0 .. q0 + lq - 1`; `q0` an int or a static cache's on-device offset) at their queries' positions `(B or 1, lq)`."""
-    batch = max(keys.shape[0], queries.shape[0], 1 if written is None else written.shape[0])
-    keys = keys.expand(batch, -1)
-    if written is not None and written.shape[0] in (1, batch) and written.device == keys.device:
-        n = min(written.shape[1], keys.shape[1])
-        keys = torch.cat([written[:, :n].expand(batch, -1), keys[:, n:]], dim=1)
-    lq = queries.shape[1]
-    slots = (torch.arange(lq, device=keys.device) + q0).expand(batch, lq)
-    return keys.scatter(1, slots, queries.expand(batch, lq).to(keys.dtype))
-
-
-def record_key_positions(cache_layer, positions: Positions | None, lk: int, device) -> None:
-    """Remember on a self-attention cache layer the positions of its `lk` keys (`positions.key`, or the slots when
-    `positions` is None), so that later calls give each cached key the position it was written at (the cache stores
-    no positions: a position given by `position_ids` cannot be recovered from the mask). An attribute of the layer
-    object: `reorder_cache` (beam search) does not permute it, which is exact for `generate`, whose beams of one
-    example share their positions; a record that does not fit the next call's batch is ignored."""
-    if cache_layer is None:
-        return
-    keys = torch.arange(lk, device=device)[None] if positions is None else positions.key
-    cache_layer.synthesizer_key_positions = keys
-
-
-def _agree(a, b, where) -> bool:
-    """Host read: `a == b` wherever `where` (None: everywhere) holds, shapes broadcast."""
-    same = a == b
-    return bool((same if where is None else same | ~where).all())
-
-
-def _query_slots(kept, q0: int, lq: int):
-    return None if kept is None else kept[:, q0 : q0 + lq]
-
-
-def kept_slots(attention_mask) -> torch.Tensor | None:
-    """`(B or 1, lk)` bool: the slots some query may attend to (real tokens), from a key mask `(B or 1, 1, 1, lk)` or
-    a full mask `(B or 1, 1, lq, lk)`, boolean keep-mask or additive float mask. None for no mask or a per-head mask."""
-    m = attention_mask
-    if m is None or m.dim() != 4 or m.shape[1] != 1:
-        return None
-    keep = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-    return keep[:, 0].any(1)
-
-
-def mask_positions(attention_mask, kept, q0, lq: int, lk: int, whole: bool) -> Positions | None:
-    """Positions from a mask, on-device (no host read); `kept` its `kept_slots`. A key mask `(B or 1, 1, 1, lk)`: every
-    slot at its kept-token count (`kept_positions`), queries the slots `q0 .. q0 + lq - 1` of it, and `order` set for
-    whole sequences. A full mask `(B or 1, 1, lq, lk)`: a query's position is its slot minus the first key its row
-    keeps (packed sequences restart there; a row keeping none takes the example's first kept slot); keys take the
-    queries' positions (whole sequences) or their kept-token counts. Per-head masks and no mask: None (slots)."""
-    if kept is None:
-        return None
-    keys = kept_positions(kept)
-    if attention_mask.shape[2] == 1:
-        return Positions(take(keys, 1, q0, lq), keys, compacting_order(kept) if whole else None)
-    m = attention_mask
-    keep = (m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2)[:, 0]  # (B, lq, lk)
-    first = keep.int().argmax(-1)  # (B, lq): the first kept key of each row (0 when none)
-    start = torch.where(keep.any(-1), first, kept.int().argmax(-1)[:, None])
-    query = torch.arange(lq, device=m.device) + q0 - start
-    if not whole:
-        return Positions(query.clamp_min(0), keys)
-    # Slots before the first kept key wrap around to the end, where the reordering of a key mask puts them
-    # (outputs of padded slots are unused, but equal on every route).
-    query = torch.where(query < 0, query + lk, query)
-    return Positions(query, query)
 
 
 def check_cache_position(cache_position, query_offset) -> None:
@@ -707,6 +587,99 @@ def query_start(query_offset, cache_position, lq: int, lk: int):
         check_cache_position(cache_position, query_offset)
         return query_offset
     return cache_position.reshape(-1)[0]
+
+
+def cpu_tuned(t: torch.Tensor) -> bool:
+    """Whether the CPU-tuned routes (custom autograd Functions, `_scaled_dot_product_flash_attention_for_cpu`,
+    query chunking, the input-independent cache) may run for `t`: a CPU tensor in eager mode. Anywhere else -- CUDA
+    or any other device, `meta`, and under `torch.compile` / `torch.export` tracing -- the device-generic routes run,
+    built from public ops only (matmul, softmax, `F.scaled_dot_product_attention`), one graph without host reads."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+@dataclass(frozen=True)
+class Mask:
+    """The one description of an attention call's mask (docs/attention_core.md, "Masks"), classified from its shape
+    alone (no value read on the host: no device syncs, no graph breaks). Every form a route needs is derived here,
+    once per call (cached).
+
+    given: the mask handed over, boolean keep-mask or additive float mask, or None. kind: "none" (no mask); "key" (a
+    mask with a query dim of 1, `(B or 1, 1, 1, lk)` -- what `synthesizer_mask` hands over for padding -- the same for
+    every query row); "general" (anything else: a full `(B, 1, lq, lk)` mask, per-head masks, masks requiring grad).
+    causal: add the causal mask where query `q0 + i` sees keys `0 .. q0 + i` (the module's `is_causal`; for a full
+    mask from transformers it is already inside `given`, and the caller passes False). q0 (int or a static cache's
+    on-device offset), lq, lk: the call's query offset and lengths. dtype: of the additive forms (fp64 for fp64
+    values, else fp32)."""
+
+    given: torch.Tensor | None
+    causal: bool
+    q0: "int | torch.Tensor"
+    lq: int
+    lk: int
+    dtype: torch.dtype = torch.float32
+    # Forms derived once per call. (A dict, not functools.cached_property, whose lock torch.compile cannot trace.)
+    _derived: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _once(self, name: str, compute):
+        if name not in self._derived:
+            self._derived[name] = compute()
+        return self._derived[name]
+
+    @property
+    def kind(self) -> str:
+        m = self.given
+        if m is None:
+            return "none"
+        if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.requires_grad:
+            return "general"
+        return "key"
+
+    @property
+    def key_bias(self) -> torch.Tensor | None:
+        """A key mask's additive fp32 form `(B or 1, lk)`: 0 kept, MASKED padded (a float mask's values clamped at
+        MASKED); None for other kinds. The causal part is not in it (`causal`)."""
+        return self._once("key_bias", self._key_bias)
+
+    def _key_bias(self):
+        if self.kind != "key":
+            return None
+        last = self.given[:, 0, 0, :]
+        if last.dtype == torch.bool:
+            return torch.zeros(last.shape, device=last.device).masked_fill_(~last, MASKED)
+        return last.float().clamp_min(MASKED)
+
+    def full(self) -> torch.Tensor | None:
+        """The whole mask broadcastable to `(B, 1, lq, lk)`, causal part included: boolean stays boolean; a float mask
+        gets `finfo.min` at the causally hidden entries. None when there is nothing to mask."""
+        if not self.causal:
+            return self.given
+        device = self.given.device if self.given is not None else None
+        keep = causal_mask(self.q0, self.lq, self.lk, device)
+        if self.given is None:
+            return keep
+        if self.given.dtype == torch.bool:
+            return self.given & keep
+        return self.given.masked_fill(~keep, torch.finfo(self.given.dtype).min)
+
+    @property
+    def full_bias(self) -> torch.Tensor | None:
+        """`full()` as an additive mask in `dtype`, MASKED (finite) where masked: a row with every key masked then
+        attends uniformly, as in the reference (a boolean mask would give NaN in sdpa)."""
+        full = self._once("full", self.full)
+        return None if full is None else self._once("full_bias", lambda: general_bias(full, self.dtype))
+
+    @property
+    def keyless(self) -> bool:
+        """Whether some query row sees no kept key (every key padded; left padding under a causal mask). A host read:
+        only the CPU-tuned routes ask, and only when their route depends on it."""
+        return self._once("keyless", self._keyless)
+
+    def _keyless(self) -> bool:
+        if self.kind == "none":
+            return False
+        if self.kind == "key":
+            return bool(no_key_rows(self.key_bias, self.causal, self.q0, self.lq).any())
+        return bool((self.full_bias.amax(-1) <= MASKED / 2).any())
 
 
 def route_attention(synthesizer, x: "AttentionInputs", attention_mask, call: AttentionCall, by_position):
@@ -914,8 +887,8 @@ def dot_product_features(synthesizer, x, call: AttentionCall):
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
     # Key features the same for every example (dense, factorized random) are joined once and expanded, not copied.
     one = all(k.shape[0] == 1 for k in kf)
-    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1).expand(batch, -1, -1, -1) if kf else None
-    return qf, kf, shared, alphas
+    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1) if kf else None
+    return qf, None if kf is None else kf.expand(batch, -1, -1, -1), shared, alphas
 
 
 def _run_per_example(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):

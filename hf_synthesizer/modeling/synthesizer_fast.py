@@ -1,5 +1,5 @@
-"""What the fast routes share: the masked value, the chunk size, the CPU-tuned test, the mask description (`Mask`),
-the uniform rows of queries that see no kept key, and the input-independent cache. Each route has its own flat file
+"""What the fast routes share: the masked value, the chunk size, the causal and padding biases, the uniform rows of
+queries that see no kept key, and the input-independent cache. Each route has its own flat file
 beside the plain math it is tested against (tests/test_fast_paths.py, tests/test_routes.py, forward and gradients):
 
 * `route_shared.py` -- input-independent logits (random, fixed random, factorized random and mixtures of them) once
@@ -11,14 +11,11 @@ beside the plain math it is tested against (tests/test_fast_paths.py, tests/test
 * `route_factorized_dense.py` -- factorized dense, its own Function over query chunks;
 * `route_chunked_reference.py` -- the reference math in query chunks (factorized dense mixtures).
 
-This file ships with saved checkpoints (trust_remote_code): it imports only torch and its sibling synthesizer_math.
+This file ships with saved checkpoints (trust_remote_code): it imports only torch.
 """
-
-from dataclasses import dataclass, field
 
 import torch
 
-from .synthesizer_math import causal_mask
 
 # Query rows per chunk: keeps each chunk's (H, rows, lk) logits small enough to be reused by the allocator
 # instead of page-faulted afresh (docs/attention_core.md, "Performance on CPU").
@@ -45,99 +42,6 @@ def causal_bias(q0: int, rows: range | slice, key_length: int, device) -> torch.
     r = torch.arange(rows.start, rows.stop, device=device)[:, None] + q0
     keep = r >= torch.arange(key_length, device=device)[None, :]
     return torch.zeros(keep.shape, device=device).masked_fill_(~keep, MASKED)
-
-
-def cpu_tuned(t: torch.Tensor) -> bool:
-    """Whether the CPU-tuned routes (custom autograd Functions, `_scaled_dot_product_flash_attention_for_cpu`,
-    query chunking, the input-independent cache) may run for `t`: a CPU tensor in eager mode. Anywhere else -- CUDA
-    or any other device, `meta`, and under `torch.compile` / `torch.export` tracing -- the device-generic routes run,
-    built from public ops only (matmul, softmax, `F.scaled_dot_product_attention`), one graph without host reads."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-@dataclass(frozen=True)
-class Mask:
-    """The one description of an attention call's mask (docs/attention_core.md, "Masks"), classified from its shape
-    alone (no value read on the host: no device syncs, no graph breaks). Every form a route needs is derived here,
-    once per call (cached).
-
-    given: the mask handed over, boolean keep-mask or additive float mask, or None. kind: "none" (no mask); "key" (a
-    mask with a query dim of 1, `(B or 1, 1, 1, lk)` -- what `synthesizer_mask` hands over for padding -- the same for
-    every query row); "general" (anything else: a full `(B, 1, lq, lk)` mask, per-head masks, masks requiring grad).
-    causal: add the causal mask where query `q0 + i` sees keys `0 .. q0 + i` (the module's `is_causal`; for a full
-    mask from transformers it is already inside `given`, and the caller passes False). q0 (int or a static cache's
-    on-device offset), lq, lk: the call's query offset and lengths. dtype: of the additive forms (fp64 for fp64
-    values, else fp32)."""
-
-    given: torch.Tensor | None
-    causal: bool
-    q0: "int | torch.Tensor"
-    lq: int
-    lk: int
-    dtype: torch.dtype = torch.float32
-    # Forms derived once per call. (A dict, not functools.cached_property, whose lock torch.compile cannot trace.)
-    _derived: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def _once(self, name: str, compute):
-        if name not in self._derived:
-            self._derived[name] = compute()
-        return self._derived[name]
-
-    @property
-    def kind(self) -> str:
-        m = self.given
-        if m is None:
-            return "none"
-        if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.requires_grad:
-            return "general"
-        return "key"
-
-    @property
-    def key_bias(self) -> torch.Tensor | None:
-        """A key mask's additive fp32 form `(B or 1, lk)`: 0 kept, MASKED padded (a float mask's values clamped at
-        MASKED); None for other kinds. The causal part is not in it (`causal`)."""
-        return self._once("key_bias", self._key_bias)
-
-    def _key_bias(self):
-        if self.kind != "key":
-            return None
-        last = self.given[:, 0, 0, :]
-        if last.dtype == torch.bool:
-            return torch.zeros(last.shape, device=last.device).masked_fill_(~last, MASKED)
-        return last.float().clamp_min(MASKED)
-
-    def full(self) -> torch.Tensor | None:
-        """The whole mask broadcastable to `(B, 1, lq, lk)`, causal part included: boolean stays boolean; a float mask
-        gets `finfo.min` at the causally hidden entries. None when there is nothing to mask."""
-        if not self.causal:
-            return self.given
-        device = self.given.device if self.given is not None else None
-        keep = causal_mask(self.q0, self.lq, self.lk, device)
-        if self.given is None:
-            return keep
-        if self.given.dtype == torch.bool:
-            return self.given & keep
-        return self.given.masked_fill(~keep, torch.finfo(self.given.dtype).min)
-
-    @property
-    def full_bias(self) -> torch.Tensor | None:
-        """`full()` as an additive mask in `dtype`, MASKED (finite) where masked: a row with every key masked then
-        attends uniformly, as in the reference (a boolean mask would give NaN in sdpa)."""
-        full = self._once("full", self.full)
-        return None if full is None else self._once("full_bias", lambda: general_bias(full, self.dtype))
-
-    @property
-    def keyless(self) -> bool:
-        """Whether some query row sees no kept key (every key padded; left padding under a causal mask). A host read:
-        only the CPU-tuned routes ask, and only when their route depends on it."""
-        return self._once("keyless", self._keyless)
-
-    def _keyless(self) -> bool:
-        if self.kind == "none":
-            return False
-        if self.kind == "key":
-            return bool(no_key_rows(self.key_bias, self.causal, self.q0, self.lq).any())
-        return bool((self.full_bias.amax(-1) <= MASKED / 2).any())
 
 
 def no_key_rows(key_bias, causal: bool, q0: int, lq: int):
