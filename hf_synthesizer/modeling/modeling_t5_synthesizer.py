@@ -32,11 +32,13 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    synthesizer_masks,
+)
+from .synthesizer_cache import (
     cache_layer_of,
     check_cache_position,
     key_placeholder,
     resolve_cache,
-    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
