@@ -1,7 +1,7 @@
 """Left padding (issue 14 item 4): synthesized rows and columns are indexed by position, and an example's positions
 count from its first kept token, so a left-padded example gives its real tokens the outputs it gives alone.
 
-- the helpers (`kept_positions`, `compacting_order`, `reorder_slots`, `at_positions`) on small hand-made cases;
+- the helpers (`left_padding`, `padded_positions`, `rotation_order`, `reorder_slots`, `at_positions`) on small hand-made cases;
 - BERT encoder with `position_ids = attention_mask.cumsum(-1) - 1` (as stock BERT needs for its absolute position
   embeddings), T5 encoder as is: outputs, attention maps and gradients of a left-padded batch equal each example's
   alone, fast and reference routes, every variant;
@@ -20,7 +20,13 @@ from test_decoding import LENGTH, VARIANTS, build
 from test_fast_paths import set_fast
 
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerModel
-from hf_synthesizer.modeling.synthesizer_math import at_positions, compacting_order, kept_positions, reorder_slots
+from hf_synthesizer.modeling.synthesizer_math import (
+    at_positions,
+    left_padding,
+    padded_positions,
+    reorder_slots,
+    rotation_order,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,24 +34,25 @@ SYNTHESIZED = [v for v in VARIANTS if v != "vanilla"]
 LENGTHS = (5, 3, 4)  # the left-padded batch: 0, 2 and 1 padded slots
 
 
-def test_kept_positions_count_the_kept_tokens_before_each_slot():
+def test_padded_positions_count_from_the_first_kept_slot():
     keep = torch.tensor([[0, 0, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 1]]).bool()
-    # generate's position_ids: attention_mask.cumsum(-1) - 1 (padded slots: masked or unused)
-    expected = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 2, 2, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0], [0, 0, 0, 1, 2]])
-    assert torch.equal(kept_positions(keep), expected)
+    assert torch.equal(left_padding(keep), torch.tensor([2, 0, 0, 0, 1]))
+    # slot - left padding (padded slots before the first kept one: 0); a gap after it is counted, as in BERT's slots
+    expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 0, 1, 2, 3]])
+    assert torch.equal(padded_positions(keep), expected)
 
 
-def test_compacting_order_puts_kept_slots_first_and_reorder_slots_undoes_it():
+def test_rotation_order_puts_each_example_at_its_positions_and_reorder_slots_undoes_it():
     keep = torch.tensor([[0, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]]).bool()
-    order = compacting_order(keep)
-    assert order.tolist() == [[2, 3, 0, 1, 4], [0, 1, 2, 3, 4], [1, 3, 4, 0, 2]]
-    positions = kept_positions(keep)
+    order = rotation_order(keep)
+    assert order.tolist() == [[2, 3, 4, 0, 1], [0, 1, 2, 3, 4], [1, 2, 3, 4, 0]]
+    positions = padded_positions(keep)
     for b in range(3):  # reordered, every kept token sits at the slot of its position
-        kept = int(keep[b].sum())
-        assert positions[b][order[b][:kept]].tolist() == list(range(kept))
+        slots = order[b].argsort()[keep[b]]
+        assert torch.equal(positions[b][keep[b]], slots)
     t = torch.arange(3 * 2 * 5).view(3, 2, 5)
     moved = reorder_slots(t, order, 2)
-    assert moved[0, 0].tolist() == [2, 3, 0, 1, 4]
+    assert moved[0, 0].tolist() == [2, 3, 4, 0, 1]
     assert torch.equal(reorder_slots(moved, order, 2, undo=True), t)
     assert torch.equal(reorder_slots(t.transpose(1, 2), order, 1), moved.transpose(1, 2))
     assert torch.equal(reorder_slots(t[:1], order, 2)[2], t[0][:, order[2]])  # a batch of 1 broadcasts
@@ -54,7 +61,7 @@ def test_compacting_order_puts_kept_slots_first_and_reorder_slots_undoes_it():
 def test_at_positions_reads_rows_and_columns_per_example():
     table = torch.randn(1, 2, 6, 6)
     keep = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]).bool()
-    k = kept_positions(keep)
+    k = padded_positions(keep)
     q = k[:, 3:5]  # queries at slots 3, 4
     assert q.tolist() == [[3, 4], [1, 2]] and k.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
     out = at_positions(table, q, k)

@@ -202,7 +202,7 @@ def value_gradient_and_ds(p, g_c, v3, d_c, keep, dropout: float, grad_v):
     if keep is not None:
         pd = p * keep / (1 - dropout)
         gp.mul_(keep).div_(1 - dropout)
-    pd = pd.to(v3.dtype) if grad_v.dtype != pd.dtype or keep is not None else pd
+    pd = pd.to(v3.dtype)
     if grad_v.dtype == v3.dtype:
         grad_v.baddbmm_(pd.transpose(1, 2), g_c)
     else:

@@ -190,27 +190,32 @@ def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor |
 
 
 # ------------------------------------------------------------------------------------------------- positions
-# Synthesized rows and columns are indexed by position. From a key mask, a token's position is the number of kept
-# tokens before it (`kept_positions`), as transformers' `generate` counts `position_ids` (`attention_mask.cumsum(-1) -
-# 1`): left padding, right padding and the gaps generate leaves after right padding all give real tokens the positions
-# they have alone (docs/attention_core.md, "Positions").
+# Synthesized rows and columns are indexed by position. From a key mask, a token's position is its slot minus the
+# example's left padding (the slots before its first kept one), as transformers' `generate` counts `position_ids` on
+# left-padded prompts (`attention_mask.cumsum(-1) - 1`); right padding and gaps after the first kept token leave
+# the slots as they are, as they leave BERT's own positions (docs/attention_core.md, "Positions").
 
 
-def kept_positions(keep: torch.Tensor) -> torch.Tensor:
-    """`(B, lk)` long: the position of each slot, the number of kept slots before it (`keep.cumsum(-1) - 1`, clamped
-    at 0 for the padded slots before the first kept one, whose logits are masked or outputs unused). keep: `(B, lk)`
+def left_padding(keep: torch.Tensor) -> torch.Tensor:
+    """`(B,)` long: the number of slots before each example's first kept one (0 when none is kept). keep: `(B, lk)`
     bool, True where a token is kept. On-device, no host read."""
-    return (keep.long().cumsum(-1) - 1).clamp_min(0)
+    return keep.int().argmax(-1)  # the first maximum: the first kept slot
 
 
-def compacting_order(keep: torch.Tensor) -> torch.Tensor:
-    """`(B, lk)` long: a permutation of each example's slots putting its kept slots first, in order, and its padded
-    ones after them, in order: reordered by it (`reorder_slots`), every kept token sits at the slot equal to its
-    `kept_positions`, so routes that index by slot give it its position. keep: `(B, lk)` bool. Cumulative sums and a
-    scatter (no sort: exports to ONNX)."""
-    kept = keep.long().cumsum(-1)
-    target = torch.where(keep, kept - 1, kept[:, -1:] + (~keep).long().cumsum(-1) - 1)  # where each slot goes
-    return _inverse(target)
+def padded_positions(keep: torch.Tensor) -> torch.Tensor:
+    """`(B, lk)` long: the position of each slot, `slot - left_padding`, clamped at 0 for the padded slots before the
+    first kept one (their logits are masked or their outputs unused). keep: `(B, lk)` bool."""
+    return (torch.arange(keep.shape[-1], device=keep.device) - left_padding(keep)[:, None]).clamp_min(0)
+
+
+def rotation_order(keep: torch.Tensor) -> torch.Tensor:
+    """`(B, lk)` long: a permutation of each example's slots rotating it left by its left padding: reordered by it
+    (`reorder_slots`), every kept token sits at the slot equal to its `padded_positions`, so routes that index by slot
+    give it its position; the padding moves to the end. keep: `(B, lk)` bool. Modulo without `%` (ONNX export cannot
+    take a remainder by a symbolic length)."""
+    length = keep.shape[-1]
+    order = torch.arange(length, device=keep.device) + left_padding(keep)[:, None]
+    return torch.where(order >= length, order - length, order)
 
 
 def _inverse(permutation: torch.Tensor) -> torch.Tensor:
@@ -219,7 +224,7 @@ def _inverse(permutation: torch.Tensor) -> torch.Tensor:
 
 
 def reorder_slots(t: torch.Tensor, order: torch.Tensor, dim: int, undo: bool = False) -> torch.Tensor:
-    """`t` `(B or 1, ...)` with the slots along `dim` (>= 1) taken in `order` `(B or 1, length)` (`compacting_order`),
+    """`t` `(B or 1, ...)` with the slots along `dim` (>= 1) taken in `order` `(B or 1, length)` (`rotation_order`),
     or, with `undo`, put back where they came from: `reorder_slots(reorder_slots(t, o, d), o, d, undo=True)` is `t`.
     Whole slots (all other dims) move, in `t`'s own memory layout (routes wanting a query-major layout keep it)."""
     order = _inverse(order) if undo else order

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .synthesizer_math import compacting_order, kept_positions, take
+from .synthesizer_math import padded_positions, rotation_order, take
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,8 @@ class Positions:
     """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
 
     query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `order`
-    `(B, lk)` long or None: set for whole sequences whose positions are their kept-token counts (a key mask, no cache):
-    reordered by it (`compacting_order`) every kept token sits at the slot of its position, so the routes run on the
+    `(B, lk)` long or None: set for whole sequences whose positions are `slot - left padding` (a key mask, no cache):
+    reordered by it (`rotation_order`) every kept token sits at the slot of its position, so the routes run on the
     reordered slots instead of reading logits at positions."""
 
     query: torch.Tensor
@@ -33,7 +33,7 @@ def token_positions(
     or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while decoding):
 
     - a query sits at its `position_ids` `(B or 1, lq)` when given (they win over the mask, as in BERT's embeddings),
-      else at the mask's position of its slot (`mask_positions`: kept-token counts, or per row of a full mask), else
+      else at the mask's position of its slot (`mask_positions`: slot minus the left padding, or per row of a full mask), else
       at its slot;
     - a key sits where its token sat when it was written: for whole sequences (no cache) the queries' positions;
       after a cached prefix, `written` `(B or 1, n)` (the key positions the cache layer recorded, see
@@ -112,15 +112,15 @@ def kept_slots(attention_mask) -> torch.Tensor | None:
 
 def mask_positions(attention_mask, kept, q0, lq: int, lk: int, whole: bool) -> Positions | None:
     """Positions from a mask, on-device (no host read); `kept` its `kept_slots`. A key mask `(B or 1, 1, 1, lk)`: every
-    slot at its kept-token count (`kept_positions`), queries the slots `q0 .. q0 + lq - 1` of it, and `order` set for
+    slot at `slot - left padding` (`padded_positions`), queries the slots `q0 .. q0 + lq - 1` of it, and `order` set for
     whole sequences. A full mask `(B or 1, 1, lq, lk)`: a query's position is its slot minus the first key its row
     keeps (packed sequences restart there; a row keeping none takes the example's first kept slot); keys take the
-    queries' positions (whole sequences) or their kept-token counts. Per-head masks and no mask: None (slots)."""
+    queries' positions (whole sequences) or `slot - left padding`. Per-head masks and no mask: None (slots)."""
     if kept is None:
         return None
-    keys = kept_positions(kept)
+    keys = padded_positions(kept)
     if attention_mask.shape[2] == 1:
-        return Positions(take(keys, 1, q0, lq), keys, compacting_order(kept) if whole else None)
+        return Positions(take(keys, 1, q0, lq), keys, rotation_order(kept) if whole else None)
     m = attention_mask
     keep = (m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2)[:, 0]  # (B, lq, lk)
     first = keep.int().argmax(-1)  # (B, lq): the first kept key of each row (0 when none)
