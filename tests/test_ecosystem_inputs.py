@@ -7,7 +7,7 @@ synthesizer tensors N(0, 0.5) so that a wrong row, column or a dropped weight sh
 - accelerate offload (device_map with "cpu"/"disk", offload_buffers): the in-memory model's outputs, every variant;
 - PEFT prefix tuning and prompt tuning train for every variant, BERT sequence classification and T5 seq2seq;
 - a caller's `cache_position` is the position of its queries; one that disagrees with the cache is refused naming
-  both.
+  both; the check reads the host once per model forward; a third-party caller's `cache_position` is used, not dropped.
 """
 
 import inspect
@@ -139,6 +139,51 @@ def test_callers_cache_position_is_the_position(family, variant):
         step(cache, 0, tokens[:2])
         with pytest.raises(ValueError, match=r"cache_position.*5.*2|2.*cache_position.*5"):
             step(cache, 5, tokens[2:])
+
+
+@pytest.mark.parametrize("family", ["t5", "bert"])
+def test_cache_position_is_checked_once_per_model_forward(family, monkeypatch):
+    """The check reads the cache position on the host: once per forward (the first layer), not per layer and step."""
+    import importlib
+
+    module = importlib.import_module(f"hf_synthesizer.modeling.modeling_{family}_synthesizer")
+    calls = []
+    check = module.check_cache_position
+    monkeypatch.setattr(module, "check_cache_position", lambda *a: calls.append(a) or check(*a))
+    model = build(family, "random")
+    assert len([m for m in model.modules() if hasattr(m, "synthesizer") and not m.synthesizer.is_vanilla]) > 1
+    with torch.no_grad():
+        if family == "t5":
+            cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+            model(**t5_step_inputs(model, cache, 0, [0, 4]))
+        else:
+            model(input_ids=torch.tensor([[3, 4]]), **{CACHE: DynamicCache(config=model.config)}, use_cache=True,
+                  cache_position=torch.arange(2))
+    assert len(calls) == 1
+
+
+def test_third_party_callers_cache_position_is_used_not_dropped():
+    """A caller of the registered attention function that knows no `query_offset` but passes `cache_position` (the
+    slots of its queries, here in a static-cache-like key range with empty slots after them): its queries sit there,
+    as with `query_offset`; given with a `query_offset` that disagrees, it is refused."""
+    from hf_synthesizer.modeling.synthesizer_attention import synthesizer_attention_forward
+
+    model = build("bert", "random")
+    layer = model.bert.encoder.layer[0].attention.self
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 1, model.config.hidden_size, dtype=torch.float64, generator=gen)
+    value = torch.randn(1, model.config.num_attention_heads, 6, 8, dtype=torch.float64, generator=gen)
+    key = torch.zeros(1, model.config.num_attention_heads, 6, 1, dtype=torch.float64)
+
+    def run(**kwargs):
+        return synthesizer_attention_forward(layer, None, key, value, None, synthesizer_inputs=hidden, **kwargs)[0]
+
+    with torch.no_grad():
+        given = run(cache_position=torch.tensor([2]))
+        torch.testing.assert_close(given, run(query_offset=torch.tensor(2)), atol=1e-12, rtol=0)  # a static cache
+        assert (given - run()).abs().max() > 1e-3  # (the default: the queries are the last keys)
+        with pytest.raises(ValueError, match="cache_position starts at 2"):
+            run(cache_position=torch.tensor([2]), query_offset=3)
 
 
 # ------------------------------------------------------------------------------------------------------ offload
@@ -303,7 +348,8 @@ def test_sdpa_backend_still_gets_key_masks(variant, monkeypatch):
     ids = torch.tensor([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 8]])
     seen = []
     original = sa.fast_synthesizer_attention
-    monkeypatch.setattr(sa, "fast_synthesizer_attention", lambda *a, **k: seen.append(a[5].shape) or original(*a, **k))
+    monkeypatch.setattr(sa, "fast_synthesizer_attention",
+                        lambda *a, **k: seen.append(a[2].given.shape) or original(*a, **k))
     with torch.no_grad():
         sdpa = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
         assert seen and all(shape[2] == 1 for shape in seen), seen

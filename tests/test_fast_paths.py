@@ -1,4 +1,4 @@
-"""Fast paths (synthesizer_fast.py) against the plain reference implementation (synthesizer_math.py):
+"""Fast paths (the route_*.py files) against the plain reference implementation (synthesizer_math.py):
 forward and gradients, with and without padding, causal with cache offsets, the softmax(R) cache, autocast,
 gradcheck of the custom backward passes, and torch.compile on a tiny config. Tiny shapes only."""
 
@@ -8,12 +8,10 @@ from transformers import DynamicCache
 
 import hf_synthesizer.modeling.synthesizer_attention as sa
 from hf_synthesizer import BertSynthesizerConfig, BertSynthesizerLMHeadModel, BertSynthesizerModel
-from hf_synthesizer.modeling.synthesizer_fast import (
-    generic_shared_attention,
-    per_example_attention,
-    shared_logits_attention,
-    split_mask,
-)
+import hf_synthesizer.modeling.route_chunked_reference as chunked_reference
+from hf_synthesizer.modeling.route_per_example import Terms, per_example_attention
+from hf_synthesizer.modeling.route_shared import generic_shared_attention, shared_logits_attention
+from hf_synthesizer.modeling.synthesizer_attention import Mask
 from hf_synthesizer.modeling.synthesizer_math import additive_mask
 
 VARIANTS = [
@@ -124,10 +122,10 @@ def test_chunked_reference_route_matches_reference(variant, causal, monkeypatch)
     """Factorized dense's mixtures run the reference math in query chunks, recomputed in backward (pure factorized
     dense has its own Function: tests/test_routes.py): equal to
     the whole-length reference in forward and gradients, with padding and causal masks, across 7 chunks."""
-    monkeypatch.setattr(sa, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)  # 3 query rows per chunk
+    monkeypatch.setattr(chunked_reference, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)  # 3 query rows per chunk
     calls = []
-    original = sa._reference_chunk
-    monkeypatch.setattr(sa, "_reference_chunk", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = chunked_reference._reference_chunk
+    monkeypatch.setattr(chunked_reference, "_reference_chunk", lambda *a, **k: calls.append(1) or original(*a, **k))
     cls = BertSynthesizerLMHeadModel if causal else BertSynthesizerModel
     model = make_model(variant, cls=cls, is_decoder=causal, synthesizer_factorized_dense_split=[4, 6])
     ids = torch.randint(0, 50, (3, 20))
@@ -151,25 +149,30 @@ def test_chunked_reference_route_matches_reference(variant, causal, monkeypatch)
 
 def test_chunked_reference_route_recomputes_the_same_dropout(monkeypatch):
     """With attention dropout, backward's recomputation of each chunk draws the same dropout masks as the forward:
-    gradients equal those of the same chunks kept in memory (no recomputation)."""
-    monkeypatch.setattr(sa, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)
+    gradients equal those of the same chunks kept in memory (no recomputation). (A factorized dense mixture: pure
+    factorized dense has a Function of its own, tests/test_routes.py.)"""
+    monkeypatch.setattr(chunked_reference, "CHUNK_ELEMENTS", 3 * 4 * 20 * 3)
     torch.manual_seed(0)
     config = BertSynthesizerConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
         max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5,
-        synthesizer_variant="factorized_dense", synthesizer_factorized_dense_split=[4, 6],
+        synthesizer_variant="factorized_dense+random", synthesizer_factorized_dense_split=[4, 6],
     )
     model = BertSynthesizerModel(config).train()
+    calls = []
+    original = chunked_reference._reference_chunk
+    monkeypatch.setattr(chunked_reference, "_reference_chunk", lambda *a, **k: calls.append(1) or original(*a, **k))
     ids = torch.randint(0, 50, (3, 20))
     results = []
     for recompute in (True, False):
         if not recompute:
-            monkeypatch.setattr(sa, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
+            monkeypatch.setattr(chunked_reference, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
         torch.manual_seed(1)
         model.zero_grad()
         out = model(input_ids=ids).last_hidden_state
         out.pow(2).sum().backward()
         results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert len(calls) > 2 * 2 * 7  # the chunks ran, and again in backward
     torch.testing.assert_close(results[0][0], results[1][0])
     assert_close_grads(results[0][1], results[1][1])
 
@@ -375,16 +378,27 @@ def test_bf16_autocast_close_to_reference(variant):
     torch.testing.assert_close(outs[True], outs[False], atol=0.1, rtol=0.05)
 
 
-def test_split_mask_kinds():
-    """Masks are classified by shape alone: a query dim of 1 is key padding (+ the module's causal flag); a full
-    mask is general and already holds any causal part."""
-    assert split_mask(None, True) == ("none", None, True)
+def test_mask_kinds_and_forms():
+    """Masks are classified by shape alone: a query dim of 1 is key padding (+ the module's causal flag); a full mask
+    is general (it already holds its causal part: the caller passes causal=False), so are per-head masks. Every form
+    derives from the one description: the key bias, the full mask with the causal part, its additive form, and
+    whether some row sees no kept key."""
+    assert Mask(None, True, 0, 5, 5).kind == "none" and Mask(None, False, 0, 5, 5).full() is None
+    assert torch.equal(Mask(None, True, 0, 3, 3).full()[0, 0], torch.ones(3, 3, dtype=torch.bool).tril())
     keep = torch.ones(2, 1, 1, 5, dtype=torch.bool)
-    keep[1, ..., 3:] = False
-    kind, bias, causal = split_mask(keep, True)
-    assert kind == "key" and causal and bias[1, 3] < -1e29 and bias[0].abs().sum() == 0
-    assert split_mask(keep.expand(2, 1, 5, 5), True)[::2] == ("general", False)
-    assert split_mask(keep.expand(2, 3, 1, 5), False)[0] == "general"  # per-head
+    keep[1, ..., :3] = False  # left padding: under the causal mask, rows 0-2 of example 1 see no kept key
+    mask = Mask(keep, True, 0, 5, 5)
+    assert mask.kind == "key" and mask.key_bias[1, 2] < -1e29 and mask.key_bias[0].abs().sum() == 0
+    full = mask.full()
+    assert full.shape == (2, 1, 5, 5) and torch.equal(full[0, 0], torch.ones(5, 5, dtype=torch.bool).tril())
+    assert not full[1, 0, :3].any() and full[1, 0, 4, 3:].all()
+    assert torch.equal(mask.full_bias < -1e29, ~full) and mask.keyless
+    assert not Mask(keep, False, 0, 5, 5).keyless and Mask(keep, True, 3, 2, 5).keyless is False  # (rows 3, 4)
+    assert Mask(keep.expand(2, 1, 5, 5), False, 0, 5, 5).kind == "general"
+    assert Mask(keep.expand(2, 3, 1, 5), False, 0, 5, 5).kind == "general"  # per-head
+    assert Mask(keep.float().requires_grad_(), False, 0, 5, 5).kind == "general"
+    additive = torch.zeros(2, 1, 1, 5).masked_fill(~keep, torch.finfo(torch.float32).min)
+    assert torch.equal(Mask(additive, True, 0, 5, 5).full_bias < -1e29, ~full)
 
 
 def test_rows_without_a_kept_key_attend_uniformly():
@@ -442,7 +456,7 @@ def test_gradcheck_per_example_route(dropout):
 
     def fn(qf, kf, v, r, alphas):
         torch.manual_seed(1)  # the same dropout mask on every call
-        return per_example_attention(qf, kf, v, alphas, [r], bias, dropout, 1, 4, True)
+        return per_example_attention(qf, kf, v, Terms(alphas, bias, (r,), 1, True), 4, dropout)
 
     assert torch.autograd.gradcheck(fn, (qf, kf, v, r, alphas))
 

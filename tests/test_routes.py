@@ -5,11 +5,9 @@ columns cut below L, and dropout (the reference applies the same keep-masks)."""
 import pytest
 import torch
 
-from hf_synthesizer.modeling.route_factorized_dense import (
-    MASKED,
-    FactorizedDenseAttention,
-    factorized_dense_reference,
-)
+from hf_synthesizer.modeling.route_factorized_dense import FactorizedDenseAttention, factorized_dense_reference
+from hf_synthesizer.modeling.synthesizer_fast import MASKED
+from hf_synthesizer.modeling.synthesizer_math import factor_logits, factorized_dense_logits
 
 
 def inputs(lq=10, lk=10, fa=3, fb=4, seed=0):
@@ -18,6 +16,17 @@ def inputs(lq=10, lk=10, fa=3, fb=4, seed=0):
     b = torch.randn(2, 3, lq, fb, generator=g, dtype=torch.float64).requires_grad_()
     value = torch.randn(2, 3, lk, 5, generator=g, dtype=torch.float64).requires_grad_()
     return a, b, value
+
+
+def test_factor_logits_is_the_tiled_outer_product():
+    """Column `q a + p` holds `B[q] A[p]` (A tiled, B repeated: each pair once), cut to lk; the model's logits (heads
+    split from the linear maps' outputs) are the same product."""
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 100.0])
+    assert factor_logits(a, b, 6).tolist() == [10, 20, 30, 100, 200, 300]
+    assert factor_logits(a, b, 4).tolist() == [10, 20, 30, 100]
+    fa, fb = torch.randn(2, 5, 2 * 3), torch.randn(2, 5, 2 * 4)  # 2 heads, a = 3, b = 4
+    heads = factorized_dense_logits(fa, fb, 2, 10)
+    torch.testing.assert_close(heads[:, 1], factor_logits(fa[..., 3:], fb[..., 4:], 10))
 
 
 def bias_of(kind, lq, lk):

@@ -9,12 +9,14 @@ shipped: importing the folder registers the configs and models with the Auto cla
 
 Where each variant's math lives: `synthesizer_math.py` is the plain reference, small pure functions per term
 (`dense_logits`, `random_logits`, `factorized_dense_logits`, `factorized_random_logits`, `vanilla_logits`, the
-mixture's `mixture_weights`/`mix_logits`, then `attention_probabilities`); `synthesizer_fast.py` holds the fast
-routes checked against it (`shared_logits_attention` for input-independent logits: random, fixed_random,
-factorized_random; `feature_attention` for dot products of features: dense, factorized_random, with vanilla;
-`per_example_attention` for the other mixtures and attention dropout); `synthesizer_attention.py` owns the
-parameters (`SynthesizerLogits`), picks the route (`fast_synthesizer_attention`, `reference_attention_forward`) and
-registers every `synthesizer_*` attn_implementation. The rest: `configuration_synthesizer.py` (configs, variant
+mixture's `mixture_weights`/`mix_logits`, then `attention_probabilities`); one file per fast route checked against
+it (`route_shared.py` for input-independent logits: random, fixed_random, factorized_random; `route_feature.py` for
+dot products of features: dense, factorized_random, with vanilla; `route_per_example.py` for the other mixtures and
+attention dropout; `route_factorized_dense.py`; `route_chunked_reference.py` for factorized dense mixtures), with
+what they share in `synthesizer_fast.py`; `synthesizer_positions.py` decides positions, `synthesizer_cache.py`
+handles the decoding cache; `synthesizer_attention.py` owns the parameters (`SynthesizerLogits`), describes each
+call (`AttentionCall`, `Mask`), picks the route (`choose_route`, run by `fast_synthesizer_attention`) and registers
+every `synthesizer_*` attn_implementation. The rest: `configuration_synthesizer.py` (configs, variant
 names), `synthesizer_pretrained.py` with `modeling_bert_synthesizer.py` and `modeling_t5_synthesizer.py` (the
 models: wiring, masks, caches), `hub_mixin.py` (auto_map, model card hook), `length_resizing.py` (resampling the
 length-bound weights to a new `synthesizer_length`).

@@ -29,10 +29,13 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    synthesizer_masks,
+)
+from .synthesizer_cache import (
+    cache_layer_of,
     check_cache_position,
     key_placeholder,
     resolve_cache,
-    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_math import check_input_length
@@ -89,7 +92,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
         if hasattr(self, "query"):  # built only when a vanilla term reads it
             query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
             key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
-        query_offset = 0
+        query_offset, cache_layer = 0, None
         if isinstance(cache, EncoderDecoderCache):
             cache = cache.self_attention_cache
         if not hasattr(self, "query"):
@@ -100,7 +103,9 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
                 cache, self.layer_idx, key_layer, value_layer, attention_mask,
                 None if self.synthesizer.is_vanilla else self.synthesizer.length,
             )
-            check_cache_position(cache_position, query_offset)
+            if self.layer_idx in (0, None):  # once per model forward: every layer has seen as many
+                check_cache_position(cache_position, query_offset)
+            cache_layer = cache_layer_of(cache, self.layer_idx)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
@@ -113,6 +118,7 @@ class BertSynthesizerSelfAttention(SynthesizerAttentionMixin, nn.Module):
             scaling=self.scaling,
             synthesizer_inputs=hidden_states,
             query_offset=query_offset,
+            cache_layer=cache_layer,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, self.all_head_size).contiguous()

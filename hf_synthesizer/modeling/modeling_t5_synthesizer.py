@@ -32,10 +32,13 @@ from .synthesizer_attention import (
     SynthesizerAttentionMixin,
     SynthesizerLogits,
     attention_function,
+    synthesizer_masks,
+)
+from .synthesizer_cache import (
+    cache_layer_of,
     check_cache_position,
     key_placeholder,
     resolve_cache,
-    synthesizer_masks,
     update_self_attention_cache,
 )
 from .synthesizer_pretrained import SynthesizerPreTrainedMixin, stock_init_building
@@ -97,7 +100,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             is_updated = cache.is_updated.get(self.layer_idx)
             layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
 
-        query_offset = 0
+        query_offset, cache_layer = 0, None
         current_states = key_value_states if is_cross_attention else hidden_states
         if is_cross_attention and cache is not None and is_updated:
             key_states = layer_cache.layers[self.layer_idx].keys
@@ -119,20 +122,12 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                     layer_cache, self.layer_idx, key_states, value_states, mask,
                     None if self.synthesizer.is_vanilla else self.synthesizer.length,
                 )
-                check_cache_position(cache_position, query_offset)
+                if self.layer_idx in (0, None):  # once per model forward: every layer has seen as many
+                    check_cache_position(cache_position, query_offset)
+                cache_layer = cache_layer_of(layer_cache, self.layer_idx)
 
         if position_bias is None:
-            key_length = value_states.shape[-2]
-            if not self.has_relative_attention_bias:
-                position_bias = torch.zeros(
-                    (1, self.n_heads, input_shape[1], key_length), device=value_states.device, dtype=value_states.dtype
-                )
-                if self.gradient_checkpointing and self.training:
-                    position_bias.requires_grad = True
-            else:
-                position_bias = self.compute_bias(
-                    input_shape[1], key_length, device=value_states.device, past_seen_tokens=query_offset
-                )
+            position_bias = self.new_position_bias(input_shape[1], value_states, query_offset)
 
         attention_interface = attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention_interface(
@@ -146,11 +141,27 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             position_bias=position_bias,
             synthesizer_inputs=hidden_states,
             query_offset=None if is_cross_attention else query_offset,
+            cache_layer=cache_layer,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         attn_output = self.o(attn_output)
         return attn_output, position_bias, attn_weights
+
+    def new_position_bias(self, query_length: int, value_states, query_offset):
+        """T5's relative position bias `(1, H, lq, lk)` for a layer that computes it (the first), zeros for the others
+        when none is passed (as `T5Attention.forward` does); `query_offset` the positions the cache has seen."""
+        key_length = value_states.shape[-2]
+        if self.has_relative_attention_bias:
+            return self.compute_bias(
+                query_length, key_length, device=value_states.device, past_seen_tokens=query_offset
+            )
+        position_bias = torch.zeros(
+            (1, self.n_heads, query_length, key_length), device=value_states.device, dtype=value_states.dtype
+        )
+        if self.gradient_checkpointing and self.training:
+            position_bias.requires_grad = True
+        return position_bias
 
 
 class T5SynthesizerPreTrainedModel(SynthesizerPreTrainedMixin, T5PreTrainedModel):

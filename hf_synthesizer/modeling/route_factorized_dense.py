@@ -10,19 +10,14 @@ backward (a second dropout draw and softmax per chunk) and every autograd copy o
 "Factorized dense"). `factorized_dense_reference` is the plain math it is tested against (tests/test_routes.py),
 forward and backward.
 
-This file ships with saved checkpoints (trust_remote_code): it imports only torch and its sibling synthesizer_fast
-(the masked value and the chunk size every chunked route shares).
+This file ships with saved checkpoints (trust_remote_code): it imports only torch and its siblings synthesizer_fast
+(the chunk size every chunked route shares) and synthesizer_math (the factor product, `factor_logits`).
 """
 
 import torch
 
-from .synthesizer_fast import CHUNK_ELEMENTS, MASKED
-
-
-def factor_logits(a: torch.Tensor, b: torch.Tensor, lk: int) -> torch.Tensor:
-    """`(.., rows, lk)` logits from factors a `(.., rows, a)`, b `(.., rows, b)`: column `q a + p` holds `B[q] A[p]`."""
-    full = (b[..., :, None] * a[..., None, :]).flatten(-2)
-    return full if full.shape[-1] == lk else full[..., :lk]
+from .synthesizer_fast import CHUNK_ELEMENTS
+from .synthesizer_math import factor_logits
 
 
 def factorized_dense_reference(a, b, value, bias, dropout_keep=None, dropout=0.0):

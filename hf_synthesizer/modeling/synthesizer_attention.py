@@ -7,14 +7,12 @@ This file ships with saved checkpoints (trust_remote_code): it imports only torc
 """
 
 import contextlib
-import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
@@ -29,42 +27,29 @@ from transformers.masking_utils import (
 )
 
 from .configuration_synthesizer import NAMED_VARIANTS, attn_implementation_name
+from .route_chunked_reference import chunked_reference_attention
 from .route_factorized_dense import factorized_dense_attention
-from .synthesizer_fast import (
-    CHUNK_ELEMENTS,
-    MASKED,
-    InputIndependentCache,
-    keyless_rows,
-    cpu_tuned,
-    feature_attention,
-    general_bias,
-    generic_per_example_attention,
-    generic_shared_attention,
-    no_key_rows,
-    per_example_attention,
-    shared_logits,
-    shared_logits_attention,
-    shared_probabilities,
-    split_mask,
-    uniform_rows,
-)
+from .route_feature import feature_attention
+from .route_per_example import Terms, generic_per_example_attention, per_example_attention, shared_logits
+from .route_shared import generic_shared_attention, shared_logits_attention, shared_probabilities
+from .synthesizer_cache import check_cache_position
+from .synthesizer_fast import MASKED, InputIndependentCache, general_bias, keyless_rows, no_key_rows, uniform_rows
+from .synthesizer_positions import Positions, record_key_positions, token_positions
 from .synthesizer_math import (
     additive_mask,
     at_positions,
     attention_probabilities,
-    causal_mask,
     check_length,
     dense_logits,
     factorized_dense_logits,
     factorized_random_logits,
     factorized_random_logits_at,
-    left_padding,
     mix_logits,
     mixture_weights,
     random_logits,
     relu,
-    shift_to_start,
-    slot_positions,
+    causal_mask,
+    reorder_slots,
     take,
     vanilla_logits,
 )
@@ -143,19 +128,19 @@ class SynthesizerLogits(nn.Module):
     def _device(self):  # fixed random has a buffer and no parameter
         return next(iter(self.parameters()), next(iter(self.buffers()), torch.empty(0))).device
 
-    def component_logits(self, name, hidden_states, query, key, scaling, q0, lq, lk) -> torch.Tensor:
+    def component_logits(self, name: str, x: "AttentionInputs", call: "AttentionCall") -> torch.Tensor:
+        """Logits of component `name` at the slots: rows `call.q0 .. q0 + lq - 1`, columns `:lk` -> `(B or 1, H, lq,
+        lk)`. Layers are called and parameters read as attributes: a PEFT/parametrize wrapper's weight is used."""
+        q0, lq, lk = call.q0, call.lq, call.lk
         if name == "vanilla":
-            return vanilla_logits(query, key, scaling)
-        # Layers are called, parameters read as attributes: a PEFT/parametrize wrapper's effective weight is used.
+            return vanilla_logits(x.query, x.key, call.scaling)
         if name == "dense":
-            return dense_logits(self.dense_w1(hidden_states), self.dense_w2, self.dense_b2, self.num_heads, lk)
+            return dense_logits(self.dense_w1(x.hidden_states), self.dense_w2, self.dense_b2, self.num_heads, lk)
         if name == "factorized_dense":
-            a, b = self.factorized_dense_a(hidden_states), self.factorized_dense_b(hidden_states)
+            a, b = self.factorized_dense_a(x.hidden_states), self.factorized_dense_b(x.hidden_states)
             return factorized_dense_logits(a, b, self.num_heads, lk)
-        if name == "random":
-            return random_logits(self.random_r, q0, lq, lk)
-        if name == "fixed_random":
-            return random_logits(self.fixed_random_r, q0, lq, lk)
+        if name in ("random", "fixed_random"):
+            return random_logits(getattr(self, name + "_r"), q0, lq, lk)
         return factorized_random_logits(self.factorized_random_r1, self.factorized_random_r2, q0, lq, lk)
 
     def check_length(self, q0, lq: int, lk: int) -> None:
@@ -164,39 +149,48 @@ class SynthesizerLogits(nn.Module):
         if not self.is_vanilla:
             check_length(lk if isinstance(q0, torch.Tensor) else max(q0 + lq, lk), self.length)
 
-    def component_logits_at(self, name, hidden_states, query, key, scaling, query_positions, key_positions):
-        """`component_logits` with per-example positions (left padding, see synthesizer_math.left_padding): query i of
-        example b uses row `query_positions[b, i]`, key j column `key_positions[b, j]` -> (B, H, lq, lk)."""
+    def component_logits_at(self, name: str, x: "AttentionInputs", call: "AttentionCall", positions) -> torch.Tensor:
+        """`component_logits` with per-example positions (see `token_positions`): query i of example b uses row
+        `positions[0][b, i]`, key j column `positions[1][b, j]` -> (B, H, lq, lk)."""
+        query_positions, key_positions = positions
         if name == "vanilla":
-            return vanilla_logits(query, key, scaling)
+            return vanilla_logits(x.query, x.key, call.scaling)
         if name == "factorized_random":
-            r1, r2 = self.factorized_random_r1, self.factorized_random_r2
-            return factorized_random_logits_at(r1, r2, query_positions, key_positions)
+            return factorized_random_logits_at(
+                self.factorized_random_r1, self.factorized_random_r2, query_positions, key_positions
+            )
         if name in ("random", "fixed_random"):  # R (H, L, L) read at the rows and columns of the positions
             return at_positions(getattr(self, name + "_r")[None], query_positions, key_positions)
         # dense, factorized dense: a row of length L per query token, columns by position
-        lq = hidden_states.shape[1]
-        table = self.component_logits(name, hidden_states, query, key, scaling, 0, lq, self.length)
+        table = self.component_logits(name, x, replace(call, q0=0, lk=self.length))
         return at_positions(table, None, key_positions)
 
-    def logits(
-        self, hidden_states, query, key, scaling, q0, lq, lk, position_bias=None, bias_synthesized=True, positions=None
-    ):
-        """Mixed logits; `positions` `(query_positions (B, lq), key_positions (B, lk))` replaces the slots
-        `q0 .. q0 + lq - 1` / `0 .. lk - 1` per example (see `component_logits_at`). Reads this module's parameters:
-        call it only from `forward` (offload hooks load them there)."""
+    def mixed_logits(self, x: "AttentionInputs", call: "AttentionCall", positions=None) -> torch.Tensor:
+        """Mixed logits `(B or 1, H, lq, lk)` (T5's `call.position_bias` added); `positions` `(query_positions (B, lq),
+        key_positions (B, lk))` replaces the slots per example (see `component_logits_at`). Reads this module's
+        parameters: call it only from `forward` (offload hooks load them there) or a route it runs."""
         logits = []
         for name in self.components:
-            if positions is None:
-                s = self.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
-            else:
-                s = self.component_logits_at(name, hidden_states, query, key, scaling, *positions)
-            if position_bias is not None and (bias_synthesized or name == "vanilla"):
-                s = s + position_bias
+            s = self.component_logits(name, x, call) if positions is None else self.component_logits_at(
+                name, x, call, positions
+            )
+            if call.position_bias is not None and (call.bias_synthesized or name == "vanilla"):
+                s = s + call.position_bias
             logits.append(s)
         if len(logits) == 1:
             return logits[0]
         return mix_logits(logits, self.mixture_weights())
+
+    def logits(self, *args, **kwargs) -> torch.Tensor:
+        """The 0.1.0 signature, `logits(hidden_states, query, key, scaling, q0, lq, lk, position_bias=None,
+        bias_synthesized=True, positions=None)`: `mixed_logits` of those."""
+        named = dict(zip(LOGITS_ARGUMENTS, args), **kwargs)
+        x = AttentionInputs(named["hidden_states"], named["query"], named["key"], None)
+        call = AttentionCall(
+            named["scaling"], 0.0, named["q0"], named["lq"], named["lk"], position_bias=named.get("position_bias"),
+            bias_synthesized=named.get("bias_synthesized", True),
+        )
+        return self.mixed_logits(x, call, named.get("positions"))
 
     def forward(self, *args, call: "AttentionCall | None" = None, **kwargs):
         """With `call` (an `AttentionCall`; `args` = hidden_states, query, key, value, attention_mask): the attention
@@ -206,29 +200,31 @@ class SynthesizerLogits(nn.Module):
 
         Every read of this module's parameters happens inside its `forward` (or in the `forward` of a child it
         calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md, "Offload").
-        Positions other than the slots either rotate each example to start at slot 0 (`call.positions.shift`: left
-        padding of whole sequences) or read the reference math at the positions (packed sequences, decoding after a
+        Positions other than the slots either reorder each example's slots (`call.positions.order`: whole
+        sequences with a key mask) or read the reference math at the positions (packed sequences, decoding after a
         left-padded prefix)."""
         if call is None:
             return self.logits(*args, **kwargs)
         hidden_states, query, key, value, attention_mask = args
         positions = call.positions
-        if positions is not None and positions.shift is not None:
-            pad = positions.shift
+        if positions is not None and positions.order is not None:
+            order = positions.order
             query, key, value, attention_mask, hidden_states = (
-                None if t is None else shift_to_start(t, pad, dim) for t, dim in
+                None if t is None else reorder_slots(t, order, dim) for t, dim in
                 ((query, 2), (key, 2), (value, 2), (attention_mask, 3), (hidden_states, 1))
             )
-            output, probs = route_attention(self, hidden_states, query, key, value, attention_mask, call, None)
+            x = AttentionInputs(hidden_states, query, key, value)
+            output, probs = route_attention(self, x, attention_mask, call, None)
             if probs is not None:
                 probs = probs.expand(value.shape[0], -1, -1, -1)
-                probs = shift_to_start(shift_to_start(probs, pad, 2, undo=True), pad, 3, undo=True)
-            return shift_to_start(output, pad, 1, undo=True), probs
+                probs = reorder_slots(reorder_slots(probs, order, 2, undo=True), order, 3, undo=True)
+            return reorder_slots(output, order, 1, undo=True), probs
         by_position = None
         if positions is not None:  # (one batch size for the gathers: positions from a mask or position_ids may have 1)
             batch = value.shape[0]
             by_position = (positions.query.expand(batch, -1), positions.key.expand(batch, -1))
-        return route_attention(self, hidden_states, query, key, value, attention_mask, call, by_position)
+        x = AttentionInputs(hidden_states, query, key, value)
+        return route_attention(self, x, attention_mask, call, by_position)
 
 
 def init_synthesizer_weights(module: nn.Module, std: float) -> None:
@@ -293,63 +289,6 @@ def check_attention_keywords(kwargs: dict) -> None:
             f"{sorted(IGNORED_KEYWORDS)}. A transformers version newer than hf_synthesizer knows may pass it; please "
             f"report it with your transformers version."
         )
-
-
-def resolve_cache(cache, past_key_values):
-    """The decoding cache, whichever name the caller used: transformers 5.24 passes `cache=` to attention modules,
-    5.23 `past_key_values=`."""
-    if cache is not None and past_key_values is not None and cache is not past_key_values:
-        raise ValueError("Pass the decoding cache once, as `cache=` (or the older name `past_key_values=`), not both.")
-    return cache if cache is not None else past_key_values
-
-
-def key_placeholder(value: torch.Tensor, cache, layer_idx: int) -> torch.Tensor:
-    """The keys a layer without a dot-product term puts in its cache: zeros `(B, H, lq, w)` that only count the
-    positions (nothing reads them). `w` is 1 (transformers 5.23's `DynamicLayer` counts an empty tensor as length 0),
-    or the width of the keys the cache layer already holds, so that full-width entries written by others -- PEFT's
-    prefix tuning fills every layer with its prefix keys, a user's cache -- and ours can be concatenated. `cache` a
-    self-attention `Cache` (not an `EncoderDecoderCache`) or None."""
-    width = 1
-    layers = getattr(cache, "layers", None)
-    if layers is not None and layer_idx is not None and layer_idx < len(layers):
-        keys = getattr(layers[layer_idx], "keys", None)
-        if getattr(layers[layer_idx], "is_initialized", True) and isinstance(keys, torch.Tensor) and keys.dim() == 4:
-            width = keys.shape[-1] if keys.shape[-1] > 0 else 1
-    return value.new_zeros(()).expand(*value.shape[:-1], width)
-
-
-def update_self_attention_cache(cache, layer_idx: int, key, value, attention_mask, length_limit: int | None = None):
-    """Append this step's key/value to a self-attention `cache` layer; returns `(query_offset, key, value, mask)`.
-
-    `query_offset` is the number of positions cached before this step (the position of the first query): the int a
-    `DynamicCache` reports, or the on-device 0-dim tensor a `StaticCache` keeps (`cumulative_length`, cloned before the
-    update adds to it in place), never read on the host here, so that a compiled decoding step stays one graph (no
-    sync, CUDA graphs possible); transformers' T5 takes the same tensor for its position bias. key/value
-    `(B, H, lk, dh)`: a `DynamicCache` returns the `query_offset + lq` positions filled so far; a `StaticCache` all
-    `max_cache_len` slots, the ones after the last query empty (hidden by the causal mask, which the attention then
-    applies to a single query too). Synthesized layers (`length_limit`, their synthesizer_length) cut a static cache
-    longer than that to it: a slot past it could only be filled by decoding past the limit, which raises the
-    documented ValueError (read on the host in eager mode, an on-device assertion while compiling).
-    """
-    query_offset = cache.get_seq_length(layer_idx)
-    lq = value.shape[2]
-    if isinstance(query_offset, torch.Tensor):
-        query_offset = query_offset.clone()
-    key, value = cache.update(key, value, layer_idx)
-    if isinstance(query_offset, torch.Tensor):
-        live = length_limit if length_limit is not None and value.shape[2] > length_limit else None
-        if live is not None:
-            if torch.compiler.is_compiling():
-                torch._assert_async(query_offset + lq <= live, "decoding past config.synthesizer_length")
-            else:
-                check_length(int(query_offset) + lq, live)
-    else:
-        live = query_offset + lq if value.shape[2] > query_offset + lq else None
-    if live is not None:
-        key, value = key[:, :, :live], value[:, :, :live]
-        if attention_mask is not None and attention_mask.shape[-1] > live:
-            attention_mask = attention_mask[..., :live]
-    return query_offset, key, value, attention_mask
 
 
 STOCK_MODULE_ERROR = (
@@ -438,16 +377,21 @@ def synthesizer_of(module: nn.Module):
 
 
 @dataclass(frozen=True)
-class Positions:
-    """Where each query and key sits, when that is not its slot (docs/attention_core.md, "Positions").
+class AttentionInputs:
+    """The tensors of one attention call: hidden_states `(B, lq, d)` (what dense components synthesize from; None
+    where no component reads them), query `(B, H, lq, dh)` / key `(B, H, lk, dh)` (None without a vanilla term),
+    value `(B, H, lk, dh)`."""
 
-    query `(B, lq)` / key `(B, lk)` long: the row / column of the synthesized logits each query / key uses. `shift`
-    `(B,)` long or None: set when the positions are `slot - shift[b]` for whole sequences (left padding, no cache), so
-    that the routes may run on each example rotated to start at slot 0 instead of reading logits at positions."""
+    hidden_states: torch.Tensor | None
+    query: torch.Tensor | None
+    key: torch.Tensor | None
+    value: torch.Tensor | None
 
-    query: torch.Tensor
-    key: torch.Tensor
-    shift: torch.Tensor | None = None
+
+# The arguments of the 0.1.0 contract of calling a `SynthesizerLogits` (and of its `logits`), in order.
+LOGITS_ARGUMENTS = (
+    "hidden_states", "query", "key", "scaling", "q0", "lq", "lk", "position_bias", "bias_synthesized", "positions"
+)
 
 
 @dataclass(frozen=True)
@@ -474,81 +418,6 @@ class AttentionCall:
     output_attentions: bool = False
 
 
-def token_positions(position_ids, attention_mask, q0, lq: int, lk: int, tuned: bool) -> Positions | None:
-    """The positions of this call's queries and keys, one mechanism for every input (docs/attention_core.md,
-    "Positions"), or None when they are the slots (query `q0 + i`, key `j`; `q0` is the cache's seen length while
-    decoding, which the module checks against a caller's `cache_position`):
-
-    - a mask: each query's position counts from the first key its row keeps (`mask_positions`): left padding (key
-      mask or full mask) and packed sequences (block-diagonal mask, DataCollatorWithFlattening's layout, or the one
-      transformers 5.25 builds from restarting position_ids) get the positions their position_ids would give;
-    - no mask: `position_ids` `(B or 1, lq)` when given (queries at them; keys at them for whole sequences, at their
-      slots after a cached prefix).
-
-    With a mask, given `position_ids` are not read: cached decoding could not reproduce them where they disagree with
-    the mask (generate's positions restart after right padding), and they agree with it otherwise.
-    `tuned` (CPU eager) may read on the host: positions equal to the slots are reported as None (fast routes)."""
-    whole = isinstance(q0, int) and q0 == 0 and lq == lk
-    if attention_mask is not None:
-        positions = mask_positions(attention_mask, q0, lq, lk, whole)
-    elif position_ids is not None:
-        given = position_ids.reshape(-1, lq).clamp_min(0)
-        keys = given if whole else torch.arange(lk, device=given.device).expand(given.shape[0], lk)
-        positions = Positions(given, keys)
-    else:
-        return None
-    if positions is None or not tuned or isinstance(q0, torch.Tensor):
-        return positions
-    slots = torch.arange(lk, device=positions.key.device)
-    if bool((positions.key == slots).all()) and bool((positions.query == slots[q0 : q0 + lq]).all()):
-        return None  # CPU eager: nothing to move, the routes run on the slots
-    return positions
-
-
-def mask_positions(attention_mask, q0, lq: int, lk: int, whole: bool) -> Positions | None:
-    """Positions from a mask, on-device (no host read): a query's position is its slot minus the first key its row
-    keeps; a key's, its slot minus the first key kept by the row of the query in its slot (whole sequences), else by
-    any row (`pad`, the example's left padding). Key mask `(B or 1, 1, 1, lk)`: slot - pad for all, with `shift` set
-    for whole sequences (the routes run on rotated slots). Full mask `(B or 1, 1, lq, lk)`: per row, read by position.
-    Rows that keep no key take the example's pad (their outputs are unused). Per-head masks: None (slots).
-    Returns `Positions` (query `(B, lq)`, key `(B, lk)`) or None."""
-    m = attention_mask
-    if m.dim() != 4 or m.shape[1] != 1:
-        return None
-    keep = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-    keep = keep[:, 0]  # (B, lq or 1, lk)
-    has = keep.any(-1)
-    first = keep.int().argmax(-1)  # (B, rows): the first kept key of each row (0 when none)
-    pad = torch.where(has, first, lk).amin(-1)
-    pad = torch.where(pad >= lk, 0, pad)  # (B,)
-    if m.shape[2] == 1:
-        return Positions(slot_positions(pad, q0, lq), slot_positions(pad, 0, lk), pad if whole else None)
-    start = torch.where(has, first, pad[:, None])  # (B, lq)
-    query = torch.arange(lq, device=m.device) + q0 - start
-    if not whole:
-        return Positions(query.clamp_min(0), slot_positions(pad, 0, lk))
-    # Slots before the first kept key wrap around to the end, as the rotation of a key mask's `shift` puts them
-    # (outputs of padded slots are unused, but equal on every route).
-    query = torch.where(query < 0, query + lk, query)
-    return Positions(query, query)
-
-
-def check_cache_position(cache_position, query_offset) -> None:
-    """A caller's `cache_position` (positions of this call's tokens in the decoding cache, as loops written for
-    transformers 5.23 pass it) must agree with the cache's seen length `query_offset`, which gives the positions:
-    raise naming both when not. A static cache's on-device offset is compared on the host in eager mode only."""
-    if cache_position is None or cache_position.numel() == 0 or is_tracing(cache_position):
-        return
-    first = int(cache_position.reshape(-1)[0])
-    seen = int(query_offset) if not torch.compiler.is_compiling() else first
-    if first != seen:
-        raise ValueError(
-            f"cache_position starts at {first} but the decoding cache has seen {seen} positions: the queries of this "
-            f"call sit at positions {seen}.. of the cache. Pass cache_position=torch.arange({seen}, {seen} + "
-            f"new tokens) (or leave it out: the cache gives it), or the cache that goes with your cache_position."
-        )
-
-
 class SynthesizerAttentionMixin:
     """What makes an attention module a synthesizer one: it owns `self.synthesizer` (a `SynthesizerLogits`) and runs
     attention with this copy's code. Put it first in the bases."""
@@ -569,6 +438,7 @@ class SynthesizerAttentionMixin:
         position_ids: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
         reference: bool = False,
+        cache_layer=None,
         **kwargs,
     ):
         """Synthesizer attention of this module (Tay et al. 2021, section 3; the variant is `self.synthesizer`).
@@ -581,8 +451,10 @@ class SynthesizerAttentionMixin:
         them); `position_bias` T5's relative position bias `(1 or B, H, lq, lk)`; `query_offset` the position of the
         first query (the number of cached positions when decoding, an int or a StaticCache's on-device 0-dim tensor,
         see `update_self_attention_cache`; default `lk - lq`); `is_causal` overrides `self.is_causal`;
-        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` is
-        checked against the cache by the module that owns the cache and ignored here (cross-attention, encoders);
+        `position_ids` `(B or 1, lq)` the positions of the queries (see `token_positions`); `cache_position` the
+        slots of the queries in the cache, from a caller that does not pass `query_offset` (see `query_start`);
+        `cache_layer` the self-attention cache layer this call's keys were just written to (None without a cache),
+        where the keys' positions are recorded (`record_key_positions`);
         `reference` runs the plain reference (the `"eager"` backend: materialised probabilities, always returned)
         instead of the fast routes (`"sdpa"`: probabilities only with `output_attentions`).
         Returns `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or None)`.
@@ -592,7 +464,7 @@ class SynthesizerAttentionMixin:
         check_attention_keywords(kwargs)
         lq = synthesizer_inputs.shape[1] if synthesizer_inputs is not None else query.shape[2]
         lk = value.shape[2]
-        q0 = lk - lq if query_offset is None else query_offset  # query i sits at slot q0 + i
+        q0 = query_start(query_offset, cache_position, lq, lk)  # query i sits at slot q0 + i
         if isinstance(q0, torch.Tensor) and cpu_tuned(value):
             # A static cache's offset (see update_self_attention_cache): CPU eager reads it (free there) and cuts the
             # empty slots, so that the CPU-tuned routes see an int offset and only the positions filled.
@@ -613,7 +485,9 @@ class SynthesizerAttentionMixin:
         )
         positions = None
         if not synthesizer.is_vanilla:
-            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value))
+            written = getattr(cache_layer, "synthesizer_key_positions", None)
+            positions = token_positions(position_ids, attention_mask, q0, lq, lk, cpu_tuned(value), written)
+            record_key_positions(cache_layer, positions, lk, value.device)
             if position_ids is not None and positions is not None and cpu_tuned(value):
                 check_length(int(positions.query.max()) + 1, synthesizer.length)  # (elsewhere: a device assert)
         call = AttentionCall(
@@ -623,41 +497,148 @@ class SynthesizerAttentionMixin:
         return synthesizer(synthesizer_inputs, query, key, value, attention_mask, call=call)
 
 
-def route_attention(synthesizer, hidden_states, query, key, value, attention_mask, call: AttentionCall, by_position):
+def query_start(query_offset, cache_position, lq: int, lk: int):
+    """The slot of the first query: `query_offset` (what this package's modules pass: the cache's seen length), else
+    the first of a caller's `cache_position` (a third-party caller of the registered function; kept on the device, as a
+    static cache's offset), else `lk - lq` (the queries are the last keys). Both given: they must agree
+    (`check_cache_position`), never one silently dropped."""
+    if cache_position is None or cache_position.numel() == 0:
+        return lk - lq if query_offset is None else query_offset
+    if query_offset is not None:
+        check_cache_position(cache_position, query_offset)
+        return query_offset
+    return cache_position.reshape(-1)[0]
+
+
+def cpu_tuned(t: torch.Tensor) -> bool:
+    """Whether the CPU-tuned routes (custom autograd Functions, `_scaled_dot_product_flash_attention_for_cpu`,
+    query chunking, the input-independent cache) may run for `t`: a CPU tensor in eager mode. Anywhere else -- CUDA
+    or any other device, `meta`, and under `torch.compile` / `torch.export` tracing -- the device-generic routes run,
+    built from public ops only (matmul, softmax, `F.scaled_dot_product_attention`), one graph without host reads."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+@dataclass(frozen=True)
+class Mask:
+    """The one description of an attention call's mask (docs/attention_core.md, "Masks"), classified from its shape
+    alone (no value read on the host: no device syncs, no graph breaks). Every form a route needs is derived here,
+    once per call (cached).
+
+    given: the mask handed over, boolean keep-mask or additive float mask, or None. kind: "none" (no mask); "key" (a
+    mask with a query dim of 1, `(B or 1, 1, 1, lk)` -- what `synthesizer_mask` hands over for padding -- the same for
+    every query row); "general" (anything else: a full `(B, 1, lq, lk)` mask, per-head masks, masks requiring grad).
+    causal: add the causal mask where query `q0 + i` sees keys `0 .. q0 + i` (the module's `is_causal`; for a full
+    mask from transformers it is already inside `given`, and the caller passes False). q0 (int or a static cache's
+    on-device offset), lq, lk: the call's query offset and lengths. dtype: of the additive forms (fp64 for fp64
+    values, else fp32)."""
+
+    given: torch.Tensor | None
+    causal: bool
+    q0: "int | torch.Tensor"
+    lq: int
+    lk: int
+    dtype: torch.dtype = torch.float32
+    # Forms derived once per call. (A dict, not functools.cached_property, whose lock torch.compile cannot trace.)
+    _derived: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _once(self, name: str, compute):
+        if name not in self._derived:
+            self._derived[name] = compute()
+        return self._derived[name]
+
+    @property
+    def kind(self) -> str:
+        m = self.given
+        if m is None:
+            return "none"
+        if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.requires_grad:
+            return "general"
+        return "key"
+
+    @property
+    def key_bias(self) -> torch.Tensor | None:
+        """A key mask's additive fp32 form `(B or 1, lk)`: 0 kept, MASKED padded (a float mask's values clamped at
+        MASKED); None for other kinds. The causal part is not in it (`causal`)."""
+        return self._once("key_bias", self._key_bias)
+
+    def _key_bias(self):
+        if self.kind != "key":
+            return None
+        last = self.given[:, 0, 0, :]
+        if last.dtype == torch.bool:
+            return torch.zeros(last.shape, device=last.device).masked_fill_(~last, MASKED)
+        return last.float().clamp_min(MASKED)
+
+    def full(self) -> torch.Tensor | None:
+        """The whole mask broadcastable to `(B, 1, lq, lk)`, causal part included: boolean stays boolean; a float mask
+        gets `finfo.min` at the causally hidden entries. None when there is nothing to mask."""
+        if not self.causal:
+            return self.given
+        device = self.given.device if self.given is not None else None
+        keep = causal_mask(self.q0, self.lq, self.lk, device)
+        if self.given is None:
+            return keep
+        if self.given.dtype == torch.bool:
+            return self.given & keep
+        return self.given.masked_fill(~keep, torch.finfo(self.given.dtype).min)
+
+    @property
+    def full_bias(self) -> torch.Tensor | None:
+        """`full()` as an additive mask in `dtype`, MASKED (finite) where masked: a row with every key masked then
+        attends uniformly, as in the reference (a boolean mask would give NaN in sdpa)."""
+        full = self._once("full", self.full)
+        return None if full is None else self._once("full_bias", lambda: general_bias(full, self.dtype))
+
+    @property
+    def keyless(self) -> bool:
+        """Whether some query row sees no kept key (every key padded; left padding under a causal mask). A host read:
+        only the CPU-tuned routes ask, and only when their route depends on it."""
+        return self._once("keyless", self._keyless)
+
+    def _keyless(self) -> bool:
+        if self.kind == "none":
+            return False
+        if self.kind == "key":
+            return bool(no_key_rows(self.key_bias, self.causal, self.q0, self.lq).any())
+        return bool((self.full_bias.amax(-1) <= MASKED / 2).any())
+
+
+def route_attention(synthesizer, x: "AttentionInputs", attention_mask, call: AttentionCall, by_position):
     """The route of one call, run inside `synthesizer.forward`: the fast routes (`fast_synthesizer_attention`, sdpa
     for vanilla and vanilla mixtures) where they apply, else the plain reference (materialised logits, optionally
     read at `by_position` = (query positions, key positions)). Returns `(output (B, lq, H, dh), probabilities or
     None)`."""
-    q0, lq, lk, causal, training = call.q0, call.lq, call.lk, call.causal, synthesizer.training
-    position_bias, bias_synthesized, scaling, dropout = call.position_bias, call.bias_synthesized, call.scaling, call.dropout
+    value = x.value
+    mask = Mask(attention_mask, call.causal, call.q0, call.lq, call.lk, bias_dtype(value))
     fast = synthesizer.use_fast_paths and not call.reference and not call.output_attentions and by_position is None
     if fast and not synthesizer.is_vanilla:
-        output = fast_synthesizer_attention(
-            synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training,
-            q0, lq, lk, position_bias, bias_synthesized, causal,
-        )
+        output = fast_synthesizer_attention(synthesizer, x, mask, call)
         if output is not None:
             return output, None
-    attention_mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-    if fast:
-        if synthesizer.is_vanilla:
-            return sdpa_attention_forward(
-                synthesizer, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                is_causal=False, position_bias=position_bias,
-            )
-        if synthesizer.uses_dot_product:
-            return _mixture_through_sdpa(
-                synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout,
-                training, q0, lq, lk, position_bias, bias_synthesized,
-            )
+    attention_mask = mask.full()
+    if fast and synthesizer.is_vanilla:
+        return sdpa_attention_forward(
+            synthesizer, x.query, x.key, value, attention_mask, dropout=call.dropout, scaling=call.scaling,
+            is_causal=False, position_bias=call.position_bias,
+        )
+    if fast and synthesizer.uses_dot_product:
+        return _mixture_through_sdpa(synthesizer, x, attention_mask, call)
     # A call of the module (not `.logits`): forward hooks on it see the logits, as in 0.1.0 (attention maps use them).
-    logits = synthesizer(hidden_states, query, key, scaling, q0, lq, lk, position_bias, bias_synthesized, by_position)
+    logits = synthesizer(
+        x.hidden_states, x.query, x.key, call.scaling, call.q0, call.lq, call.lk, call.position_bias,
+        call.bias_synthesized, by_position,
+    )
     # Input-independent probabilities without a padding mask have a batch of 1: one map per example (the maps
     # returned are the ones the output is computed from, so their gradients exist) and one dropout draw each.
     probs = attention_probabilities(logits, attention_mask).expand(value.shape[0], -1, -1, -1)
-    probs = F.dropout(probs, p=dropout, training=training)
+    probs = F.dropout(probs, p=call.dropout, training=synthesizer.training)
     output = torch.matmul(probs.to(value.dtype), value)
     return output.transpose(1, 2).contiguous(), probs if call.output_attentions or call.reference else None
+
+
+def bias_dtype(value: torch.Tensor) -> torch.dtype:
+    """The dtype of additive masks: fp64 for fp64 values (exact comparisons in tests), else fp32."""
+    return torch.float64 if value.dtype == torch.float64 else torch.float32
 
 
 INPUT_INDEPENDENT = ("random", "fixed_random", "factorized_random")
@@ -666,20 +647,6 @@ FULL_RANK = ("random", "fixed_random")
 # features: the shared route's l^2 elementwise work is paid once per batch, flash's matmuls per example and head
 # dim (measured crossover, benchmarks/RESULTS.md: B=1 loses at dh 32 and 64, B=2 wins at dh 64 and loses at 32).
 SHARED_ROUTE_MIN_BATCH_HEAD_DIM = 128
-
-
-def with_causal(attention_mask, causal: bool, q0: int, lq: int, lk: int, device):
-    """The full mask: `attention_mask` (None, a `(B, 1, 1, lk)` key mask or a full mask) AND, when `causal`, the
-    causal mask `(1, 1, lq, lk)` where query `q0 + i` sees keys `0..q0 + i`. Boolean stays boolean; a float mask gets
-    `finfo.min` at the causally hidden entries."""
-    if not causal:
-        return attention_mask
-    keep = causal_mask(q0, lq, lk, device)
-    if attention_mask is None:
-        return keep
-    if attention_mask.dtype == torch.bool:
-        return attention_mask & keep
-    return attention_mask.masked_fill(~keep, torch.finfo(attention_mask.dtype).min)
 
 
 ROUTES = ("reference", "factorized_dense", "chunked_reference", "shared", "per_example", "features")
@@ -729,198 +696,163 @@ def choose_route(
     return "features"
 
 
-def fast_synthesizer_attention(
-    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-    position_bias=None, bias_synthesized=True, causal=False,
-):
-    """The fastest measured route for a synthesizer layer (see synthesizer_fast and benchmarks/RESULTS.md), or
-    None when none applies (T5's position bias together with per-example logits, dropout or an arbitrary mask: the
-    reference route runs).
+def fast_synthesizer_attention(synthesizer, x: "AttentionInputs", mask: Mask, call: AttentionCall):
+    """The fastest measured route for a synthesizer layer (`choose_route`, benchmarks/RESULTS.md), run: `(B, lq, H,
+    dh)`, or None when none applies (the reference route runs). One runner per route, each over its own file:
 
-    - factorized dense (and its mixtures): the reference math in query chunks (`chunked_reference_attention`);
-    - only input-independent components, no attention dropout, mask = padding (+ causal): logits once per batch,
-      one matmul for all examples (`shared_logits_attention`); softmax(R) from the layer's cache when R needs no
-      gradient (fixed random always; random under no_grad);
-    - a full-rank R (random / fixed random) together with per-example logits, dropout or an arbitrary mask: the
-      explicit query-chunked route with its own backward (`per_example_attention`);
-    - otherwise (dense, factorized random with dropout or a small batch x head dim, vanilla mixtures without R):
-      sdpa's flash kernel on concatenated, zero-padded features (`feature_attention`).
-
-    T5's relative position bias `(1, H, lq, lk)` is input-independent too: added to input-independent logits it is
-    mixed in once per batch and takes the shared route.
-    """
-    components = synthesizer.components
-    tuned = cpu_tuned(value)  # CPU-only kernels and Functions below run only where this holds
-    if position_bias is not None and not bias_synthesized and not synthesizer.uses_dot_product:
-        position_bias = None  # only a vanilla term would read it
-    dropout = dropout if training else 0.0
-    kind, key_bias, causal_added = split_mask(attention_mask, causal)
-    # CPU eager: a batch with a row that sees no kept key (left padding under a causal mask, an example all padding)
-    # takes the exact per-example route. The shared and feature routes give such a row its uniform forward but not the
-    # reference's backward (its saved log-sum-exp rounds to MASKED). A host read, so the device-generic routes (GPU,
-    # compile, export) do not check it.
-    keyless = tuned and value.shape[0] > 0 and (
-        kind == "key" and bool(no_key_rows(key_bias, causal_added, q0, lq).any())
-        or kind == "general" and bool((general_bias(attention_mask).amax(-1) <= MASKED / 2).any())
+    - "factorized_dense": route_factorized_dense; "chunked_reference" (its mixtures): route_chunked_reference;
+    - "shared": only input-independent components (and T5's shared position bias), no attention dropout, mask =
+      padding (+ causal): logits once per batch, one matmul for all examples (route_shared); softmax(R) from the
+      layer's cache when R needs no gradient (fixed random always; random under no_grad);
+    - "per_example": a full-rank R together with per-example logits, dropout or an arbitrary mask (route_per_example);
+    - "features": dense, factorized random with dropout or a small batch x head dim, vanilla mixtures without R:
+      sdpa's flash kernel on concatenated, zero-padded features (route_feature)."""
+    tuned = cpu_tuned(x.value)  # CPU-only kernels and Functions run only where this holds
+    unread = call.position_bias is not None and not call.bias_synthesized and not synthesizer.uses_dot_product
+    call = replace(
+        call, position_bias=None if unread else call.position_bias,
+        dropout=call.dropout if synthesizer.training else 0.0,
     )
-    route = choose_route(
-        components, batch=value.shape[0], tuned=tuned, low_precision=value.dtype in (torch.float16, torch.bfloat16),
-        dropout=dropout, mask_kind=kind, keyless=keyless,
-        position_bias=None if position_bias is None else ("shared" if position_bias.shape[0] == 1 else "per_example"),
+    route = route_of(synthesizer, x.value, mask, call, tuned)
+    return None if route == "reference" else ROUTE_RUNNERS[route](synthesizer, x, mask, call, tuned)
+
+
+def route_of(synthesizer, value, mask: Mask, call: AttentionCall, tuned: bool) -> str:
+    """`choose_route` for this call. CPU eager: a batch with a row that sees no kept key (left padding under a causal
+    mask, an example all padding) takes the exact per-example route instead of the shared or feature one, which give
+    such a row its uniform forward but not the reference's backward (its saved log-sum-exp rounds to MASKED). That is
+    a host read (`Mask.keyless`): done only when the route depends on it, and not on the device-generic routes."""
+    bias = call.position_bias
+    description = dict(
+        batch=value.shape[0], tuned=tuned, low_precision=value.dtype in (torch.float16, torch.bfloat16),
+        dropout=call.dropout, mask_kind=mask.kind,
+        position_bias=None if bias is None else ("shared" if bias.shape[0] == 1 else "per_example"),
         batch_times_head_dim=value.shape[0] * value.shape[-1],
     )
-    if route == "reference":
-        return None
-    if route == "factorized_dense":
-        return _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout)
-    if route == "chunked_reference":
-        return chunked_reference_attention(
-            synthesizer, hidden_states, query, key, value, with_causal(attention_mask, causal, q0, lq, lk, value.device),
-            scaling, dropout, training, q0, lq, lk, position_bias, bias_synthesized, chunked=tuned,
-        )
-    causal = causal_added
-    weights = synthesizer.mixture_weights()  # (n, H or 1)
-    heads = synthesizer.num_heads
-    if route == "shared":
-        if len(components) == 1 and components[0] in FULL_RANK and position_bias is None:
-            r = getattr(synthesizer, components[0] + "_r")
-            if _use_cache(synthesizer, [r], q0):
-                probs = synthesizer.input_independent_cache.get(
-                    [r], (q0, lq, lk, causal), lambda: shared_probabilities(r, q0, lq, lk, causal)
-                )
-                if not tuned:
-                    return generic_shared_attention(value, key_bias, causal, q0, probs=probs).to(value.dtype)
-                return shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs).to(value.dtype)
-        if not tuned or position_bias is not None or len(components) > 1:
-            # logits (+ T5's position bias) mixed once per batch: (H, lq, lk)
-            logits = synthesizer.logits(None, None, None, scaling, q0, lq, lk, position_bias, bias_synthesized)[0]
-            if not tuned:
-                return generic_shared_attention(value, key_bias, causal, q0, logits=logits).to(value.dtype)
-            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits, r_offset=0)
-        elif components == ("factorized_random",):
-            r1, r2 = synthesizer.factorized_random_r1, synthesizer.factorized_random_r2
-            out = shared_logits_attention(value, key_bias, causal, q0, lq, r1=r1, r2=r2)
-        else:
-            out = shared_logits_attention(value, key_bias, causal, q0, lq, r=getattr(synthesizer, components[0] + "_r"))
-        return out.to(value.dtype)
+    route = choose_route(synthesizer.components, keyless=False, **description)
+    if tuned and route in ("shared", "features") and mask.keyless:
+        return choose_route(synthesizer.components, keyless=True, **description)
+    return route
 
-    # Per-example dot-product features: logits = qf . kf, mixture weights folded into qf.
+
+def _run_factorized_dense(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
+    """Pure factorized dense on its own Function (route_factorized_dense): the factors from the layer's two linear
+    maps (called, so wrappers and hooks apply), padding and causality as one additive bias."""
+    heads = synthesizer.num_heads
+    a = synthesizer.factorized_dense_a(x.hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, a)
+    b = synthesizer.factorized_dense_b(x.hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, b)
+    return factorized_dense_attention(a, b, x.value, mask.full_bias, call.dropout).to(x.value.dtype)
+
+
+def _run_chunked_reference(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
+    """Factorized dense mixtures: the reference math in query chunks (route_chunked_reference; one piece off CPU)."""
+    return chunked_reference_attention(synthesizer, x, mask.full(), call, synthesizer.training, chunked=tuned)
+
+
+def _run_shared(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
+    """Input-independent logits once per batch (route_shared): softmax(R) from the layer's cache where it applies,
+    else mixed logits (+ T5's position bias) `(H, lq, lk)`, or R / R1, R2 read block by block by the Function."""
+    components, value, key_bias, causal = synthesizer.components, x.value, mask.key_bias, mask.causal
+    q0, lq, lk = call.q0, call.lq, call.lk
+    if len(components) == 1 and components[0] in FULL_RANK and call.position_bias is None:
+        r = getattr(synthesizer, components[0] + "_r")
+        if _use_cache(synthesizer, [r], q0):
+            probs = synthesizer.input_independent_cache.get(
+                [r], (q0, lq, lk, causal), lambda: shared_probabilities(r, q0, lq, lk, causal)
+            )
+            if not tuned:
+                return generic_shared_attention(value, key_bias, causal, q0, probs=probs).to(value.dtype)
+            return shared_logits_attention(value, key_bias, causal, q0, lq, probs=probs).to(value.dtype)
+    if not tuned or call.position_bias is not None or len(components) > 1:
+        logits = synthesizer.mixed_logits(AttentionInputs(None, None, None, value), call)
+        if not tuned:
+            return generic_shared_attention(value, key_bias, causal, q0, logits=logits[0]).to(value.dtype)
+        out = shared_logits_attention(value, key_bias, causal, q0, lq, r=logits[0], r_offset=0)
+    elif components == ("factorized_random",):
+        r1, r2 = synthesizer.factorized_random_r1, synthesizer.factorized_random_r2
+        out = shared_logits_attention(value, key_bias, causal, q0, lq, r1=r1, r2=r2)
+    else:
+        out = shared_logits_attention(value, key_bias, causal, q0, lq, r=getattr(synthesizer, components[0] + "_r"))
+    return out.to(value.dtype)
+
+
+def dot_product_features(synthesizer, x, call: AttentionCall):
+    """Per-example logits as a dot product of features, `qf kf^T`, mixture weights folded into `qf`: vanilla
+    `(alpha * scaling * q) . k`, dense `(alpha * h, alpha) . (W2_j, b2_j)`, factorized random `(alpha * R1_i) . R2_j`;
+    the full-rank terms (random, fixed random) returned apart with their weights. Returns `(qf (B, H, lq, f) in
+    query-major memory or None, kf (B, H, lk, f) or None, shared [(H, L, L)], alphas [(H or 1,)])`."""
+    weights = synthesizer.mixture_weights()  # (n, H or 1)
+    heads, value, lq, lk, q0 = synthesizer.num_heads, x.value, call.lq, call.lk, call.q0
+    batch, dtype = value.shape[0], value.dtype
+    single = len(synthesizer.components) == 1  # weight exactly 1: no weighted copy of the features
     qf, kf, shared, alphas = [], [], [], []
-    batch = value.shape[0]
-    dtype = value.dtype
-    single = len(components) == 1  # weight exactly 1: no weighted copy of the features
-    for n, name in enumerate(components):
+    for n, name in enumerate(synthesizer.components):
         alpha = weights[n].view(1, -1, 1, 1)
         if name == "vanilla":
-            qf.append((query * (alpha * scaling)).to(dtype))
-            kf.append(key.to(dtype))
+            qf.append((x.query * (alpha * call.scaling)).to(dtype))
+            kf.append(x.key.to(dtype))
         elif name == "dense":
-            h = relu(synthesizer.dense_w1(hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
+            h = relu(synthesizer.dense_w1(x.hidden_states)).view(batch, lq, heads, -1).transpose(1, 2)
             w2 = take(synthesizer.dense_w2, -1, 0, lk).transpose(-1, -2)[None].expand(1, heads, -1, -1)
             b2 = take(synthesizer.dense_b2, -1, 0, lk)[:, :, None][None].expand(1, heads, -1, -1)
-            qf.append((h if single else h * alpha).to(dtype))
-            qf.append(alpha.to(dtype).expand(batch, heads, lq, 1))
-            kf.append(w2.to(dtype))
-            kf.append(b2.to(dtype))
+            qf += [(h if single else h * alpha).to(dtype), alpha.to(dtype).expand(batch, heads, lq, 1)]
+            kf += [w2.to(dtype), b2.to(dtype)]
         elif name == "factorized_random":
             r1 = take(synthesizer.factorized_random_r1, 1, q0, lq)[None]
-            r1 = r1 if single else r1 * alpha
-            qf.append(r1.to(dtype).expand(batch, heads, -1, -1))
+            qf.append((r1 if single else r1 * alpha).to(dtype).expand(batch, heads, -1, -1))
             kf.append(take(synthesizer.factorized_random_r2, 1, 0, lk)[None].to(dtype))
         else:
             shared.append(getattr(synthesizer, name + "_r"))
             alphas.append(weights[n])
     # query-major memory (B, lq, H, f): flash writes its output in the query's layout (see feature_attention)
     qf = torch.cat([q.expand(batch, -1, -1, -1).transpose(1, 2) for q in qf], dim=-1).transpose(1, 2) if qf else None
-    # Key features the same for every example (dense, factorized random) are joined once and expanded, not copied
-    # per example.
+    # Key features the same for every example (dense, factorized random) are joined once and expanded, not copied.
     one = all(k.shape[0] == 1 for k in kf)
-    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1).expand(batch, -1, -1, -1) if kf else None
-    bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    full = None  # padding (and causality) as one (B, 1, lq, lk) additive bias, built on-device
-    if kind == "general" or kind == "key" and causal:
-        full = general_bias(with_causal(attention_mask, kind == "key", q0, lq, lk, value.device), bias_dtype)
-    if route == "per_example":
-        if full is not None:
-            # the two biases added would leave a row without kept keys attending to the padded keys only
-            bias, causal = full, False
-        elif kind == "key":
-            bias = key_bias[:, None, None, :].to(bias_dtype)
-        else:
-            bias = None
-        alphas = torch.stack(alphas) if alphas else None
-        if not tuned:
-            return generic_per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal).to(dtype)
-        cached = None
-        if shared and qf is not None and dropout == 0.0:
-            mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
-            sources = shared + mixing
-            if _use_cache(synthesizer, sources, q0):
-                cached = synthesizer.input_independent_cache.get(
-                    sources, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
-                )
-        return per_example_attention(qf, kf, value, alphas, shared, bias, dropout, q0, lq, causal, cached).to(dtype)
-    # The full mask as an additive float mask in the value dtype (masked entries MASKED, finite): a row with every
-    # key masked then attends uniformly, as in the reference (a boolean mask would give NaN in sdpa).
-    mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-    if mask is None:
-        return feature_attention(qf, kf, value, None, dropout)
-    bias = general_bias(mask, bias_dtype)
-    out = feature_attention(qf, kf, value, bias.to(dtype), dropout)
-    if tuned or attention_mask is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
+    kf = torch.cat([k if one else k.expand(batch, -1, -1, -1) for k in kf], -1) if kf else None
+    return qf, None if kf is None else kf.expand(batch, -1, -1, -1), shared, alphas
+
+
+def _run_per_example(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
+    """Query-chunked attention with a full-rank R, arbitrary masks or rows without keys (route_per_example)."""
+    qf, kf, shared, alphas = dot_product_features(synthesizer, x, call)
+    value, q0, lq, lk, dropout = x.value, call.q0, call.lq, call.lk, call.dropout
+    causal = mask.causal
+    if mask.kind == "general" or mask.kind == "key" and causal:
+        # one (B, 1, lq, lk) bias: the two added would leave a row without kept keys attending to padded keys only
+        bias, causal = mask.full_bias, False
+    else:
+        bias = None if mask.key_bias is None else mask.key_bias[:, None, None, :].to(mask.dtype)
+    alphas = torch.stack(alphas) if alphas else None
+    terms = Terms(alphas, bias, tuple(shared), q0, causal)
+    if not tuned:
+        return generic_per_example_attention(qf, kf, value, terms, lq, dropout).to(value.dtype)
+    cached = None
+    if shared and qf is not None and dropout == 0.0:
+        mixing = [getattr(synthesizer, n) for n in ("mixture_gate", "mixture_logits") if hasattr(synthesizer, n)]
+        if _use_cache(synthesizer, shared + mixing, q0):
+            cached = synthesizer.input_independent_cache.get(
+                shared + mixing, (q0, lq, lk, causal), lambda: shared_logits(alphas, shared, q0, lq, lk, causal)
+            )
+    return per_example_attention(qf, kf, value, terms, lq, dropout, cached).to(value.dtype)
+
+
+def _run_features(synthesizer, x, mask: Mask, call: AttentionCall, tuned: bool):
+    """sdpa's flash kernel on concatenated features (route_feature), the whole mask as one additive float mask."""
+    qf, kf, _, _ = dot_product_features(synthesizer, x, call)
+    bias = mask.full_bias
+    out = feature_attention(qf, kf, x.value, None if bias is None else bias.to(x.value.dtype), call.dropout)
+    if tuned or mask.given is None or bias.dim() != 4:  # (causality alone leaves key 0 to every row)
         return out
-    return uniform_rows(out, value, keyless_rows(bias, lq), qf, kf)  # rows without a kept key, as the reference
+    return uniform_rows(out, x.value, keyless_rows(bias, call.lq), qf, kf)  # rows without a kept key, as the reference
 
 
-def _factorized_dense_route(synthesizer, hidden_states, value, attention_mask, causal, q0, lq, lk, dropout):
-    """Pure factorized dense on its own Function (route_factorized_dense): the factors from the layer's two linear
-    maps (called, so wrappers and hooks apply), padding and causality as one additive bias."""
-    heads = synthesizer.num_heads
-    a = synthesizer.factorized_dense_a(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, a)
-    b = synthesizer.factorized_dense_b(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, lq, b)
-    mask = with_causal(attention_mask, causal, q0, lq, lk, value.device)
-    bias = None if mask is None else general_bias(mask, torch.float64 if value.dtype == torch.float64 else torch.float32)
-    return factorized_dense_attention(a, b, value, bias, dropout).to(value.dtype)
-
-
-def chunked_reference_attention(
-    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-    position_bias=None, bias_synthesized=True, chunked=True,
-):
-    """The reference math (mixed logits -> masked softmax -> dropout -> @ V) one chunk of query rows at a time
-    (`chunked`, CPU-tuned; else in one piece);
-    returns `(B, lq, H, dh)`. Exact: the logits of a query row depend only on that row. With gradients, each chunk
-    is recomputed in backward (activation checkpointing, RNG preserved for dropout), so nothing l x l outlives its
-    chunk. The route of factorized dense and its mixtures, whose logits have no low-dimensional form: the whole-length
-    reference builds several `(B, H, lq, lk)` fp32 tensors (page-faulted afresh each call)."""
-    if not chunked:
-        return _reference_chunk(
-            synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden_states, query, key, value,
-            attention_mask, position_bias, q0,
-        ).transpose(1, 2).contiguous()
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, value.shape[0] * value.shape[1] * lk))
-    chunk = functools.partial(_reference_chunk, synthesizer, scaling, dropout, training, lk, bias_synthesized)
-    outputs = []
-    for start in range(0, lq, rows_per_chunk):
-        rows = slice(start, min(lq, start + rows_per_chunk))
-
-        def per_query(t):  # a tensor with a query axis at dim 2 of length lq (or 1: broadcast)
-            return None if t is None else t if t.shape[2] == 1 else t[:, :, rows]
-
-        args = (
-            hidden_states[:, rows], per_query(query), key, value, per_query(attention_mask), per_query(position_bias),
-            q0 + start,
-        )
-        outputs.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
-
-
-def _reference_chunk(
-    synthesizer, scaling, dropout, training, lk, bias_synthesized, hidden, query, key, value, mask, position_bias, q0
-):
-    logits = synthesizer.logits(hidden, query, key, scaling, q0, hidden.shape[1], lk, position_bias, bias_synthesized)
-    probs = F.dropout(attention_probabilities(logits, mask), p=dropout, training=training)
-    return torch.matmul(probs.to(value.dtype), value)
+ROUTE_RUNNERS = {
+    "factorized_dense": _run_factorized_dense,
+    "chunked_reference": _run_chunked_reference,
+    "shared": _run_shared,
+    "per_example": _run_per_example,
+    "features": _run_features,
+}
 
 
 def _use_cache(synthesizer, sources, q0) -> bool:
@@ -934,13 +866,10 @@ def _use_cache(synthesizer, sources, q0) -> bool:
     )
 
 
-def _mixture_through_sdpa(
-    synthesizer, hidden_states, query, key, value, attention_mask, scaling, dropout, training, q0, lq, lk,
-    position_bias, bias_synthesized,
-):
+def _mixture_through_sdpa(synthesizer, x, attention_mask, call: AttentionCall):
     """A mixture whose vanilla term runs inside `scaled_dot_product_attention`: the other components (already
     weighted) and the mask become sdpa's additive bias, and the vanilla weight scales the queries."""
-    weights = synthesizer.mixture_weights()
+    weights, position_bias = synthesizer.mixture_weights(), call.position_bias
     bias = None
     for n, name in enumerate(synthesizer.components):
         if name == "vanilla":
@@ -949,18 +878,19 @@ def _mixture_through_sdpa(
                 term = vanilla_weight * position_bias
                 bias = term if bias is None else bias + term
             continue
-        s = synthesizer.component_logits(name, hidden_states, query, key, scaling, q0, lq, lk)
-        if position_bias is not None and bias_synthesized:
+        s = synthesizer.component_logits(name, x, call)
+        if position_bias is not None and call.bias_synthesized:
             s = s + position_bias
         term = weights[n].view(1, -1, 1, 1) * s
         bias = term if bias is None else bias + term
     mask = additive_mask(attention_mask, bias.dtype)
     if mask is not None:
         bias = bias + mask
+    query = x.query
     bias = bias.to(query.dtype).expand(query.shape[0], -1, -1, -1)
     output = F.scaled_dot_product_attention(
-        query * (vanilla_weight * scaling).to(query.dtype), key, value, attn_mask=bias,
-        dropout_p=dropout if training else 0.0, scale=1.0,
+        query * (vanilla_weight * call.scaling).to(query.dtype), x.key, x.value, attn_mask=bias,
+        dropout_p=call.dropout if synthesizer.training else 0.0, scale=1.0,
     )
     return output.transpose(1, 2).contiguous(), None
 

@@ -126,16 +126,20 @@ def factorized_random_logits(r1, r2, q0: int, query_length: int, key_length: int
     return torch.matmul(take(r1, 1, q0, query_length), take(r2, 1, 0, key_length).transpose(-1, -2))[None]
 
 
-def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
-    """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L`, and
-    `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a times: each (p, q) pair once), sliced to `lk`.
+def factor_logits(a: torch.Tensor, b: torch.Tensor, key_length: int) -> torch.Tensor:
+    """Factorized dense logits from the factors: `S_ij = A_i[j mod a] * B_i[j // a]` (A tiled b times, B repeated a
+    times: each (p, q) pair once, column `q a + p` holds `B[q] A[p]`), sliced to `lk`. a `(.., rows, a)`, b
+    `(.., rows, b)` -> `(.., rows, lk)`. The one place the product is written (the reference and
+    route_factorized_dense both use it)."""
+    return take((b[..., :, None] * a[..., None, :]).flatten(-2), -1, 0, key_length)
 
-    F_A, F_B are one linear map per head, applied by the caller: a (B, lq, H*a), b (B, lq, H*b).
-    """
+
+def factorized_dense_logits(a, b, num_heads: int, key_length: int) -> torch.Tensor:
+    """Factorized dense: `A = F_A(x_i)` in R^a, `B = F_B(x_i)` in R^b with `a*b = L` (`factor_logits`).
+    F_A, F_B are one linear map per head, applied by the caller: a (B, lq, H*a), b (B, lq, H*b) -> (B, H, lq, lk)."""
     a = a.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, a)
     b = b.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, lq, b)
-    full = (b[..., :, None] * a[..., None, :]).flatten(-2)  # index q*a + p holds B[q] * A[p]
-    return take(full, -1, 0, key_length)
+    return factor_logits(a, b, key_length)
 
 
 def mixture_weights(mixture: str, logits: torch.Tensor) -> torch.Tensor:
@@ -185,46 +189,47 @@ def attention_probabilities(logits: torch.Tensor, attention_mask: torch.Tensor |
     return torch.softmax(logits, dim=-1)
 
 
-# ------------------------------------------------------------------------------------------------- left padding
-# Synthesized rows and columns are indexed by position. An example padded on the left has its tokens at slots
-# `pad .. lk - 1`; its positions count from its first kept token (position = slot - pad), as transformers' `generate`
-# counts `position_ids` (`attention_mask.cumsum(-1) - 1`). Right padding and unpadded examples have pad = 0.
+# ------------------------------------------------------------------------------------------------- positions
+# Synthesized rows and columns are indexed by position. From a key mask, a token's position is its slot minus the
+# example's left padding (the slots before its first kept one), as transformers' `generate` counts `position_ids` on
+# left-padded prompts (`attention_mask.cumsum(-1) - 1`); right padding and gaps after the first kept token leave
+# the slots as they are, as they leave BERT's own positions (docs/attention_core.md, "Positions").
 
 
-def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """`(B or 1,)` long: the number of padded slots before each example's first kept key, read on-device (no host
-    read) from a key mask `(B or 1, 1, 1, lk)`, boolean keep-mask or additive float mask (what `synthesizer_mask`
-    hands over for padding). 0 for unpadded, right-padded and fully padded examples. None when there is no mask or
-    another kind of mask (a full `(B, 1, lq, lk)` mask, per-head masks): positions are then the slots."""
-    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1:3] != (1, 1):
-        return None
-    keep = attention_mask[:, 0, 0, :]
-    if keep.dtype != torch.bool:
-        keep = keep > torch.finfo(keep.dtype).min / 2
-    return keep.int().argmax(-1)  # the first maximum: the first kept slot (0 when none is kept)
+def left_padding(keep: torch.Tensor) -> torch.Tensor:
+    """`(B,)` long: the number of slots before each example's first kept one (0 when none is kept). keep: `(B, lk)`
+    bool, True where a token is kept. On-device, no host read."""
+    return keep.int().argmax(-1)  # the first maximum: the first kept slot
 
 
-def shift_to_start(t: torch.Tensor, pad: torch.Tensor, dim: int, undo: bool = False) -> torch.Tensor:
-    """`t` `(B, ...)` with example b's slots along `dim` rotated left by `pad[b]` (`undo`: right): a left-padded
-    example becomes a right-padded one whose tokens sit at their positions (its padding moves to the end).
+def padded_positions(keep: torch.Tensor) -> torch.Tensor:
+    """`(B, lk)` long: the position of each slot, `slot - left_padding`, clamped at 0 for the padded slots before the
+    first kept one (their logits are masked or their outputs unused). keep: `(B, lk)` bool."""
+    return (torch.arange(keep.shape[-1], device=keep.device) - left_padding(keep)[:, None]).clamp_min(0)
 
-    pad: `(B,)` or `(1,)` long, in slots (`left_padding`); `dim` >= 1 (dim 0 is the batch). Returns a tensor of `t`'s
-    shape. `shift_to_start(shift_to_start(t, pad, d), pad, d, undo=True)` is `t`."""
-    length = t.shape[dim]
-    index = torch.arange(length, device=t.device) + (-pad if undo else pad)[:, None]  # (B, length)
-    # modulo length without `%` (ONNX export cannot take a remainder by a symbolic length)
-    index = torch.where(index >= length, index - length, torch.where(index < 0, index + length, index))
-    # whole slots (all other dims) per index, in `t`'s own memory layout: routes that want a query-major layout
-    # (flash) keep it
+
+def rotation_order(keep: torch.Tensor) -> torch.Tensor:
+    """`(B, lk)` long: a permutation of each example's slots rotating it left by its left padding: reordered by it
+    (`reorder_slots`), every kept token sits at the slot equal to its `padded_positions`, so routes that index by slot
+    give it its position; the padding moves to the end. keep: `(B, lk)` bool. Modulo without `%` (ONNX export cannot
+    take a remainder by a symbolic length)."""
+    length = keep.shape[-1]
+    order = torch.arange(length, device=keep.device) + left_padding(keep)[:, None]
+    return torch.where(order >= length, order - length, order)
+
+
+def _inverse(permutation: torch.Tensor) -> torch.Tensor:
+    slots = torch.arange(permutation.shape[-1], device=permutation.device).expand_as(permutation)
+    return torch.empty_like(permutation).scatter(-1, permutation, slots)
+
+
+def reorder_slots(t: torch.Tensor, order: torch.Tensor, dim: int, undo: bool = False) -> torch.Tensor:
+    """`t` `(B or 1, ...)` with the slots along `dim` (>= 1) taken in `order` `(B or 1, length)` (`rotation_order`),
+    or, with `undo`, put back where they came from: `reorder_slots(reorder_slots(t, o, d), o, d, undo=True)` is `t`.
+    Whole slots (all other dims) move, in `t`'s own memory layout (routes wanting a query-major layout keep it)."""
+    order = _inverse(order) if undo else order
     rows = torch.arange(t.shape[0], device=t.device)[:, None]
-    return t.movedim(dim, 1)[rows, index].movedim(1, dim)
-
-
-def slot_positions(pad: torch.Tensor, first, length: int) -> torch.Tensor:
-    """`(B, length)` long: positions of slots `first .. first + length - 1` in each example, `slot - pad[b]`, clamped
-    at 0 for the padded slots before the first kept one (their logits are masked or their outputs unused). `first`
-    an int or a static cache's on-device 0-dim offset (no host read)."""
-    return (torch.arange(length, device=pad.device)[None] + first - pad[:, None]).clamp_min(0)
+    return t.movedim(dim, 1)[rows, order].movedim(1, dim)
 
 
 def at_positions(table: torch.Tensor, query_positions: torch.Tensor | None, key_positions: torch.Tensor):
@@ -233,7 +238,7 @@ def at_positions(table: torch.Tensor, query_positions: torch.Tensor | None, key_
     table: `(B or 1, H, L or lq, L)`, rows by query position (None: rows are already the queries, e.g. dense
     logits), columns by key position; query_positions `(B, lq)`, key_positions `(B, lk)` (the same B, see
     `SynthesizerLogits.forward`) -> `(B, H, lq, lk)`.
-    Positions must be below the table's size (`slot_positions` of lengths `check_length` accepted): a larger one is
+    Positions must be below the table's size (positions of lengths `check_length` accepted): a larger one is
     an IndexError on CPU and a device-side assert on CUDA."""
     batch, heads = key_positions.shape[0], table.shape[1]
     table = table.expand(batch, -1, -1, -1)  # (explicit gathers: take_along_dim's broadcast specialises the batch)
