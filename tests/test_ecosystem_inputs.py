@@ -7,7 +7,8 @@ synthesizer tensors N(0, 0.5) so that a wrong row, column or a dropped weight sh
 - accelerate offload (device_map with "cpu"/"disk", offload_buffers): the in-memory model's outputs, every variant;
 - PEFT prefix tuning and prompt tuning train for every variant, BERT sequence classification and T5 seq2seq;
 - a caller's `cache_position` is the position of its queries; one that disagrees with the cache is refused naming
-  both; the check reads the host once per model forward; a third-party caller's `cache_position` is used, not dropped.
+  both; the check reads the host once per model forward; a third-party caller's `cache_position` is used, not dropped;
+- module hooks see each synthesizer module called once per attention call, on every route.
 """
 
 import inspect
@@ -356,3 +357,27 @@ def test_sdpa_backend_still_gets_key_masks(variant, monkeypatch):
         model.set_attn_implementation(attn_implementation_name(variant))
         named = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
     assert torch.allclose(sdpa, named, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["fast", "reference", "output_attentions"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_hooks_fire_once_per_attention_call(variant, route):
+    """Module hooks (accelerate's offload, FSDP, user hooks) see each synthesizer module called exactly once per
+    attention call, whatever route runs: the reference route computes its logits inside the same call instead of
+    calling the module a second time."""
+    model = bert_encoder(variant)
+    if route == "reference":
+        set_fast(model, False)
+    calls = []
+    from hf_synthesizer.modeling.synthesizer_attention import SynthesizerLogits
+
+    modules = [m for m in model.modules() if isinstance(m, SynthesizerLogits)]
+    assert modules, "no synthesizer module found"
+    for module in modules:
+        module.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(mod), with_kwargs=True)
+    ids = torch.tensor([A + B, B + A])
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # one left-padded row: the rotated route
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, output_attentions=route == "output_attentions")
+    assert len(calls) == len(modules) and set(map(id, calls)) == set(map(id, modules))

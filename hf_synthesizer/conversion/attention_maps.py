@@ -74,8 +74,7 @@ def synthesized_attention(model: nn.Module, length: int | None = None, input_ids
     hooks = []
     for name, module in dynamic:
         def hook(mod, args, output, name=name):
-            if not isinstance(output, tuple):  # the logits call, not the layer's attention call (0.2.0)
-                captured[name] = output
+            captured[name] = output[1]  # the attention call's (output, probabilities), output_attentions=True
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -87,12 +86,7 @@ def synthesized_attention(model: nn.Module, length: int | None = None, input_ids
             h.remove()
         model.train(was_training)
     for name, module in dynamic:
-        logits = captured[name].float().cpu()  # (B or 1, H, l, l), masks not applied yet
-        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
-        keep = real[:, None, None, :].expand(input_ids.shape[0], 1, l, l)
-        if getattr(parent, "is_causal", False):
-            keep = keep & torch.ones(l, l, dtype=torch.bool).tril()
-        probs = torch.softmax(logits.masked_fill(~keep, -torch.inf), -1).nan_to_num(0.0)
+        probs = captured[name].float().cpu()  # (B, H, l, l), padding and causal masks applied (eval: no dropout)
         sums[name] = (probs * rows).sum(0) / rows.sum(0).clamp_min(1)
         maps[name] = (sums[name], source)
     return {name: maps[name] for name, _ in layers}

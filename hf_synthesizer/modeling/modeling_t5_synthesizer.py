@@ -94,6 +94,38 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
 
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2) if uses_qk else None
 
+        key_states, value_states, mask, query_offset, cache_layer = self.keys_and_values(
+            hidden_states, key_value_states, mask, cache, cache_position
+        )
+
+        if position_bias is None:
+            position_bias = self.new_position_bias(input_shape[1], value_states, query_offset)
+
+        attention_interface = attention_function(self.config._attn_implementation)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            position_bias=position_bias,
+            synthesizer_inputs=hidden_states,
+            query_offset=None if is_cross_attention else query_offset,
+            cache_layer=cache_layer,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o(attn_output)
+        return attn_output, position_bias, attn_weights
+
+    def keys_and_values(self, hidden_states, key_value_states, mask, cache, cache_position):
+        """Keys and values of this call, through the cache as `T5Attention.forward` does: cross-attention reuses the
+        encoder's once computed; self-attention appends to the cache (`update_self_attention_cache`). Returns
+        `(keys (B, H, lk, dh) or a placeholder, values (B, H, lk, dh), mask, query_offset, cache_layer)`;
+        `query_offset` is the number of positions the self-attention cache had seen (0 without a cache)."""
+        is_cross_attention = key_value_states is not None
         is_updated = False
         layer_cache = cache
         if isinstance(cache, EncoderDecoderCache):
@@ -101,6 +133,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
             layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
 
         query_offset, cache_layer = 0, None
+        uses_qk = hasattr(self, "q")  # q and k are built together
         current_states = key_value_states if is_cross_attention else hidden_states
         if is_cross_attention and cache is not None and is_updated:
             key_states = layer_cache.layers[self.layer_idx].keys
@@ -125,28 +158,7 @@ class T5SynthesizerAttention(SynthesizerAttentionMixin, T5Attention):
                 if self.layer_idx in (0, None):  # once per model forward: every layer has seen as many
                     check_cache_position(cache_position, query_offset)
                 cache_layer = cache_layer_of(layer_cache, self.layer_idx)
-
-        if position_bias is None:
-            position_bias = self.new_position_bias(input_shape[1], value_states, query_offset)
-
-        attention_interface = attention_function(self.config._attn_implementation)
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            mask,
-            dropout=0.0 if not self.training else self.dropout,
-            scaling=self.scaling,
-            position_bias=position_bias,
-            synthesizer_inputs=hidden_states,
-            query_offset=None if is_cross_attention else query_offset,
-            cache_layer=cache_layer,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        attn_output = self.o(attn_output)
-        return attn_output, position_bias, attn_weights
+        return key_states, value_states, mask, query_offset, cache_layer
 
     def new_position_bias(self, query_length: int, value_states, query_offset):
         """T5's relative position bias `(1, H, lq, lk)` for a layer that computes it (the first), zeros for the others

@@ -195,8 +195,9 @@ class SynthesizerLogits(nn.Module):
     def forward(self, *args, call: "AttentionCall | None" = None, **kwargs):
         """With `call` (an `AttentionCall`; `args` = hidden_states, query, key, value, attention_mask): the attention
         of one layer, `softmax(mixed logits + mask) V` -> `(output (B, lq, H, dh), probabilities (B, H, lq, lk) or
-        None)`. Without: the mixed logits, `self.logits(*args, **kwargs)` (the 0.1.0 contract of calling this module;
-        the reference route computes its logits this way, so forward hooks on this module see them).
+        None)`. Without: the mixed logits, `self.logits(*args, **kwargs)` (the 0.1.0 contract of calling this module,
+        kept for tools such as `hf_synthesizer.conversion.attention_maps`; attention layers never call it, so forward
+        hooks fire once per attention call).
 
         Every read of this module's parameters happens inside its `forward` (or in the `forward` of a child it
         calls), so that module hooks -- accelerate's offload, FSDP -- see them (docs/attention_core.md, "Offload").
@@ -623,8 +624,8 @@ def route_attention(synthesizer, x: "AttentionInputs", attention_mask, call: Att
         )
     if fast and synthesizer.uses_dot_product:
         return _mixture_through_sdpa(synthesizer, x, attention_mask, call)
-    # A call of the module (not `.logits`): forward hooks on it see the logits, as in 0.1.0 (attention maps use them).
-    logits = synthesizer(
+    # Already inside `synthesizer.forward` (hooks fired once for this call): the logits come from the method itself.
+    logits = synthesizer.logits(
         x.hidden_states, x.query, x.key, call.scaling, call.q0, call.lq, call.lk, call.position_bias,
         call.bias_synthesized, by_position,
     )
