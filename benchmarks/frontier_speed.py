@@ -52,6 +52,8 @@ ARCHITECTURES = {
     "random L0-2": ("random", [0, 1, 2]),
     "dense L0-4": ("dense", [0, 1, 2, 3, 4]),
     "factorized_random L0-4": ("factorized_random", [0, 1, 2, 3, 4]),
+    "fixed_random L0-4": ("fixed_random", [0, 1, 2, 3, 4]),
+    "fixed_random L1-5": ("fixed_random", [1, 2, 3, 4, 5]),
     "random+vanilla": ("random+vanilla", None),
     "dense+vanilla": ("dense+vanilla", None),
 }
