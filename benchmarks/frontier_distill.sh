@@ -4,6 +4,8 @@
 # benchmarks/frontier_runs/NAME.{log,json}.
 #   benchmarks/frontier_distill.sh NAME TASK SEED VARIANT [distill options...]
 #   SPLITS="dev test" benchmarks/frontier_distill.sh fin_random_fortune_s1 fortune-topics 1 random --unlabeled_file ...
+#   FROM=scr_random_s0 SPLITS="dev test" benchmarks/frontier_distill.sh fin_random_fortune-topics_s0 fortune-topics 0 random
+#     (no new run: evaluates the student of run scr_random_s0 on dev and test, after its settings were chosen)
 # The stock teacher is fine-tuned by the first run of a TASK/SEED (kept in /tmp/f_teacher_TASK_sSEED) and reused
 # (--teacher) by the others. Data: /tmp/f_TASK (python benchmarks/task_csv.py TASK /tmp/f_TASK --split test).
 set -u
@@ -21,8 +23,15 @@ CMD=(python -m hf_synthesizer distill "$M" "$DST" --attn_implementation "synthes
      --seed "$SEED" --overwrite --disable_tqdm true "${TARG[@]}" "$@")
 echo "# $(date -u +%FT%TZ) ${CMD[*]}" > "$LOG"
 T0=$(date +%s)
-nice -n 10 "${CMD[@]}" >> "$LOG" 2>&1; RC=$?
-T1=$(date +%s)
+if [ -n "${FROM:-}" ]; then  # FROM=OTHER_NAME: no new distillation, evaluate that run's student (e.g. test of a screen)
+  ln -sfn "/tmp/fr/$FROM" "$DST"; CMD=($(python -c "import json,sys; print(json.load(open(sys.argv[1]))['command'])" \
+    "$LOGDIR/$FROM.json")); echo "# evaluation of run $FROM (its command: ${CMD[*]})" >> "$LOG"; RC=0
+  NEWTEACHER=0; T1=$T0; T0=$((T0 - $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['distill_wall_s'])" \
+    "$LOGDIR/$FROM.json")))
+else
+  nice -n 10 "${CMD[@]}" >> "$LOG" 2>&1; RC=$?
+  T1=$(date +%s)
+fi
 echo "# distill rc=$RC wall_s=$((T1 - T0))" >> "$LOG"
 evaluate() {  # $1 model dir, $2 output dir
   local args=(--model_name_or_path "$1" --text_columns text --label_column label --max_seq_length 64

@@ -1,0 +1,175 @@
+"""Tables and Pareto plot of issue 24's frontier from the logged runs: benchmarks/frontier_speed.json (speed of each
+architecture) and benchmarks/frontier_runs/*.json (one per `benchmarks/frontier_distill.sh` run).
+
+    python benchmarks/frontier_report.py          # prints the markdown tables, writes benchmarks/frontier.png
+
+Run names say what they are: `scr_CONFIG_s0` (screen: fortune-topics, seed 0, dev only) and
+`fin_CONFIG_TASK_sSEED` (finalists: dev and test). Δ stock = student accuracy − the accuracy of the same task and
+seed's stock teacher (fine-tuned by the recipe), on the same split, in points.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).parent
+TASKS = ("fortune-topics", "bbc-headlines", "wordnet-supersense")
+# architecture of the speed table for a config name's (variant, layers) part
+ARCH_OF = {"random": "random", "dense": "dense", "factorized_random": "factorized_random",
+           "randomL04": "random L0-4", "randomL15": "random L1-5", "randomL03": "random L0-3",
+           "randomL02": "random L0-2", "denseL04": "dense L0-4", "factorized_randomL04": "factorized_random L0-4",
+           "random+vanilla": "random+vanilla", "dense+vanilla": "dense+vanilla", "fixed_random": "fixed_random",
+           "fixed_randomL04": "fixed_random L0-4", "fixed_randomL15": "fixed_random L1-5"}
+
+
+def load_runs(folder: Path = HERE / "frontier_runs") -> list[dict]:
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text())
+        if run.get("rc") != 0 or not run.get("student"):
+            continue
+        fin = re.fullmatch(r"fin_(.+)_(fortune-topics|bbc-headlines|wordnet-supersense)_s(\d+)", run["name"])
+        scr = re.fullmatch(r"scr_(.+)_s(\d+)", run["name"])
+        run["stage"], run["config"] = ("finalist", fin.group(1)) if fin else ("screen", scr.group(1))
+        runs.append(run)
+    return runs
+
+
+def architecture(config: str) -> str:
+    """The speed table's architecture of a config name (its first `_`-separated token(s) before recipe options)."""
+    for key in sorted(ARCH_OF, key=len, reverse=True):
+        if config == key or config.startswith(key + "_"):
+            return ARCH_OF[key]
+    raise KeyError(f"no architecture for config {config!r}: add it to ARCH_OF")
+
+
+SPEED_RUNS = (HERE / "frontier_speed.json", HERE / "frontier_speed_fixed.json")
+
+
+def speed(paths=SPEED_RUNS) -> dict:
+    """{(architecture, length): speed-up vs sdpa, CPU time} from frontier_speed.py's JSON files; an architecture
+    timed in several runs takes the first file's figure (each ratio is against the sdpa of its own run)."""
+    speeds = {}
+    for path in paths:
+        for r in json.loads(path.read_text())["results"]:
+            speeds.setdefault((r["architecture"], r["length"]), r["speedup_vs_sdpa_cpu"])
+    return speeds
+
+
+def accuracy(run: dict, who: str, split: str) -> float | None:
+    key = {"dev": "eval_accuracy", "test": "test_accuracy"}[split]
+    value = run[who].get(key)
+    return None if value is None else 100 * value
+
+
+def delta(run: dict, split: str) -> float | None:
+    s, t = accuracy(run, "student", split), accuracy(run, "teacher", split)
+    return None if s is None or t is None else s - t
+
+
+def mean_spread(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def screen_table(runs, speeds) -> str:
+    lines = ["| config | x sdpa at 512 / 128 | stock dev | dev acc. | Δ stock (dev) | distill wall s | unlabeled |",
+             "|---|---|---|---|---|---|---|"]
+    for r in (r for r in runs if r["stage"] == "screen"):
+        arch = architecture(r["config"])
+        lines.append(f"| {r['config']} | {speeds.get((arch, 512), float('nan')):.2f} / "
+                     f"{speeds.get((arch, 128), float('nan')):.2f} | {accuracy(r, 'teacher', 'dev'):.1f} | "
+                     f"{accuracy(r, 'student', 'dev'):.1f} | {delta(r, 'dev'):+.1f} | {r['distill_wall_s']} | "
+                     f"{r['unlabeled_texts']} |")
+    return "\n".join(lines)
+
+
+def finalist_table(runs, speeds) -> str:
+    by = defaultdict(list)
+    for r in (r for r in runs if r["stage"] == "finalist"):
+        by[r["config"], r["task"]].append(r)
+    stock = defaultdict(dict)  # teacher figures per (task, seed), from any finalist run of that task and seed
+    for r in (r for r in runs if r["stage"] == "finalist"):
+        stock[r["task"]][r["seed"]] = r
+    lines = ["| task (train texts) | row | seeds | x sdpa 512 / 128 | dev acc. | test acc. | Δ stock dev | "
+             "Δ stock test |", "|---|---|---|---|---|---|---|---|"]
+    for task in TASKS:
+        if not stock[task]:
+            continue
+        teachers = list(stock[task].values())
+        lines.append(f"| {task} ({teachers[0]['train_texts']}) | stock `sdpa` | "
+                     f"{','.join(str(s) for s in sorted(stock[task]))} | 1.00 / 1.00 | "
+                     f"{mean_spread([accuracy(r, 'teacher', 'dev') for r in teachers])} | "
+                     f"{mean_spread([x for r in teachers if (x := accuracy(r, 'teacher', 'test')) is not None])} | | |")
+        for (config, t), rs in sorted(by.items()):
+            if t != task:
+                continue
+            arch = architecture(config)
+            lines.append(
+                f"| | {config} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+                f"{speeds.get((arch, 512), float('nan')):.2f} / {speeds.get((arch, 128), float('nan')):.2f} | "
+                f"{mean_spread([accuracy(r, 'student', 'dev') for r in rs])} | "
+                f"{mean_spread([accuracy(r, 'student', 'test') for r in rs])} | "
+                f"{mean_spread([delta(r, 'dev') for r in rs])} | {mean_spread([delta(r, 'test') for r in rs])} |")
+    return "\n".join(lines)
+
+
+def plot(runs, speeds, path: Path = HERE / "frontier.png") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    screen = [r for r in runs if r["stage"] == "screen"]
+    for r in screen:
+        x = speeds[architecture(r["config"]), 512]
+        ax.scatter(x, delta(r, "dev"), marker="o", facecolors="none", edgecolors="tab:gray")
+        ax.annotate(r["config"], (x, delta(r, "dev")), fontsize=7, color="tab:gray", xytext=(3, -8),
+                    textcoords="offset points")
+    by = defaultdict(list)
+    for r in (r for r in runs if r["stage"] == "finalist" and delta(r, "test") is not None):
+        by[r["config"]].append(r)
+    for config, rs in by.items():
+        per_task = defaultdict(list)
+        for r in rs:
+            per_task[r["task"]].append(delta(r, "test"))
+        x = speeds[architecture(config), 512]
+        means = {t: statistics.mean(v) for t, v in per_task.items()}
+        ax.scatter([x] * len(means), list(means.values()), marker="x", color="tab:blue", s=20)
+        ax.scatter(x, statistics.mean(means.values()), marker="*", color="tab:red", s=120, zorder=3)
+        ax.annotate(f"{config} (tasks: {len(means)})", (x, statistics.mean(means.values())), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.scatter([1.0], [0.0], marker="s", color="black")
+    ax.annotate("stock sdpa", (1.0, 0.0), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(-1, color="tab:green", lw=0.8, ls="--", label="goal 1: ≥ stock − 1 (and ≥ 1.25x)")
+    ax.axhline(-5, color="tab:orange", lw=0.8, ls="--", label="goal 2: pure ≥ stock − 5")
+    ax.axvline(1.25, color="tab:green", lw=0.8, ls=":")
+    ax.set_xlabel("MiniLM training step at length 512, speed-up vs stock sdpa (CPU time, one thread)")
+    ax.set_ylabel("accuracy − stock (points)")
+    ax.set_title("Issue 24 frontier: ○ screen (fortune-topics, seed 0, dev); ★ finalists' mean test Δ over tasks "
+                 "(× per task, 3 seeds)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    runs, speeds = load_runs(), speed()
+    print("## Screen (fortune-topics, seed 0, dev)\n")
+    print(screen_table(runs, speeds))
+    print("\n## Finalists (mean ± standard deviation over seeds)\n")
+    print(finalist_table(runs, speeds))
+    plot(runs, speeds)
+    print(f"\nwrote {HERE / 'frontier.png'}")
+
+
+if __name__ == "__main__":
+    main()
