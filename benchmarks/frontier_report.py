@@ -2,6 +2,7 @@
 architecture) and benchmarks/frontier_runs/*.json (one per `benchmarks/frontier_distill.sh` run).
 
     python benchmarks/frontier_report.py          # prints the markdown tables, writes benchmarks/frontier.png
+    python benchmarks/frontier_report.py --quality  # also puts them into benchmarks/QUALITY.md between its markers
 
 Run names say what they are: `scr_CONFIG_s0` (screen: fortune-topics, seed 0, dev only) and
 `fin_CONFIG_TASK_sSEED` (finalists: dev and test). Δ stock = student accuracy − the accuracy of the same task and
@@ -187,17 +188,32 @@ def plot(runs, speeds, path: Path = HERE / "frontier.png") -> None:
     fig.savefig(path, dpi=120)
 
 
-def main():
+def put_between_markers(text: str, name: str, table: str) -> str:
+    """`text` with the lines between `<!-- frontier NAME -->` and `<!-- /frontier NAME -->` replaced by `table`."""
+    start, end = f"<!-- frontier {name} -->", f"<!-- /frontier {name} -->"
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}"
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quality", action="store_true", help="write the tables into benchmarks/QUALITY.md")
+    args = parser.parse_args(argv)
     runs, speeds = load_runs(), speed()
-    print("## Speed (MiniLM training step, CPU time per step, x sdpa of the same run)\n")
-    print(speed_table())
-    print()
-    print("## Screen (fortune-topics, seed 0, dev)\n")
-    print(screen_table(runs, speeds))
-    print("\n## Finalists (mean ± standard deviation over seeds)\n")
-    print(finalist_table(runs, speeds))
+    tables = {"speed": speed_table(), "screen": screen_table(runs, speeds), "finalists": finalist_table(runs, speeds)}
+    for name, table in tables.items():
+        print(f"{name}:\n{table}\n")
     plot(runs, speeds)
-    print(f"\nwrote {HERE / 'frontier.png'}")
+    print(f"wrote {HERE / 'frontier.png'}")
+    if args.quality:
+        quality = HERE / "QUALITY.md"
+        text = quality.read_text(encoding="utf-8")
+        for name, table in tables.items():
+            text = put_between_markers(text, name, table)
+        quality.write_text(text, encoding="utf-8")
+        print(f"wrote the tables into {quality}")
 
 
 if __name__ == "__main__":
