@@ -82,12 +82,13 @@ def delta(run: dict, split: str) -> float | None:
     return None if s is None or t is None else s - t
 
 
-def mean_spread(values: list[float]) -> str:
+def mean_spread(values: list[float], sign: str = "") -> str:
+    """'mean ± sample standard deviation' (one decimal; `sign="+"` prints the mean's sign), the value alone for one."""
     if not values:
         return ""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:{sign}.1f}"
+    return f"{statistics.mean(values):{sign}.1f} ± {statistics.stdev(values):.1f}"
 
 
 def speed_table(paths=SPEED_RUNS) -> str:
@@ -118,32 +119,32 @@ def screen_table(runs, speeds) -> str:
 
 
 def finalist_table(runs, speeds) -> str:
+    """Markdown: per task, the stock teachers (one per seed) and each finalist config over its seeds."""
+    finalists = [r for r in runs if r["stage"] == "finalist"]
     by = defaultdict(list)
-    for r in (r for r in runs if r["stage"] == "finalist"):
+    for r in finalists:
         by[r["config"], r["task"]].append(r)
     stock = defaultdict(dict)  # teacher figures per (task, seed), from any finalist run of that task and seed
-    for r in (r for r in runs if r["stage"] == "finalist"):
+    for r in finalists:
         stock[r["task"]][r["seed"]] = r
-    lines = ["| task (train texts) | row | seeds | x sdpa 512 / 128 | dev acc. | test acc. | Δ stock dev | "
-             "Δ stock test |", "|---|---|---|---|---|---|---|---|"]
-    for task in TASKS:
-        if not stock[task]:
-            continue
-        teachers = list(stock[task].values())
-        lines.append(f"| {task} ({teachers[0]['train_texts']}) | stock `sdpa` | "
-                     f"{','.join(str(s) for s in sorted(stock[task]))} | 1.00 / 1.00 | "
-                     f"{mean_spread([accuracy(r, 'teacher', 'dev') for r in teachers])} | "
-                     f"{mean_spread([x for r in teachers if (x := accuracy(r, 'teacher', 'test')) is not None])} | | |")
+    lines = ["| task (train + unlabeled texts) | row | seeds | x sdpa 512 / 128 | dev acc. | test acc. | Δ stock dev | "
+             "Δ stock test | Δ test per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    for task in (t for t in TASKS if stock[t]):
+        teachers = [stock[task][seed] for seed in sorted(stock[task])]
+        test = [x for r in teachers if (x := accuracy(r, "teacher", "test")) is not None]
+        lines.append(f"| {task} ({teachers[0]['train_texts']} + {teachers[0]['unlabeled_texts']}) | stock `sdpa` | "
+                     f"{','.join(str(r['seed']) for r in teachers)} | 1.00 / 1.00 | "
+                     f"{mean_spread([accuracy(r, 'teacher', 'dev') for r in teachers])} | {mean_spread(test)} | | | |")
         for (config, t), rs in sorted(by.items()):
             if t != task:
                 continue
-            arch = architecture(config)
+            rs = sorted(rs, key=lambda r: r["seed"])
+            dev, test = [delta(r, "dev") for r in rs], [delta(r, "test") for r in rs]
             lines.append(
-                f"| | {config} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
-                f"{speed_text(speeds, arch)} | "
+                f"| | {config} | {','.join(str(r['seed']) for r in rs)} | {speed_text(speeds, architecture(config))} | "
                 f"{mean_spread([accuracy(r, 'student', 'dev') for r in rs])} | "
-                f"{mean_spread([accuracy(r, 'student', 'test') for r in rs])} | "
-                f"{mean_spread([delta(r, 'dev') for r in rs])} | {mean_spread([delta(r, 'test') for r in rs])} |")
+                f"{mean_spread([accuracy(r, 'student', 'test') for r in rs])} | {mean_spread(dev, '+')} | "
+                f"{mean_spread(test, '+')} | {', '.join(f'{x:+.1f}' for x in test)} |")
     return "\n".join(lines)
 
 
