@@ -127,14 +127,15 @@ def finalist_table(runs, speeds) -> str:
     stock = defaultdict(dict)  # teacher figures per (task, seed), from any finalist run of that task and seed
     for r in finalists:
         stock[r["task"]][r["seed"]] = r
-    lines = ["| task (train + unlabeled texts) | row | seeds | x sdpa 512 / 128 | dev acc. | test acc. | Δ stock dev | "
-             "Δ stock test | Δ test per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task (train + unlabeled texts) | row | seeds | x sdpa 512 / 128 | dev acc. | test acc. | "
+             "Δ stock dev | Δ stock test | Δ test per seed |", "|---|---|---|---|---|---|---|---|---|"]
     for task in (t for t in TASKS if stock[t]):
         teachers = [stock[task][seed] for seed in sorted(stock[task])]
         test = [x for r in teachers if (x := accuracy(r, "teacher", "test")) is not None]
         lines.append(f"| {task} ({teachers[0]['train_texts']} + {teachers[0]['unlabeled_texts']}) | stock `sdpa` | "
                      f"{','.join(str(r['seed']) for r in teachers)} | 1.00 / 1.00 | "
-                     f"{mean_spread([accuracy(r, 'teacher', 'dev') for r in teachers])} | {mean_spread(test)} | | | |")
+                     f"{mean_spread([accuracy(r, 'teacher', 'dev') for r in teachers])} | {mean_spread(test)} "
+                     "| | | |")
         for (config, t), rs in sorted(by.items()):
             if t != task:
                 continue
